@@ -1,0 +1,1 @@
+"""ml-collections experiment configs: `get_config(arg)` per file."""

@@ -1,0 +1,1 @@
+"""Data sources and grain pipelines for sora_jax."""

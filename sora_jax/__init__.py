@@ -1,0 +1,1 @@
+"""sora_jax: Sora-style text-to-video in JAX/Flax."""
