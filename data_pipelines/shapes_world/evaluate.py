@@ -1,0 +1,80 @@
+"""Scores clips listed in a manifest with the Shapes World analytic evaluator.
+
+  python -m data_pipelines.shapes_world.evaluate DIR [--per_clip OUT.jsonl]
+
+Reads `DIR/manifest.jsonl` (one JSON object a line with `file`, relative to DIR, and
+`prompt`), scores every clip, and prints as its last line one JSON object with the rate of
+each stated attribute, of `all`, and `n`. When the manifest lines carry `split` (or
+`task`), rates per split (per task) follow under `by_split` (`by_task`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from data_pipelines import media
+from data_pipelines.shapes_world import evaluator
+
+_PER_CLIP = flags.DEFINE_string("per_clip", None, "Optional JSONL of per-clip scores.")
+
+
+def read_manifest(directory: str) -> list[dict]:
+  """Reads and validates DIR/manifest.jsonl; every error names the line."""
+  path = os.path.join(directory, "manifest.jsonl")
+  if not os.path.isdir(directory):
+    raise ValueError(f"Clip directory {directory!r} does not exist.")
+  if not os.path.exists(path):
+    raise ValueError(f"{path!r} is missing; expected one JSON object a line with "
+                     "'file' and 'prompt'.")
+  rows = []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not JSON ({e.msg}): {line.strip()[:200]!r}") from None
+      if not isinstance(row, dict) or not {"file", "prompt"} <= set(row):
+        raise ValueError(f"{path}:{n}: needs 'file' and 'prompt', got {line.strip()[:200]!r}")
+      rows.append(row)
+  if not rows:
+    raise ValueError(f"{path!r} lists no clips.")
+  return rows
+
+
+def evaluate_dir(directory: str, per_clip: str | None = None) -> dict:
+  rows = read_manifest(directory)
+  scores = []
+  for row in rows:
+    video = media.read_clip(os.path.join(directory, row["file"]))
+    scores.append(evaluator.score_clip(video, row["prompt"]))
+  result = evaluator.aggregate(scores)
+  for key in ("split", "task"):
+    groups = sorted({r[key] for r in rows if key in r})
+    if groups:
+      result[f"by_{key}"] = {g: evaluator.aggregate(
+          [s for s, r in zip(scores, rows) if r.get(key) == g]) for g in groups}
+  if per_clip:
+    with open(per_clip, "w") as f:
+      for row, s in zip(rows, scores):
+        f.write(json.dumps({"file": row["file"], **s}) + "\n")
+  return result
+
+
+def main(argv):
+  if len(argv) != 2:
+    sys.exit("usage: python -m data_pipelines.shapes_world.evaluate DIR [--per_clip F]")
+  try:
+    result = evaluate_dir(argv[1], _PER_CLIP.value)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

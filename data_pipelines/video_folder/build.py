@@ -1,0 +1,60 @@
+r"""Builds the tfds dataset of a folder of captioned videos; prints its report as JSON.
+
+  python -m data_pipelines.video_folder.build --folder F --data_dir D \
+      --frames 17 --sizes 64x64,48x80 [--validation_fraction 0.1] [--frame_stride 2]
+
+The dataset lands in D/video_folder/<name>/1.0.0 (name printed in the report's
+"dataset"); load it with `tfds.data_source("video_folder/<name>", split="train",
+data_dir=D)`. An existing build is reused unless --overwrite. The last line of stdout is
+the build report (build_report.json) as one line of JSON. Bad input exits with status 2
+and the reason on stderr.
+"""
+import json
+import sys
+
+from absl import app
+from absl import flags
+
+from data_pipelines.video_folder import builder as builder_lib
+
+_FOLDER = flags.DEFINE_string("folder", None, "Folder of media files + captions.jsonl.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir to write the dataset to.")
+_FRAMES = flags.DEFINE_integer("frames", 17, "Clip length T = 4k + 1.")
+_SIZES = flags.DEFINE_string("sizes", "64x64", "Comma-separated HxW buckets, e.g. 64x64,48x80.")
+_VALIDATION_FRACTION = flags.DEFINE_float(
+    "validation_fraction", 0.0, "Share of files held out for the validation split.")
+_FRAME_STRIDE = flags.DEFINE_integer("frame_stride", 1, "Keep every n-th video frame.")
+_NAME = flags.DEFINE_string("name", None, "Config name; default derived from the flags.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset exists.")
+flags.mark_flags_as_required(["folder", "data_dir"])
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+  """'64x64,48x80' -> ((64, 64), (48, 80)); raises BadInputError naming the flag."""
+  sizes = []
+  for part in text.split(","):
+    h, sep, w = part.strip().lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit()):
+      raise builder_lib.BadInputError(
+          f"--sizes={text!r}: {part!r} is not HxW; expected e.g. --sizes=64x64,48x80.")
+    sizes.append((int(h), int(w)))
+  return tuple(sizes)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    config = builder_lib.make_config(
+        _FOLDER.value, frames=_FRAMES.value, sizes=parse_sizes(_SIZES.value),
+        validation_fraction=_VALIDATION_FRACTION.value, frame_stride=_FRAME_STRIDE.value,
+        name=_NAME.value)
+    report = builder_lib.build(config, _DATA_DIR.value, overwrite=_OVERWRITE.value)
+  except builder_lib.BadInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
