@@ -188,7 +188,7 @@ def _hidden_frames(obj: StatedObject, prompt: Prompt, t_: int, h: int, w: int):
 def _templates(bh: int, bw: int, grow: float) -> dict[str, np.ndarray]:
   """The three shape templates in a box of (bh + grow, bw + grow) px centred on the bbox."""
   vv, uu = np.meshgrid(np.arange(bh) + 0.5, np.arange(bw) + 0.5, indexing="ij")
-  h, w = bh + grow, bw + grow
+  h, w = max(0.5, bh + grow), max(0.5, bw + grow)  # never a zero-size template
   du, dv, top = np.abs(uu - bw / 2), vv - bh / 2, (bh - h) / 2
   return {
       "circle": (du / (w / 2)) ** 2 + (dv / (h / 2)) ** 2 <= 1,

@@ -1,0 +1,102 @@
+"""Helpers shared by the config files: argument parsing and clip-size parsing.
+
+Config files follow big_vision: `get_config(arg)` where `arg` is the text after the colon
+in `--config configs/vae.py:variant=tiny,runlocal=True`. `parse_arg` turns it into a
+ConfigDict with the types of the declared defaults, and rejects unknown keys by listing
+the known ones, so a typo in a sweep never silently runs the default.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_collections
+
+from data_pipelines import features
+
+_TRUE = ("1", "true", "yes", "y", "on")
+_FALSE = ("0", "false", "no", "n", "off")
+
+
+def _convert(key: str, text: str, default):
+  """Converts `text` to the type of `default`."""
+  try:
+    if isinstance(default, bool):
+      low = text.lower()
+      if low in _TRUE:
+        return True
+      if low in _FALSE:
+        return False
+      raise ValueError
+    if isinstance(default, int):
+      return int(text)
+    if isinstance(default, float):
+      return float(text)
+  except ValueError:
+    raise ValueError(
+        f"Config argument {key}={text!r} is not a valid {type(default).__name__} "
+        f"(default {default!r}).") from None
+  return text
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses "key=value,key2=value2" against typed defaults.
+
+  Args:
+    arg: the config argument string (may be None or empty).
+    **defaults: every allowed key with its default value; the default's type is the type
+      of the key. A bare `key` (no `=`) sets a bool key to True.
+
+  Returns:
+    A locked ConfigDict of all keys.
+
+  Raises:
+    ValueError: for an unknown key (listing the known ones) or an unconvertible value.
+  """
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, eq, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"Unknown config argument {key!r} in {arg!r}; known: "
+                       f"{', '.join(sorted(defaults))}.")
+    if not eq:
+      if not isinstance(defaults[key], bool):
+        raise ValueError(f"Config argument {key!r} needs a value ({key}=...).")
+      out[key] = True
+    else:
+      out[key] = _convert(key, value.strip(), defaults[key])
+  cfg = ml_collections.ConfigDict(out)
+  cfg.lock()
+  return cfg
+
+
+def parse_sizes(text: str, where: str = "sizes",
+                max_side: int | None = None) -> tuple[tuple[int, int, int], ...]:
+  """Parses "17x64x64+1x64x64" (T x H x W, '+'-separated) into validated (T, H, W) tuples."""
+  sizes = []
+  for part in filter(None, text.split("+")):
+    try:
+      t, h, w = (int(v) for v in part.lower().split("x"))
+    except ValueError:
+      raise ValueError(f"{where}: {part!r} is not TxHxW (for example 17x64x64).") from None
+    features.check_clip_size(t, h, w, where=where, max_side=max_side)
+    sizes.append((t, h, w))
+  if not sizes:
+    raise ValueError(f"{where}: no size in {text!r}; expected e.g. 17x64x64+1x64x64.")
+  return tuple(sizes)
+
+
+def shapes_world_data(level: str, sizes: Sequence[Sequence[int]], num_train: int,
+                      num_eval: int, data_dir: str) -> ml_collections.ConfigDict:
+  """The `data` section for a Shapes World source (see data_pipelines.pipeline)."""
+  return ml_collections.ConfigDict({
+      "source": "shapes_world",
+      "name": {"level": level, "sizes": [list(s) for s in sizes],
+               "num_examples": {"train": num_train, "validation": num_eval,
+                                "test": num_eval, "compositional": num_eval}},
+      "data_dir": data_dir,
+      "prepare": True,  # build the data set on first use
+      "crop": None,
+      "num_workers": 0,
+      "prefetch": 2,
+  })

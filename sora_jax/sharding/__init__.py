@@ -1,0 +1,1 @@
+"""Meshes and placement of arrays on them."""

@@ -1,0 +1,150 @@
+"""The one training loop, shared by the VAE and the DiT.
+
+A task (`sora_jax/train/tasks.py` names them) contributes pure pieces: how to validate its
+config, its input pipeline, `init_state`, a `train_step`, and host-side evaluation. The loop
+does everything else the same way for both: mesh, sharded init, checkpoint restore (state
+and data iterator), the step loop with a NaN guard, metrics, progress with ETA, periodic
+evaluation and checkpoints, preemption, final evaluation.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from tqdm import tqdm
+
+from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.train import checkpointing
+from sora_jax.train import metrics as metrics_lib
+from sora_jax.train import tasks
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks each step: save, wait, exit."""
+
+  def __init__(self):
+    self.requested = False
+    try:
+      signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+      pass
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop_at: int | None = None) -> dict[str, Any]:
+  """Trains `config.task` in `workdir`, resuming from its latest checkpoint.
+
+  Args:
+    config: the experiment config (configs/*.py).
+    workdir: run directory; holds checkpoints, metrics and evaluation outputs.
+    stop_at: stop after this step with a checkpoint, as on preemption (splits a run
+      across jobs; running again resumes).
+
+  Returns:
+    The final evaluation metrics (also written to `workdir/final_metrics.json`), or
+    {"stopped_at": step} when stopped early.
+  """
+  # ------------------------------------------------------------------ setup
+  task = tasks.get(config.task)
+  task.validate(config)  # every bad-input error before any compile or long work
+  os.makedirs(workdir, exist_ok=True)
+  mesh = mesh_lib.make_mesh(config.get("mesh"))
+  mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+  writer = metrics_lib.MetricWriter(workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+
+  # ------------------------------------------------------------------ input
+  train_ds = task.make_train_data(config)
+  train_iter = iter(train_ds)
+
+  # ------------------------------------------------------------------ sharded init
+  # eval_shape -> shardings -> jit(init, out_shardings): params are never materialised
+  # unsharded (the sharding rules of each task decide the placement).
+  init_fn = functools.partial(task.init_state, config)
+  abstract = jax.eval_shape(init_fn, init_rng)
+  shardings = task.state_shardings(config, mesh, abstract)
+
+  # ------------------------------------------------------------------ checkpoint restore
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  start = ckpt.latest_step()
+  if start is not None:
+    logging.info("Resuming from step %d in %s", start, ckpt.directory)
+    state, train_iter = ckpt.restore(
+        start, checkpointing.abstract_with_shardings(abstract, shardings), train_iter)
+  else:
+    start = 0
+    with jax.set_mesh(mesh):
+      state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
+
+  # ------------------------------------------------------------------ step function
+  train_step = jax.jit(task.make_train_step(config), donate_argnums=(0,))
+  total = config.train.steps
+  config_json = json.loads(config.to_json_best_effort())
+
+  def save(step):
+    # Extras (e.g. latent statistics) are measured once, for the last step only.
+    extra = task.checkpoint_extra(config, state) if step == total else None
+    ckpt.save(step, state, train_iter, config_json, extra)
+
+  # ------------------------------------------------------------------ loop
+  preemption = _Preemption()
+  bar = tqdm(total=total, initial=start, desc=config.task, unit="step",
+             disable=jax.process_index() != 0 or not config.train.progress)
+  t0, steps_timed = time.time(), 0
+  for step in range(start + 1, total + 1):
+    batch = task.device_batch(config, next(train_iter), mesh)
+    with jax.set_mesh(mesh):
+      state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):  # fail fast, before a NaN reaches a checkpoint
+      raise FloatingPointError(f"Non-finite loss {loss} at step {step}; metrics: "
+                               f"{ {k: float(v) for k, v in metrics.items()} }")
+    steps_timed += 1
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}")
+    if step % config.train.log_every == 0 or step == total:
+      dt = (time.time() - t0) / steps_timed
+      writer.write_scalars(step, {**metrics, "sec_per_step": dt}, prefix="train/")
+      t0, steps_timed = time.time(), 0
+    if config.train.eval_every and step % config.train.eval_every == 0 and step != total:
+      writer.write_scalars(step, task.evaluate(config, state, step, workdir, writer,
+                                               final=False), prefix="eval/")
+    stop = preemption.requested or step == stop_at
+    if step % config.train.checkpoint_every == 0 or step == total or stop:
+      save(step)
+    if stop and step != total:
+      logging.warning("Stopping at step %d: checkpoint saved; run again to resume.", step)
+      ckpt.close()
+      writer.close()
+      bar.close()
+      return {"stopped_at": step}
+  bar.close()
+  if ckpt.latest_step() != total:
+    save(total)
+  ckpt.wait()
+
+  # ------------------------------------------------------------------ final evaluation
+  final = task.evaluate(config, state, total, workdir, writer, final=True)
+  final = writer.write_scalars(total, final, prefix="final/")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump({"step": total, **final}, f, indent=2)
+  ckpt.close()
+  writer.close()
+  return final

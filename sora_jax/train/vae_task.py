@@ -1,0 +1,268 @@
+"""The VAE as a trainable task: state, step, evaluation and latent statistics.
+
+Plugged into the one loop (`loop.py`). The step updates the VAE on reconstruction + KL
+(+ edge, + optional perceptual, + optional hinge GAN) and, when the GAN is on, the 3D
+patch discriminator in the same step (`sora_jax/models/vae_losses.py`).
+
+Evaluation (host side, on a fixed set of validation clips): PSNR and SSIM (dm-pix) of the
+reconstructions, and, on Shapes World, the analytic evaluator's `all` rate on the
+reconstructions over its rate on the originals (`eval_all_ratio`): blur that turns a
+triangle into a blob reads as the wrong shape, so this measures what the DiT will be able
+to express. A reconstruction grid (PNG and mp4) is written to `workdir/recon/`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import dm_pix
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from data_pipelines import media
+from data_pipelines import pipeline
+from data_pipelines.shapes_world import evaluator as sw_eval
+from sora_jax.models import discriminator as disc_lib
+from sora_jax.models import vae as vae_lib
+from sora_jax.models import vae_losses
+from sora_jax.sharding import mesh as mesh_lib
+
+
+@flax.struct.dataclass
+class VAEState:
+  step: jax.Array
+  params: Any  # {"vae": ..., "disc": ... (only with the GAN)}
+  opt_state: Any  # same keys
+
+
+# ------------------------------------------------------------------------ configs
+def vae_config(config: ml_collections.ConfigDict) -> vae_lib.VAEConfig:
+  model = dict(config.model)
+  return vae_lib.get_vae_config(model.pop("variant"), **model)
+
+
+def loss_config(config: ml_collections.ConfigDict) -> vae_losses.LossConfig:
+  return vae_losses.LossConfig(**dict(config.loss))
+
+
+def disc_config(config: ml_collections.ConfigDict) -> disc_lib.DiscriminatorConfig | None:
+  if not config.loss.gan_weight:
+    return None
+  return disc_lib.DiscriminatorConfig(**dict(config.disc))
+
+
+def _data_sizes(data: ml_collections.ConfigDict) -> list[tuple[int, int, int]]:
+  crop = data.get("crop")
+  if crop:
+    return [tuple(crop)]
+  name = data.get("name")
+  if isinstance(name, (dict, ml_collections.ConfigDict)) and "sizes" in name:
+    return [tuple(s) for s in name["sizes"]]
+  return []
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises one clear ValueError for a config the VAE cannot train on."""
+  vcfg = vae_config(config)  # unknown variant / field / factor
+  loss_config(config)
+  disc_config(config)
+  for t, h, w in _data_sizes(config.data):
+    where = "config.data sizes"
+    if (t - 1) % vcfg.temporal_factor:
+      raise ValueError(f"{where}: T={t} frames do not fit the VAE's temporal factor "
+                       f"{vcfg.temporal_factor} (T - 1 must be a multiple of it).")
+    if h % vcfg.spatial_factor or w % vcfg.spatial_factor:
+      raise ValueError(f"{where}: {h}x{w} is not divisible by the VAE's spatial factor "
+                       f"{vcfg.spatial_factor}.")
+
+
+# ------------------------------------------------------------------------ state
+def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return _optimizer_from(dict(config.optim), config.train.steps)
+
+
+def _optimizer_from(o: dict, steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warm-up and cosine decay to `final_lr_frac` of the peak."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, o["lr"], o["warmup_steps"], max(o["warmup_steps"] + 1, steps),
+      o["lr"] * o["final_lr_frac"])
+  return optax.chain(optax.clip_by_global_norm(o["grad_clip"]),
+                     optax.adamw(schedule, b1=o["b1"], b2=o["b2"], weight_decay=o["weight_decay"]))
+
+
+def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> VAEState:
+  vrng, drng = jax.random.split(rng)
+  params = {"vae": vae_lib.init_params(vae_config(config), vrng)}
+  dcfg = disc_config(config)
+  if dcfg is not None:
+    params["disc"] = disc_lib.init_discriminator(dcfg, drng)
+  tx = _optimizer(config)
+  return VAEState(jnp.zeros((), jnp.int32), params,
+                  {k: tx.init(v) for k, v in params.items()})
+
+
+def state_shardings(config, mesh, abstract_state):
+  del config  # the VAE's params are small: replicated; activations follow the batch
+  return jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract_state)
+
+
+def make_train_data(config: ml_collections.ConfigDict):
+  return pipeline.make_pixel_dataset(config.data, split="train",
+                                     batch_size=config.train.batch_size, seed=config.seed,
+                                     train=True)
+
+
+def device_batch(config, batch, mesh) -> dict[str, jax.Array]:
+  del config
+  return pipeline.global_batch_to_device({"video": batch["video"]}, mesh,
+                                         mesh_lib.batch_sharding(mesh).spec)
+
+
+# ------------------------------------------------------------------------ step
+def make_train_step(config: ml_collections.ConfigDict):
+  """The step function; one object per distinct config, so jax's caches hit on resume."""
+  optim = tuple(sorted(config.optim.items())) + (("steps", config.train.steps),)
+  return _train_step_fn(vae_config(config), loss_config(config), disc_config(config), optim)
+
+
+@functools.lru_cache(maxsize=8)
+def _train_step_fn(vcfg, lcfg, dcfg, optim):
+  o = dict(optim)
+  tx = _optimizer_from(o, o.pop("steps"))
+
+  def step_fn(state: VAEState, batch: dict[str, jax.Array], rng: jax.Array):
+    video = batch["video"]
+    grad_fn = jax.value_and_grad(vae_losses.generator_loss, has_aux=True)
+    (_, aux), grads = grad_fn(state.params["vae"], state.params.get("disc"), video, rng,
+                              state.step, vae_config=vcfg, loss_config=lcfg, disc_config=dcfg)
+    metrics = dict(aux["metrics"])
+    updates, vae_opt = tx.update(grads, state.opt_state["vae"], state.params["vae"])
+    params = {"vae": optax.apply_updates(state.params["vae"], updates)}
+    opt_state = {"vae": vae_opt}
+    metrics["grad_norm"] = optax.global_norm(grads)
+    if dcfg is not None:
+      (_, dmetrics), dgrads = jax.value_and_grad(vae_losses.discriminator_loss, has_aux=True)(
+          state.params["disc"], video, aux["recon"], state.step, disc_config=dcfg,
+          loss_config=lcfg)
+      dupdates, disc_opt = tx.update(dgrads, state.opt_state["disc"], state.params["disc"])
+      params["disc"] = optax.apply_updates(state.params["disc"], dupdates)
+      opt_state["disc"] = disc_opt
+      metrics.update(dmetrics)
+    metrics["psnr"] = jnp.mean(_psnr(video, aux["recon"]))
+    return VAEState(state.step + 1, params, opt_state), metrics
+
+  return step_fn
+
+
+def _psnr(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Per-clip PSNR (dB) of videos in [-1, 1], measured on [0, 1]."""
+  a, b = (a + 1) / 2, (jnp.clip(b, -1, 1) + 1) / 2
+  mse = jnp.mean(jnp.square(a - b), axis=tuple(range(1, a.ndim)))
+  return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+
+# ------------------------------------------------------------------------ evaluation
+def _eval_clips(config) -> list[dict[str, Any]]:
+  """The fixed evaluation set: the first `eval.num_clips` validation clips (cached)."""
+  key = json.dumps(config.data.to_dict(), sort_keys=True, default=str) + str(config.eval.num_clips)
+  if key not in _EVAL_CACHE:
+    ds = pipeline.make_pixel_dataset(config.data, split=config.eval.split,
+                                     batch_size=config.eval.batch_size, seed=0, train=False)
+    clips = []
+    for batch in ds:
+      for i in np.nonzero(batch["mask"])[0]:
+        clips.append({"video": batch["video"][i], "caption": batch["caption"][i]})
+      if len(clips) >= config.eval.num_clips:
+        break
+    _EVAL_CACHE[key] = clips[:config.eval.num_clips]
+  return _EVAL_CACHE[key]
+
+
+_EVAL_CACHE: dict[str, list] = {}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reconstruct(vcfg, params, video):
+  return vae_lib.reconstruct(params, video, vcfg)[0]
+
+
+def evaluate(config, state: VAEState, step: int, workdir: str, writer,
+             final: bool) -> dict[str, float]:
+  """PSNR, SSIM and (Shapes World) evaluator adherence of reconstructions."""
+  vcfg = vae_config(config)
+  params = jax.device_get(state.params["vae"])
+  clips = _eval_clips(config)
+  psnrs, ssims, orig_ok, recon_ok, grid = [], [], [], [], []
+  shapes_world = config.data.source == "shapes_world"
+  for clip in clips:
+    video = clip["video"][None]
+    recon = np.asarray(_reconstruct(vcfg, params, video))
+    psnrs.append(float(_psnr(jnp.asarray(video), jnp.asarray(recon))[0]))
+    x01 = (video[0] + 1) / 2
+    y01 = (np.clip(recon[0], -1, 1) + 1) / 2
+    ssims.append(float(jnp.mean(dm_pix.ssim(jnp.asarray(x01), jnp.asarray(y01)))))
+    orig_u8 = np.asarray(vae_lib.postprocess(video[0]))
+    recon_u8 = np.asarray(vae_lib.postprocess(recon[0]))
+    if shapes_world:
+      caption = clip["caption"].decode()
+      orig_ok.append(sw_eval.score_clip(orig_u8, caption)["all"])
+      recon_ok.append(sw_eval.score_clip(recon_u8, caption)["all"])
+    if len(grid) < config.eval.grid_clips and orig_u8.shape == clips[0]["video"].shape[:-1] + (3,):
+      grid.append(np.concatenate([orig_u8, recon_u8], axis=2))  # side by side
+  out = {"psnr_db": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)),
+         "num_clips": len(clips)}
+  if shapes_world:
+    out["eval_all_original"] = float(np.mean(orig_ok))
+    out["eval_all_recon"] = float(np.mean(recon_ok))
+    out["eval_all_ratio"] = out["eval_all_recon"] / max(out["eval_all_original"], 1e-9)
+  if grid and jax.process_index() == 0:
+    _write_grid(workdir, step, np.concatenate(grid, axis=1), writer)
+  return out
+
+
+def _write_grid(workdir: str, step: int, grid: np.ndarray, writer) -> None:
+  """grid: uint8 [T, rows * H, 2W, 3] (original | reconstruction per row)."""
+  out_dir = os.path.join(workdir, "recon")
+  os.makedirs(out_dir, exist_ok=True)
+  stem = os.path.join(out_dir, f"step_{step:07d}")
+  frames = grid[:: max(1, grid.shape[0] // 4)][:4]  # up to 4 frames side by side
+  sheet = np.concatenate(list(frames), axis=1)
+  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+  iio.imwrite(stem + ".png", sheet)
+  if grid.shape[0] > 1 and grid.shape[1] % 2 == 0 and grid.shape[2] % 2 == 0:
+    media.write_mp4(stem + ".mp4", grid)
+  writer.write_image(step, "recon", sheet)
+
+
+# ------------------------------------------------------------------------ latent statistics
+def checkpoint_extra(config, state: VAEState) -> dict[str, Any]:
+  """Per-channel mean and std of the latents on training clips (the DiT normalises by them)."""
+  vcfg = vae_config(config)
+  params = jax.device_get(state.params["vae"])
+  ds = pipeline.make_pixel_dataset(config.data, split="train", batch_size=config.eval.batch_size,
+                                   seed=config.seed + 1, train=False)
+  total, total_sq, count, clips = 0.0, 0.0, 0, 0
+  for batch in ds:
+    video = batch["video"][batch["mask"]]
+    z = np.asarray(_encode_mode(vcfg, params, video), np.float64)
+    flat = z.reshape(-1, z.shape[-1])
+    total = total + flat.sum(0)
+    total_sq = total_sq + (flat ** 2).sum(0)
+    count += flat.shape[0]
+    clips += video.shape[0]
+    if clips >= config.eval.latent_stats_clips:
+      break
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+  return {"latent_mean": mean.tolist(), "latent_std": std.tolist(), "num_clips": clips}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_mode(vcfg, params, video):
+  return vae_lib.encode(params, video, vcfg).mode()

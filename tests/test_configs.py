@@ -1,0 +1,85 @@
+"""Config files: typed arguments, unknown keys, locking, runlocal, bad sizes; the mesh."""
+import jax
+import pytest
+
+from configs import common
+from configs import demo as demo_config
+from configs import vae as vae_config
+from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.train import tasks
+from sora_jax.train import vae_task
+
+
+def test_parse_arg_types_and_unknown_keys():
+  cfg = common.parse_arg("steps=10,lr=0.5,runlocal,name=x", steps=1, lr=1.0,
+                         runlocal=False, name="a")
+  assert (cfg.steps, cfg.lr, cfg.runlocal, cfg.name) == (10, 0.5, True, "x")
+  with pytest.raises(ValueError, match="Unknown config argument 'stpes'.*known: .*steps"):
+    common.parse_arg("stpes=3", steps=1)
+  with pytest.raises(ValueError, match="steps='ten' is not a valid int"):
+    common.parse_arg("steps=ten", steps=1)
+  with pytest.raises(AttributeError):
+    cfg.new_field = 1  # locked
+
+
+def test_vae_config_and_runlocal():
+  cfg = vae_config.get_config("variant=tiny,runlocal=True")
+  assert cfg.task == "vae" and cfg.train.steps <= 4
+  vae_task.validate(cfg)
+  with pytest.raises(ValueError, match="known"):
+    vae_config.get_config("varaint=tiny")
+  with pytest.raises(ValueError, match="4k\\+1"):
+    vae_config.get_config("sizes=16x64x64")
+  with pytest.raises(ValueError, match="multiple of 16"):
+    vae_config.get_config("sizes=17x60x64")
+  with pytest.raises(AttributeError):
+    cfg.train.stepz = 3
+
+
+def test_vae_config_errors_before_compile():
+  with pytest.raises(ValueError, match="Unknown VAE variant 'XXL'"):
+    vae_task.validate(vae_config.get_config("variant=XXL"))
+  cfg = vae_config.get_config("s=16")
+  cfg.data.crop = (17, 56, 56)  # 56 is not divisible by 16
+  with pytest.raises(ValueError, match="spatial factor 16"):
+    vae_task.validate(cfg)
+  cfg = vae_config.get_config("ft=4,sizes=17x64x64")
+  cfg.data.crop = (7, 64, 64)  # T - 1 = 6 is not a multiple of the temporal factor 4
+  with pytest.raises(ValueError, match="temporal factor 4"):
+    vae_task.validate(cfg)
+
+
+def test_demo_config():
+  cfg = demo_config.get_config("quick=True")
+  assert cfg.vae.task == "vae"
+  with pytest.raises(ValueError, match="known"):
+    demo_config.get_config("fast=True")
+
+
+def test_unknown_task():
+  with pytest.raises(ValueError, match="known tasks"):
+    tasks.get("gan")
+
+
+@pytest.mark.parametrize("sizes,shape", [
+    ({"data": -1}, (8, 1, 1, 1)), ({"data": 2, "fsdp": 4}, (2, 4, 1, 1)),
+    ({"data": 4, "tensor": 2}, (4, 1, 1, 2)), ({"fsdp": -1, "context": 2}, (1, 4, 2, 1)),
+])
+def test_mesh_shapes(sizes, shape):
+  mesh = mesh_lib.make_mesh(sizes)
+  assert tuple(mesh.shape.values()) == shape and len(jax.devices()) == 8
+
+
+@pytest.mark.parametrize("sizes,match", [
+    ({"data": 3}, "multiply to 3 but there are 8"), ({"data": -1, "fsdp": -1}, "at most one"),
+    ({"dp": 8}, "Unknown mesh axes"), ({"data": 3, "fsdp": -1}, "does not divide"),
+])
+def test_bad_mesh(sizes, match):
+  with pytest.raises(ValueError, match=match):
+    mesh_lib.make_mesh(sizes)
+
+
+def test_batch_divisibility():
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 4})
+  with pytest.raises(ValueError, match="train.batch_size=4 must be divisible by .* 8"):
+    mesh_lib.check_batch_size(4, mesh, "train.batch_size")
