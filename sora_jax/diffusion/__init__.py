@@ -1,0 +1,1 @@
+"""Diffusion: rectified flow training objective and samplers."""

@@ -1,0 +1,227 @@
+"""Scaled dot-product attention behind one function, and the multi-head attention layer.
+
+`attention(q, k, v, ...)` (Vaswani et al., 2017) takes `[B, N, H, Dh]` queries and
+`[B, S, H, Dh]` keys/values and masks with:
+  * segment ids (NaViT packing, Dehghani et al., 2023, arXiv:2307.06304): query i attends to
+    key j only where `q_segment_ids[i] == kv_segment_ids[j]`, so attention is block-diagonal
+    by segment and packed clips never see each other;
+  * `kv_mask`: keys that exist (text padding is False).
+A query row that may attend to nothing (padding, an empty caption) outputs exactly 0, never
+NaN, in every backend.
+
+Backends, one function each, picked by name through a small dispatcher:
+  "xla":   einsum + fp32 softmax; runs everywhere (CPU tests). The reference.
+  "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention); GPU only,
+           bf16/fp16 inputs.
+  "auto":  "cudnn" on GPU with bf16/fp16 inputs and a head dim cuDNN supports, else "xla".
+
+`MultiHeadAttention` is the Linen layer both the DiT and the text encoder use: q/k/v/out
+projections, optional QK RMSNorm (as in SD3, Esser et al., 2024, arXiv:2403.03206) and
+optional rotary position embedding (Su et al., 2021, arXiv:2104.09864; see `rope.py`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sora_jax.models import rope
+
+BACKENDS = ("xla", "cudnn", "auto")
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def attention_mask(q_len: int, kv_len: int, batch: int, q_segment_ids=None,
+                   kv_segment_ids=None, kv_mask=None) -> jax.Array | None:
+  """Boolean mask [B, N, S] (True = may attend), or None when nothing is masked.
+
+  Args:
+    q_len, kv_len, batch: N, S, B.
+    q_segment_ids: [B, N] int, or None.
+    kv_segment_ids: [B, S] int, or None. Segment masking needs both segment id arrays.
+    kv_mask: [B, S] bool, or None.
+  """
+  if (q_segment_ids is None) != (kv_segment_ids is None):
+    raise ValueError("Segment masking needs both q_segment_ids and kv_segment_ids; got "
+                     f"q_segment_ids={'None' if q_segment_ids is None else 'array'}, "
+                     f"kv_segment_ids={'None' if kv_segment_ids is None else 'array'}.")
+  mask = None
+  if q_segment_ids is not None:
+    mask = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+  if kv_mask is not None:
+    kv = jnp.broadcast_to(kv_mask[:, None, :].astype(bool), (batch, q_len, kv_len))
+    mask = kv if mask is None else mask & kv
+  return mask
+
+
+def _xla_attention(q, k, v, mask):
+  """Reference: fp32 logits and softmax. q: [B, N, H, Dh]; k, v: [B, S, H, Dh]; mask [B, N, S]."""
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bnhd,bshd->bhns", q, k, preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    logits = jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhns,bshd->bnhd", probs, v)
+
+
+def _cudnn_attention(q, k, v, mask):
+  """cuDNN flash attention (GPU). Same contract as `_xla_attention`."""
+  if jax.default_backend() != "gpu":
+    raise ValueError(f"attention backend 'cudnn' needs a GPU, but JAX's default backend is "
+                     f"{jax.default_backend()!r}; use backend='xla' or 'auto'.")
+  if q.dtype not in _CUDNN_DTYPES:
+    raise ValueError(f"attention backend 'cudnn' needs bfloat16 or float16 q/k/v; got "
+                     f"{q.dtype}. Set the model dtype to bfloat16 or use backend='auto'.")
+  mask = None if mask is None else mask[:, None]  # [B, 1, N, S], broadcast over heads
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+
+
+def _auto_backend(q) -> Callable:
+  head_dim = q.shape[-1]
+  if (jax.default_backend() == "gpu" and q.dtype in _CUDNN_DTYPES and head_dim <= 128
+      and head_dim % 8 == 0):
+    return _cudnn_attention
+  return _xla_attention
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids=None,
+              kv_segment_ids=None, kv_mask=None, backend: str = "xla") -> jax.Array:
+  """Multi-head scaled dot-product attention with segment and key masks.
+
+  Args:
+    q: [B, N, H, Dh] queries.
+    k, v: [B, S, H, Dh] keys and values.
+    q_segment_ids: [B, N] int; with `kv_segment_ids`, query i sees key j only where the ids
+      are equal (block-diagonal attention over packed segments).
+    kv_segment_ids: [B, S] int.
+    kv_mask: [B, S] bool; False keys are never attended (text padding).
+    backend: one of BACKENDS.
+
+  Returns:
+    [B, N, H, Dh] in q's dtype; rows with no key to attend to are exactly 0.
+  """
+  fns = {"xla": _xla_attention, "cudnn": _cudnn_attention}
+  if backend not in BACKENDS:
+    raise ValueError(f"Unknown attention backend {backend!r}; known backends: {BACKENDS}.")
+  fn = _auto_backend(q) if backend == "auto" else fns[backend]
+  b, n, _, _ = q.shape
+  mask = attention_mask(n, k.shape[1], b, q_segment_ids, kv_segment_ids, kv_mask)
+  out = fn(q, k, v, mask)
+  if mask is not None:  # a row that sees nothing gets 0 instead of a mean over masked keys
+    out = jnp.where(jnp.any(mask, axis=-1)[:, :, None, None], out, 0)
+  return out.astype(q.dtype)
+
+
+class RMSNorm(nn.Module):
+  """RMS normalisation over the last axis with a learned scale (Zhang & Sennrich, 2019).
+
+  Attributes:
+    axis_name: logical name of the normalised axis (for the scale's partitioning).
+  """
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  axis_name: str = "kv"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
+                                                             (self.axis_name,)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class HeadsProjection(nn.Module):
+  """Linear map between [..., D] and per-head [..., H, Dh] features.
+
+  A full-rank kernel with logical axes, instead of `nn.DenseGeneral` (which initialises a
+  flattened 2D kernel and so cannot carry 3 logical axis names under a mesh).
+
+  Attributes:
+    num_heads, head_dim: H, Dh.
+    to_heads: True maps [..., D] -> [..., H, Dh]; False maps [..., H, Dh] -> [..., features].
+    features: output D when `to_heads` is False.
+    zero_init: zero kernel (layers that start as a no-op).
+  """
+  num_heads: int
+  head_dim: int
+  to_heads: bool = True
+  features: int | None = None
+  zero_init: bool = False
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h, dh = self.num_heads, self.head_dim
+    if self.to_heads:
+      shape, names, fans = (x.shape[-1], h, dh), ("embed", "heads", "kv"), (0, (1, 2))
+      bias_shape, bias_names, eq = (h, dh), ("heads", "kv"), "...d,dhk->...hk"
+    else:
+      shape, names, fans = (h, dh, self.features), ("heads", "kv", "embed"), ((0, 1), 2)
+      bias_shape, bias_names, eq = (self.features,), ("embed",), "...hk,hkd->...d"
+    init = (nn.initializers.zeros if self.zero_init else
+            nn.initializers.xavier_uniform(in_axis=fans[0], out_axis=fans[1]))
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, names), shape,
+                        self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_names),
+                      bias_shape, self.param_dtype)
+    y = jnp.einsum(eq, x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention (`context=None`) or cross-attention to `context`.
+
+  Attributes:
+    num_heads: H.
+    head_dim: Dh.
+    qk_norm: RMSNorm on q and k per head before the dot product (stabilises bf16 training).
+    rope_proportions: split of the head dim's rotary pairs over position axes (see
+      `rope.axis_pairs`); None disables RoPE. Needs `positions` at call time.
+    rope_base: RoPE frequency base.
+    backend: attention backend name (see `attention`).
+    zero_init_out: zero-init the output projection, so the layer starts as a no-op.
+    dtype, param_dtype: compute and parameter dtypes.
+  """
+  num_heads: int
+  head_dim: int
+  qk_norm: bool = True
+  rope_proportions: tuple[int, ...] | None = None
+  rope_base: float = 10_000.0
+  backend: str = "xla"
+  zero_init_out: bool = False
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _proj(self, name: str) -> HeadsProjection:
+    return HeadsProjection(self.num_heads, self.head_dim, dtype=self.dtype,
+                           param_dtype=self.param_dtype, name=name)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array | None = None, *, positions=None,
+               q_segment_ids=None, kv_segment_ids=None, kv_mask=None) -> jax.Array:
+    """x: [B, N, D]; context: [B, S, Dc] or None (self-attention); positions: [B, N, A] int.
+
+    Returns:
+      [B, N, D].
+    """
+    context = x if context is None else context
+    q, k, v = self._proj("query")(x), self._proj("key")(context), self._proj("value")(context)
+    if self.qk_norm:
+      q = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="query_norm")(q)
+      k = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="key_norm")(k)
+    if self.rope_proportions is not None:
+      if positions is None:
+        raise ValueError("MultiHeadAttention with RoPE needs `positions` [B, N, A].")
+      q = rope.apply_rope(q, positions, self.rope_proportions, self.rope_base)
+      k = rope.apply_rope(k, positions, self.rope_proportions, self.rope_base)
+    out = attention(q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+                    kv_mask=kv_mask, backend=self.backend)
+    return HeadsProjection(self.num_heads, self.head_dim, to_heads=False,
+                           features=x.shape[-1], zero_init=self.zero_init_out,
+                           dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)

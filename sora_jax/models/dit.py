@@ -1,0 +1,458 @@
+"""Diffusion transformer over spacetime patches of video latents, conditioned on text.
+
+DiT (Peebles & Xie, 2023, arXiv:2212.09748) as the Sora report uses it: latents
+`[T', h, w, C]` are cut into `(pt, ph, pw)` patches (`patchify`), each patch is a token, and
+a token knows its place only through 3D RoPE over its integer `(t, h, w)` patch position
+(Su et al., 2021; `rope.py`), so any duration, resolution and aspect ratio is just another
+set of positions. Clips of different sizes are packed into one sequence with segment ids
+(NaViT, Dehghani et al., 2023, arXiv:2307.06304; `data_pipelines/packing.py`); all attention
+is block-diagonal by segment.
+
+Block (pre-norm):
+  x += gate1 * SelfAttn(modulate(LN(x), shift1, scale1))   QK RMSNorm, 3D RoPE, segment mask
+  x += CrossAttn(LN(x), text)                               QK RMSNorm, text mask, segments
+  x += gate2 * MLP(modulate(LN(x), shift2, scale2))         GELU or SwiGLU
+`(shift, scale, gate) x 2` come from the conditioning embedding c = TimeEmbed(t) [+
+FpsEmbed(fps)] through a zero-initialised linear layer (adaLN-Zero); the cross-attention
+output projection and the final linear layer are zero-initialised too, so an initialised
+model outputs exactly 0 and every block starts as the identity.
+
+Conditioning is per token: `t: [B, N]` (and `fps: [B, N]`). Packed clips get different
+noise levels by repeating each clip's t over its tokens, and conditioning frames (clean
+latents for image-to-video, extension) can carry t = 0 inside a noisy clip. The price is
+that adaLN's modulation is computed per token (6 D^2 multiply-adds per token per block,
+about half an MLP) instead of once per clip.
+
+Text: embeddings `[B, L, Dt]` from any encoder (the jointly trained `text.TextEncoder` or
+a frozen external one) are projected to the DiT width by a small MLP (as in PixArt-alpha).
+A packed row's captions are laid side by side (`text.flatten_packed_text`) with
+`text_segment_ids`, so each token's cross-attention sees only its own clip's caption. An
+all-False text mask (empty or dropped caption) makes cross-attention contribute exactly 0:
+that is the unconditional model for classifier-free guidance.
+
+Typical use:
+  config = get_dit_config("B", patch=(1, 2, 2), latent_channels=16)
+  tokens, positions = patchify(latents, config.patch)      # [N, Din], [N, 3]
+  model = DiT(config)
+  v = model.apply(params, tokens, positions, segment_ids, t, text, text_mask)  # [B, N, Din]
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.ad_checkpoint import checkpoint_name
+
+from sora_jax.models import attention as attn_lib
+from sora_jax.models import rope
+
+# Size presets (DiT paper's S/B/L/XL; tiny for tests and laptops). Patch size and the rest
+# are separate config fields.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(width=64, depth=2, num_heads=2, mlp_ratio=4.0),
+    "S": dict(width=384, depth=12, num_heads=6, mlp_ratio=4.0),
+    "B": dict(width=768, depth=12, num_heads=12, mlp_ratio=4.0),
+    "L": dict(width=1024, depth=24, num_heads=16, mlp_ratio=4.0),
+    "XL": dict(width=1152, depth=28, num_heads=16, mlp_ratio=4.0),
+}
+
+# Rematerialisation policies by name: what a scanned block keeps for the backward pass.
+REMAT_POLICIES = {
+    "none": None,  # no remat: keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_attention": jax.checkpoint_policies.save_only_these_names("self_attention",
+                                                                    "cross_attention"),
+}
+EMBED_AXES = ("batch", "tokens", "embed")  # logical axes of activations between blocks
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  """Everything that defines a DiT. Frozen and hashable (usable as a static jit argument).
+
+  Attributes:
+    variant: name in `VARIANTS` the size fields came from.
+    width, depth, num_heads, mlp_ratio: size (D, blocks, H, MLP hidden = ratio * D).
+    patch: (pt, ph, pw) latent patch size; pt = 1 keeps images (T' = 1) and videos together.
+    latent_channels: C of the VAE latents; a token holds pt * ph * pw * C values.
+    mlp: "gelu" (tanh GELU, as DiT) or "swiglu" (hidden 2/3 * ratio * D, rounded to 8).
+    qk_norm: RMSNorm on queries and keys in every attention.
+    rope_proportions: split of the rotary pairs over (t, h, w); see `rope.axis_pairs`.
+    rope_base: RoPE frequency base.
+    fps_conditioning: add an fps embedding to the timestep embedding (then `fps` is required).
+    scan_layers: `nn.scan` over blocks (params get a leading "layers" axis); False unrolls.
+    remat: a key of REMAT_POLICIES.
+    attention_backend: see `attention.BACKENDS`.
+    dtype: compute dtype name ("float32", "bfloat16"); params use `param_dtype`.
+    param_dtype: parameter dtype name.
+  """
+  variant: str = "B"
+  width: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  patch: tuple[int, int, int] = (1, 2, 2)
+  latent_channels: int = 16
+  mlp: str = "gelu"
+  qk_norm: bool = True
+  rope_proportions: tuple[int, ...] = rope.VIDEO_PROPORTIONS
+  rope_base: float = 10_000.0
+  fps_conditioning: bool = False
+  scan_layers: bool = True
+  remat: str = "none"
+  attention_backend: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
+    object.__setattr__(self, "rope_proportions", tuple(self.rope_proportions))
+    if len(self.patch) != 3 or min(self.patch) < 1:
+      raise ValueError(f"patch={self.patch}; expected three positive ints (pt, ph, pw).")
+    if self.width % self.num_heads:
+      raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}.")
+    rope.axis_pairs(self.head_dim, self.rope_proportions)  # raises on a bad head dim
+    _check_choice("mlp", self.mlp, ("gelu", "swiglu"))
+    _check_choice("remat", self.remat, tuple(REMAT_POLICIES))
+    _check_choice("attention_backend", self.attention_backend, attn_lib.BACKENDS)
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+  @property
+  def token_dim(self) -> int:
+    """Din = pt * ph * pw * C."""
+    return math.prod(self.patch) * self.latent_channels
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+  if value not in allowed:
+    raise ValueError(f"DiTConfig.{name}={value!r}; allowed: {allowed}.")
+
+
+def get_dit_config(variant: str = "B", **overrides) -> DiTConfig:
+  """Config for a named size preset, with overrides (e.g. `patch=(1, 2, 2)`, `depth=2`).
+
+  Raises:
+    ValueError: unknown variant, or an override that is not a DiTConfig field.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown DiT variant {variant!r}; known variants: {list(VARIANTS)}.")
+  fields = {f.name for f in dataclasses.fields(DiTConfig)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"Unknown DiTConfig field(s) {unknown}; known fields: {sorted(fields)}.")
+  return DiTConfig(variant=variant, **{**VARIANTS[variant], **overrides})
+
+
+# ----------------------------------------------------------------------------- patches
+
+
+def check_patch(latent_shape: tuple[int, ...], patch: tuple[int, int, int],
+                where: str = "latents") -> None:
+  """Raises a ValueError unless `patch` divides the (T', h, w) of `latent_shape`."""
+  sizes = tuple(int(s) for s in latent_shape[:3])
+  if len(latent_shape) != 4 or any(s % p for s, p in zip(sizes, patch)):
+    raise ValueError(f"patch (pt, ph, pw)={tuple(patch)} does not divide the {where} sizes "
+                     f"(T', h, w)={sizes} (full shape {tuple(latent_shape)}, expected "
+                     f"[T', h, w, C]); every size must be a multiple of its patch size.")
+
+
+def patch_grid(latent_shape: tuple[int, ...], patch: tuple[int, int, int]) -> tuple[int, ...]:
+  """(T'/pt, h/ph, w/pw): the token grid of a clip."""
+  check_patch(latent_shape, patch)
+  return tuple(s // p for s, p in zip(latent_shape[:3], patch))
+
+
+def patchify(latents, patch: tuple[int, int, int]):
+  """One clip's latents -> tokens and their integer (t, h, w) patch positions.
+
+  Works on numpy arrays (data pipeline) and jax arrays (model code); traceable.
+
+  Args:
+    latents: [T', h, w, C].
+    patch: (pt, ph, pw), each dividing the matching size.
+
+  Returns:
+    tokens: [N, pt*ph*pw*C] with N = T'h w / (pt ph pw), in (t, h, w) raster order; each
+      token's features are ordered (pt, ph, pw, C).
+    positions: int32 numpy [N, 3].
+  """
+  gt, gh, gw = patch_grid(latents.shape, patch)
+  pt, ph, pw = patch
+  c = latents.shape[-1]
+  x = latents.reshape(gt, pt, gh, ph, gw, pw, c).transpose(0, 2, 4, 1, 3, 5, 6)
+  tokens = x.reshape(gt * gh * gw, pt * ph * pw * c)
+  grid = np.meshgrid(np.arange(gt), np.arange(gh), np.arange(gw), indexing="ij")
+  positions = np.stack(grid, axis=-1).reshape(-1, 3).astype(np.int32)
+  return tokens, positions
+
+
+def unpatchify(tokens, latent_shape: tuple[int, int, int, int], patch: tuple[int, int, int]):
+  """Inverse of `patchify`: tokens [N, pt*ph*pw*C] -> latents `latent_shape` [T', h, w, C]."""
+  gt, gh, gw = patch_grid(latent_shape, patch)
+  pt, ph, pw = patch
+  c = latent_shape[-1]
+  if tokens.shape != (gt * gh * gw, pt * ph * pw * c):
+    raise ValueError(f"unpatchify: tokens {tuple(tokens.shape)} do not match latents "
+                     f"{tuple(latent_shape)} with patch {tuple(patch)}; expected "
+                     f"{(gt * gh * gw, pt * ph * pw * c)}.")
+  x = tokens.reshape(gt, gh, gw, pt, ph, pw, c).transpose(0, 3, 1, 4, 2, 5, 6)
+  return x.reshape(latent_shape)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _dense(features: int, names: tuple[str | None, str | None], dtype, param_dtype,
+           name: str, zero: bool = False) -> nn.Dense:
+  kernel = nn.initializers.zeros if zero else nn.initializers.xavier_uniform()
+  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
+                  kernel_init=nn.with_logical_partitioning(kernel, names),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
+
+
+def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Transformer sinusoids of a real value: x [...] -> float32 [..., dim] (cos, sin halves)."""
+  half = dim // 2
+  freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float32) / half)
+  args = x.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class ScalarEmbedder(nn.Module):
+  """A real scalar per token (timestep, fps) -> [B, N, D]: sinusoids then a 2-layer MLP.
+
+  Attributes:
+    width: D.
+    scale: the scalar is multiplied by this before the sinusoids (1000 for t in [0, 1]).
+  """
+  width: int
+  scale: float = 1.0
+  frequency_dim: int = 256
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = sinusoidal_embedding(x * self.scale, self.frequency_dim).astype(self.dtype)
+    h = _dense(self.width, (None, "embed"), self.dtype, self.param_dtype, "in")(h)
+    return _dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "out")(nn.silu(h))
+
+
+class FeedForward(nn.Module):
+  """Transformer MLP: "gelu" (D -> ratio*D -> D) or "swiglu" (Shazeer, 2020).
+
+  Attributes:
+    hidden: hidden width (SwiGLU callers usually pass 2/3 of the GELU width).
+    kind: "gelu" or "swiglu".
+  """
+  hidden: int
+  kind: str = "gelu"
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, N, D] -> [B, N, D]."""
+    dense = lambda f, names, name: _dense(f, names, self.dtype, self.param_dtype, name)
+    if self.kind == "swiglu":
+      h = nn.silu(dense(self.hidden, ("embed", "mlp"), "gate")(x))
+      h = h * dense(self.hidden, ("embed", "mlp"), "up")(x)
+    else:
+      h = nn.gelu(dense(self.hidden, ("embed", "mlp"), "up")(x), approximate=True)
+    return dense(x.shape[-1], ("mlp", "embed"), "down")(h)
+
+
+def mlp_hidden(width: int, ratio: float, kind: str) -> int:
+  """Hidden width: ratio * D for GELU; 2/3 of it rounded up to 8 for SwiGLU (same params)."""
+  if kind == "swiglu":
+    return int(8 * math.ceil(2 * ratio * width / 3 / 8))
+  return int(ratio * width)
+
+
+def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  return x * (1 + scale) + shift
+
+
+def _plain_norm(dtype) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=1e-6, use_scale=False, use_bias=False, dtype=dtype)
+
+
+class DiTBlock(nn.Module):
+  """adaLN-Zero block: self-attention, cross-attention to text, MLP. Scannable.
+
+  Attributes:
+    width, num_heads, mlp_hidden, mlp: sizes and MLP kind.
+    qk_norm, rope_proportions, rope_base, backend: attention settings.
+  """
+  width: int
+  num_heads: int
+  mlp_hidden: int
+  mlp: str = "gelu"
+  qk_norm: bool = True
+  rope_proportions: tuple[int, ...] = rope.VIDEO_PROPORTIONS
+  rope_base: float = 10_000.0
+  backend: str = "xla"
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _attention(self, name: str, rope_proportions, zero_init_out: bool):
+    return attn_lib.MultiHeadAttention(
+        num_heads=self.num_heads, head_dim=self.width // self.num_heads, qk_norm=self.qk_norm,
+        rope_proportions=rope_proportions, rope_base=self.rope_base, backend=self.backend,
+        zero_init_out=zero_init_out, dtype=self.dtype, param_dtype=self.param_dtype,
+        name=name)
+
+  @nn.compact
+  def __call__(self, x, c, positions, segment_ids, text, text_mask, text_segment_ids):
+    """One block.
+
+    Args:
+      x: [B, N, D] tokens.
+      c: [B, N, D] conditioning embedding (timestep [+ fps]).
+      positions: [B, N, 3] int; segment_ids: [B, N] int (0 = padding).
+      text: [B, L, D] projected text; text_mask: [B, L] bool;
+      text_segment_ids: [B, L] int or None (None: every token sees all of its row's text).
+
+    Returns:
+      (x [B, N, D], None), the shape `nn.scan` expects.
+    """
+    x = nn.with_logical_constraint(x, EMBED_AXES)
+    mod = _dense(6 * self.width, ("embed", "mlp"), self.dtype, self.param_dtype,
+                 "adaln", zero=True)(nn.silu(c))
+    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
+
+    h = _modulate(_plain_norm(self.dtype)(x), shift1, scale1)
+    h = self._attention("self_attention", self.rope_proportions, False)(
+        h, positions=positions, q_segment_ids=segment_ids, kv_segment_ids=segment_ids)
+    x = x + gate1 * checkpoint_name(h, "self_attention")
+
+    h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="cross_norm")(x)
+    h = self._attention("cross_attention", None, True)(
+        h, text, q_segment_ids=None if text_segment_ids is None else segment_ids,
+        kv_segment_ids=text_segment_ids, kv_mask=text_mask)
+    x = x + checkpoint_name(h, "cross_attention")
+
+    h = _modulate(_plain_norm(self.dtype)(x), shift2, scale2)
+    h = FeedForward(self.mlp_hidden, self.mlp, self.dtype, self.param_dtype, name="mlp")(h)
+    x = x + gate2 * h
+    return nn.with_logical_constraint(x, EMBED_AXES), None
+
+
+class FinalLayer(nn.Module):
+  """adaLN (shift, scale) + LayerNorm + zero-initialised linear to the token dim."""
+  out_dim: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    """x, c: [B, N, D] -> [B, N, out_dim]."""
+    mod = _dense(2 * x.shape[-1], ("embed", "mlp"), self.dtype, self.param_dtype, "adaln",
+                 zero=True)(nn.silu(c))
+    shift, scale = jnp.split(mod, 2, axis=-1)
+    h = _modulate(_plain_norm(self.dtype)(x), shift, scale)
+    return _dense(self.out_dim, ("embed", None), self.dtype, self.param_dtype, "linear",
+                  zero=True)(h)
+
+
+class TextProjection(nn.Module):
+  """Text embeddings [B, L, Dt] (any encoder) -> [B, L, D]: Dense, GELU, Dense (PixArt)."""
+  width: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, text: jax.Array) -> jax.Array:
+    h = _dense(self.width, (None, "embed"), self.dtype, self.param_dtype, "in")(text)
+    h = nn.gelu(h, approximate=True)
+    return _dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "out")(h)
+
+
+class DiT(nn.Module):
+  """Text-conditioned diffusion transformer over (packed) spacetime patch tokens."""
+  config: DiTConfig
+
+  def _blocks(self):
+    cfg = self.config
+    block_cls = DiTBlock
+    if cfg.remat != "none":
+      block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat],
+                           prevent_cse=not cfg.scan_layers)
+    kwargs = dict(width=cfg.width, num_heads=cfg.num_heads,
+                  mlp_hidden=mlp_hidden(cfg.width, cfg.mlp_ratio, cfg.mlp), mlp=cfg.mlp,
+                  qk_norm=cfg.qk_norm, rope_proportions=cfg.rope_proportions,
+                  rope_base=cfg.rope_base, backend=cfg.attention_backend,
+                  dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+    if cfg.scan_layers:
+      stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast,) * 6, length=cfg.depth,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      return [stack(**kwargs, name="blocks")]
+    return [block_cls(**kwargs, name=f"blocks_{i}") for i in range(cfg.depth)]
+
+  @nn.compact
+  def __call__(self, tokens, positions, segment_ids, t, text, text_mask,
+               text_segment_ids=None, fps=None) -> jax.Array:
+    """Predicts the flow velocity of every token.
+
+    Args:
+      tokens: [B, N, Din] noisy latent patches (Din = config.token_dim).
+      positions: [B, N, 3] int (t, h, w) patch positions (from `patchify`).
+      segment_ids: [B, N] int; 1..k = which packed clip, 0 = padding. An unpacked batch
+        passes ones.
+      t: [B, N] float timestep of each token (see module docstring).
+      text: [B, L, Dt] text embeddings from any encoder.
+      text_mask: [B, L] bool, False = padding (all False = unconditional).
+      text_segment_ids: [B, L] int, the segment whose caption each text token belongs to
+        (packed rows); None when each row holds one clip.
+      fps: [B, N] float frames per second; required iff config.fps_conditioning.
+
+    Returns:
+      [B, N, Din] float32 velocity.
+    """
+    cfg = self.config
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    if tokens.shape[-1] != cfg.token_dim:
+      raise ValueError(f"DiT: tokens have {tokens.shape[-1]} features, but patch "
+                       f"{cfg.patch} x {cfg.latent_channels} channels gives {cfg.token_dim}.")
+    if cfg.fps_conditioning == (fps is None):
+      raise ValueError(f"DiT: fps_conditioning={cfg.fps_conditioning} but fps was "
+                       f"{'not ' if fps is None else ''}given.")
+    c = ScalarEmbedder(cfg.width, 1000.0, dtype=dtype, param_dtype=param_dtype,
+                       name="time_embed")(t)
+    if fps is not None:
+      c = c + ScalarEmbedder(cfg.width, 1.0, dtype=dtype, param_dtype=param_dtype,
+                             name="fps_embed")(fps)
+    x = _dense(cfg.width, (None, "embed"), dtype, param_dtype, "patch_embed")(
+        tokens.astype(dtype))
+    text = TextProjection(cfg.width, dtype, param_dtype, name="text_proj")(text.astype(dtype))
+    for block in self._blocks():
+      x, _ = block(x, c, positions, segment_ids, text, text_mask, text_segment_ids)
+    out = FinalLayer(cfg.token_dim, dtype, param_dtype, name="final")(x, c)
+    return out.astype(jnp.float32)
+
+
+def dummy_inputs(config: DiTConfig, batch: int = 1, tokens: int = 16, text_len: int = 8,
+                 text_dim: int = 64) -> dict[str, jax.ShapeDtypeStruct]:
+  """Abstract inputs for `jax.eval_shape` / init (shapes only)."""
+  s = jax.ShapeDtypeStruct
+  inputs = dict(tokens=s((batch, tokens, config.token_dim), jnp.float32),
+                positions=s((batch, tokens, 3), jnp.int32),
+                segment_ids=s((batch, tokens), jnp.int32),
+                t=s((batch, tokens), jnp.float32),
+                text=s((batch, text_len, text_dim), jnp.float32),
+                text_mask=s((batch, text_len), jnp.bool_))
+  if config.fps_conditioning:
+    inputs["fps"] = s((batch, tokens), jnp.float32)
+  return inputs
