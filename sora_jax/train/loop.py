@@ -62,6 +62,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(config.get("mesh"))
   mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+  if hasattr(task, "prepare"):  # e.g. the DiT writes its tokenizer into the run
+    task.prepare(config, workdir)
   writer = metrics_lib.MetricWriter(workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -9,6 +9,7 @@ A task module provides:
   make_train_step(config) -> step(state, batch, rng) -> (state, metrics with "loss")
   evaluate(config, state, step, workdir, writer, final) -> {name: scalar}
   checkpoint_extra(config, state) -> JSON dict or None (saved with the last checkpoint)
+  prepare(config, workdir)                       optional: run files written at start
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from types import ModuleType
 
 TASKS = {
     "vae": "sora_jax.train.vae_task",
+    "dit": "sora_jax.train.dit_task",
 }
 
 

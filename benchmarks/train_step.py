@@ -1,0 +1,135 @@
+"""DiT train-step speed: step time, tokens/s, analytic FLOPs and MFU; prints JSON.
+
+  python benchmarks/train_step.py                    # all cases, float32, this machine
+  python benchmarks/train_step.py --cases ref128 --steps 5
+
+DiT only (random init, float32, no text encoder: random caption embeddings of 32 tokens),
+one clip of N tokens per row, AdamW update included. FLOPs are `dit_task.train_flops`
+(matmuls + attention of real tokens, forward + backward = 3x forward). MFU's peak is a
+measured float32 matmul rate of this machine (`cpu_matmul_flops`, a 2048^3 jitted matmul,
+best of several), stated in the output; on an accelerator pass --peak_flops.
+
+The side-by-side PyTorch peer (diffusers `WanTransformer3DModel` at equal width, depth,
+heads, tokens and batch, in a separate venv with the `peer` extra) is not built yet:
+`peer_tokens_per_s` is null until it is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sora_jax.diffusion import flow
+from sora_jax.models import dit as dit_lib
+from sora_jax.models import text as text_lib
+from sora_jax.train import dit_task
+
+# name: (DiT overrides, latent grid (T', h, w) -> tokens at patch 1x2x2, batch)
+CASES = {
+    "tiny": (dict(variant="tiny"), (4, 16, 16), 4),       # 256 tokens
+    "S": (dict(variant="S"), (4, 16, 16), 2),             # 256 tokens (batch 2: CPU time)
+    "ref128": (dict(variant="tiny", width=128, depth=4, num_heads=2), (4, 16, 16), 4),
+    "ref256": (dict(variant="tiny", width=256, depth=6, num_heads=4), (8, 16, 16), 4),
+}
+TEXT_LEN, CHANNELS = 32, 16
+
+
+def cpu_matmul_flops(n: int = 2048, reps: int = 5) -> float:
+  """Best float32 matmul FLOP/s of an n^3 jitted matmul."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 / best
+
+
+def _inputs(dcfg, grid, batch):
+  latents = np.random.default_rng(0).standard_normal((*grid, CHANNELS), np.float32)
+  tokens, positions = dit_lib.patchify(latents, dcfg.patch)
+  n = tokens.shape[0]
+  rep = lambda x: np.broadcast_to(x, (batch, *x.shape)).copy()
+  return {"tokens": rep(tokens), "positions": rep(positions),
+          "segment_ids": np.ones((batch, n), np.int32),
+          "text": np.random.default_rng(1).standard_normal(
+              (batch, TEXT_LEN, dcfg.width), np.float32),
+          "text_mask": np.ones((batch, TEXT_LEN), bool)}
+
+
+def bench_case(name: str, steps: int, peak: float) -> dict:
+  overrides, grid, batch = CASES[name]
+  overrides = dict(overrides)
+  dcfg = dit_lib.get_dit_config(overrides.pop("variant"), latent_channels=CHANNELS,
+                                patch=(1, 2, 2), **overrides)
+  model, tx = dit_lib.DiT(dcfg), optax.adamw(1e-4)
+  b = _inputs(dcfg, grid, batch)
+  params = model.init(jax.random.key(0), b["tokens"], b["positions"], b["segment_ids"],
+                      jnp.zeros(b["segment_ids"].shape), b["text"], b["text_mask"])
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt, b, rng):
+    t = flow.sample_clip_timesteps(rng, b["segment_ids"])
+    xt, target = flow.add_noise(b["tokens"], jax.random.normal(rng, b["tokens"].shape), t)
+    def loss_fn(p):
+      v = model.apply(p, xt, b["positions"], b["segment_ids"], t, b["text"], b["text_mask"])
+      return flow.flow_loss(v, target, b["segment_ids"])
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, loss
+
+  t0 = time.perf_counter()
+  params, opt, loss = step(params, opt, b, jax.random.key(0))
+  loss.block_until_ready()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for i in range(steps):
+    t0 = time.perf_counter()
+    params, opt, loss = step(params, opt, b, jax.random.key(i + 1))
+    loss.block_until_ready()
+    times.append(time.perf_counter() - t0)
+  # No text encoder here: a depth-0 text config makes train_flops count the DiT only.
+  tcfg = text_lib.get_text_config("tiny", depth=0, width=dcfg.width, num_heads=2)
+  flops = float(dit_task.train_flops(dcfg, tcfg, b["segment_ids"],
+                                     b["text_mask"][:, None], text_dim=dcfg.width))
+  step_s = float(np.median(times))
+  tokens = int(b["segment_ids"].size)
+  return {"case": name, "width": dcfg.width, "depth": dcfg.depth, "heads": dcfg.num_heads,
+          "tokens_per_row": tokens // batch, "batch": batch, "dtype": "float32",
+          "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
+          "step_s_all": [round(t, 4) for t in times], "tokens_per_s": round(tokens / step_s, 1),
+          "train_flops": flops, "flops_per_s": flops / step_s, "mfu": flops / step_s / peak,
+          "peer_tokens_per_s": None}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--cases", default=",".join(CASES))
+  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--peak_flops", type=float, default=0.0,
+                      help="peak FLOP/s for MFU (0 = measure a float32 matmul here)")
+  args = parser.parse_args()
+  peak = args.peak_flops or cpu_matmul_flops()
+  results = [bench_case(c, args.steps, peak) for c in args.cases.split(",")]
+  print(json.dumps({
+      "benchmark": "dit_train_step", "date": time.strftime("%Y-%m-%d"),
+      "machine": f"{platform.machine()} {jax.devices()[0].device_kind}, "
+                 f"{jax.local_device_count()} device(s)",
+      "backend": jax.default_backend(), "jax": jax.__version__,
+      "peak_flops": peak, "peak_source": "given" if args.peak_flops else
+      "measured float32 2048^3 matmul (best of 5)",
+      "peer": None,  # the PyTorch peer comparison is not built yet (see the docstring)
+      "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+  main()

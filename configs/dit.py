@@ -1,0 +1,100 @@
+"""Train the text-to-video DiT on VAE latents of Shapes World (rectified flow, packed clips).
+
+  # precomputed latents (see data_pipelines/latents.py for the two encode commands):
+  python -m sora_jax.main --config configs/dit.py:variant=S,vae_workdir=runs/vae_tiny10,latents=data/latents/sw_tiny10 --workdir runs/dit_S
+  # small run, latents encoded on the fly by the trained VAE:
+  python -m sora_jax.main --config configs/dit.py:variant=tiny,vae_workdir=runs/vae_tiny10 --workdir runs/dit_tiny
+  # seconds, with a RANDOM tiny VAE (tests, laptops):
+  python -m sora_jax.main --config configs/dit.py:runlocal=True --workdir /tmp/dit_local
+
+Arguments (after the colon, comma-separated key=value; unknown keys are an error):
+  variant      DiT size preset (sora_jax/models/dit.py VARIANTS): tiny, S, B, L, XL.
+  text         text encoder preset (sora_jax/models/text.py VARIANTS): tiny, S, B, L.
+  steps, batch, lr, warmup   training steps, global batch (packed sequences), peak LR, warm-up.
+  vae_workdir  a finished VAE run ('' = a randomly initialised tiny VAE, loudly logged).
+  latents      'on_the_fly' (encode pixel clips while training) or a directory written by
+               `python -m data_pipelines.latents` (holding train/ and validation/).
+  seq_len      tokens per packed sequence; max_clips: most clips per sequence.
+  text_len     caption tokens per clip (longer captions are cut).
+  patch        latent patch 'PTxPHxPW', e.g. 1x2x2.
+  cfg_drop     caption drop rate for classifier-free guidance.
+  ema          EMA decay of the params (evaluation uses the EMA).
+  caption      'detailed' or 'short': which caption to train on.
+  sizes, level, data_dir, num_train   the Shapes World pixel data (on-the-fly encoding).
+  peak_flops   peak FLOP/s for MFU (0 = the measured CPU default on CPU, no MFU elsewhere).
+  eval_every   steps between mid-run evaluations (0 = only the final one).
+  runlocal     shrink everything so a test or a laptop runs it in seconds.
+"""
+import ml_collections
+
+from configs import common
+
+_DEFAULTS = dict(
+    variant="S", text="S", steps=20000, batch=32, lr=3e-4, warmup=500, vae_workdir="",
+    latents="on_the_fly", seq_len=1024, max_clips=16, text_len=48, patch="1x2x2",
+    cfg_drop=0.1, ema=0.999, caption="detailed", sizes="17x64x64+1x64x64", level="full",
+    data_dir="data/tfds", num_train=4096, peak_flops=0.0, seed=0, eval_every=2000,
+    runlocal=False)
+
+
+def _patch(text: str) -> tuple[int, int, int]:
+  try:
+    patch = tuple(int(v) for v in text.lower().split("x"))
+  except ValueError:
+    patch = ()
+  if len(patch) != 3 or min(patch) < 1:
+    raise ValueError(f"Config argument patch={text!r} is not PTxPHxPW (e.g. 1x2x2).")
+  return patch
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, **_DEFAULTS)
+  config = ml_collections.ConfigDict()
+  config.task = "dit"
+  config.seed = arg.seed
+  config.mesh = {"data": -1}
+
+  config.model = {"variant": arg.variant, "patch": _patch(arg.patch), "overrides": {}}
+  config.text = {"variant": arg.text, "vocab_size": 512, "overrides": {}}
+  # '' = trained from the training captions, written to WORKDIR/tokenizer.model.
+  config.tokenizer = {"path": "", "vocab_size": 512, "num_clips": 2000}
+  # The tiny VAE used only when vae_workdir is empty (random init; tests and runlocal).
+  config.vae = {"workdir": arg.vae_workdir,
+                "random_model": {"variant": "tiny", "base_channels": 8, "norm_groups": 4,
+                                 "latent_channels": 8}}
+
+  sizes = common.parse_sizes(arg.sizes, "config sizes", max_side=256)
+  config.data = common.shapes_world_data(arg.level, sizes, arg.num_train, 64, arg.data_dir)
+  config.data.latents = arg.latents
+  config.data.caption = arg.caption
+  config.packing = {"seq_len": arg.seq_len, "max_clips": arg.max_clips,
+                    "text_len": arg.text_len, "num_bins": 4}
+  # SD3's logit-normal(0, 1) t, shifted by sqrt(clip tokens / base_tokens) (0 = no shift).
+  config.flow = {"cfg_drop": arg.cfg_drop, "t_mean": 0.0, "t_std": 1.0, "base_tokens": 256}
+  config.ema = arg.ema
+  config.optim = {"lr": arg.lr, "warmup_steps": arg.warmup, "final_lr_frac": 0.1,
+                  "b1": 0.9, "b2": 0.99, "weight_decay": 0.0, "grad_clip": 1.0}
+
+  config.train = {"steps": arg.steps, "batch_size": arg.batch, "log_every": 50,
+                  "eval_every": arg.eval_every, "checkpoint_every": 1000,
+                  "keep_checkpoints": 2, "progress": True, "peak_flops": arg.peak_flops}
+  config.eval = {"split": "validation", "num_clips": 64, "batch_size": 8, "seed": 0,
+                 "timesteps": (0.1, 0.3, 0.5, 0.7, 0.9)}
+
+  if arg.runlocal:  # seconds on a laptop or in a test
+    config.model.overrides = {"width": 32, "depth": 2, "num_heads": 2}
+    config.text.update({"variant": "tiny", "vocab_size": 256})
+    config.text.overrides = {"width": 32, "depth": 1, "num_heads": 2}
+    config.tokenizer.update({"vocab_size": 256, "num_clips": 64})
+    config.data.name.sizes = [[5, 32, 32], [1, 32, 32]]
+    config.data.name.num_examples = {"train": 16, "validation": 8, "test": 8,
+                                     "compositional": 8}
+    config.packing.update({"seq_len": min(arg.seq_len, 64), "max_clips": min(arg.max_clips, 4),
+                           "text_len": min(arg.text_len, 32), "num_bins": 1})
+    config.flow.base_tokens = 32
+    config.train.update({"steps": min(arg.steps, 4), "batch_size": 8, "log_every": 1,
+                         "eval_every": 2, "checkpoint_every": 2})
+    config.eval.update({"num_clips": 8, "batch_size": 4, "timesteps": (0.1, 0.5, 0.9)})
+    config.optim.warmup_steps = 1
+  config.lock()  # a typo in an override fails instead of adding a field
+  return config

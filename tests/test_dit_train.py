@@ -1,0 +1,132 @@
+"""The DiT task in the one loop: runlocal training, exact resume with EMA, overfit, bad input.
+
+All on CPU with a randomly initialised tiny VAE encoding Shapes World clips on the fly
+(no precompute step); the Shapes World set is built once per module.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import dit as dit_config
+from data_pipelines import latents as latents_lib
+from data_pipelines import packing
+from sora_jax.train import checkpointing
+from sora_jax.train import dit_task
+from sora_jax.train import loop
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("dit_data"))
+
+
+def _config(data_dir, extra="", steps=4):
+  cfg = dit_config.get_config(f"runlocal=True,data_dir={data_dir}{extra}")
+  cfg.train.steps = steps
+  cfg.train.progress = False
+  return cfg
+
+
+def _state(workdir, step):
+  return ocp.PyTreeCheckpointer().restore(
+      os.path.join(workdir, "checkpoints", str(step), "state"))
+
+
+def test_runlocal_train_and_resume_equals_uninterrupted(data_dir, tmp_path):
+  cfg = _config(data_dir)
+  split_dir, straight_dir = str(tmp_path / "split"), str(tmp_path / "straight")
+  assert loop.train_and_evaluate(cfg, split_dir, stop_at=2) == {"stopped_at": 2}
+  final = loop.train_and_evaluate(cfg, split_dir)  # resumes at step 2
+  straight = loop.train_and_evaluate(cfg, straight_dir)
+  a, b = _state(split_dir, 4), _state(straight_dir, 4)
+  # Params AND the EMA equal only if the packed data iterator resumed exactly.
+  for key in ("params", "ema_params"):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6),
+                 a[key], b[key])
+  diffs = jax.tree.leaves(jax.tree.map(lambda p, e: float(np.abs(p - e).max()),
+                                       a["params"], a["ema_params"]))
+  assert max(diffs) > 1e-6  # the EMA lags the params
+
+  rows = [json.loads(l) for l in open(os.path.join(split_dir, "metrics.jsonl"))]
+  train = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train] == [1, 2, 3, 4]
+  for r in train:
+    for key in ("loss", "grad_norm", "tokens", "clips", "flops", "captions_full"):
+      assert np.isfinite(r[f"train/{key}"]), (key, r)
+    assert 0 < r["train/tokens"] <= 8 * 64
+  for key in ("val_loss", "val_loss_raw", "val_loss_t0.1", "val_loss_t0.9"):
+    assert np.isfinite(final[f"final/{key}"]), key
+  # Throughput is timed on steps that are neither a (re)start's first nor after an eval:
+  # in 4 straight steps with an eval at 2, that is step 3.
+  assert straight["final/tokens_per_s"] > 0 and 0 < straight["final/mfu"] < 1
+  assert os.path.exists(os.path.join(split_dir, "tokenizer.model"))
+  ckpt = checkpointing.Checkpointer(split_dir)
+  extra = ckpt.restore_json(4, "extra")
+  assert extra["tokenizer"] == "tokenizer.model" and extra["vae"].startswith("random:")
+  assert len(extra["latent_mean"]) == len(extra["latent_std"]) == 8
+  assert ckpt.restore_json(4, "config")["task"] == "dit"
+  ckpt.close()
+
+
+def _overfit_batch(cfg, num_clips=8):
+  """`num_clips` fixed clips packed into rows of `cfg.packing.seq_len` tokens."""
+  records = dit_task.latent_records(cfg, "train")
+  tok = dit_task.tokenizer(cfg)
+  examples = []
+  for i in range(num_clips):
+    rec = records[i]
+    ids, mask, _ = tok.encode([rec["caption"]], cfg.packing.text_len)
+    examples.append(packing.clip_example(rec["latents"], ids[0], mask[0],
+                                         tuple(cfg.model.patch), i))
+  rows = list(packing.pack_examples(examples, cfg.packing.seq_len, cfg.packing.max_clips))
+  return {k: np.stack([r[k] for r in rows]) for k in dit_task._DEVICE_KEYS}
+
+
+def test_overfit_eight_clips(data_dir):
+  """With fixed noise and timesteps, 150 steps drive the loss below 25% of its start."""
+  cfg = _config(data_dir, ",cfg_drop=0,lr=3e-3,warmup=1", steps=150)
+  batch = _overfit_batch(cfg)
+  state = dit_task.init_state(cfg, jax.random.key(0))
+  step = jax.jit(dit_task.make_train_step(cfg))
+  rng = jax.random.key(1)  # the same t and noise every step: a fixed regression target
+  losses = []
+  for _ in range(cfg.train.steps):
+    state, metrics = step(state, batch, rng)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.25 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("extra, match", [
+    (",patch=1x3x3", r"patch \(pt, ph, pw\)=\(1, 3, 3\) does not divide"),
+    (",variant=huge", "config.model.variant='huge' is not a DiT variant"),
+    (",vae_workdir=/nonexistent/vae", "has no checkpoints/ directory"),
+    (",text_len=0", "text_len=0"),
+    (",latents=/nonexistent/latents", "No latent records in"),
+])
+def test_bad_input_fails_before_any_work(data_dir, tmp_path, extra, match):
+  cfg = _config(data_dir, extra)
+  with pytest.raises(ValueError, match=match):
+    loop.train_and_evaluate(cfg, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")  # validate runs before the workdir exists
+
+
+def test_precomputed_latents_match_on_the_fly_and_train(data_dir, tmp_path):
+  """write_latents + LatentRecords give the on-the-fly latents (float16), and train."""
+  cfg = _config(data_dir)
+  root = tmp_path / "latents"
+  for split in ("train", "validation"):
+    otf = dit_task.latent_records(cfg, split)
+    meta = latents_lib.write_latents(otf.source, otf.vae, str(root / split))
+    assert meta["num_records"] == len(otf)
+  recs = latents_lib.LatentRecords(str(root / "validation"))
+  for i in range(3):
+    np.testing.assert_allclose(recs[i]["latents"], otf[i]["latents"], rtol=1e-3, atol=1e-2)
+    assert recs[i]["caption"] == otf[i]["caption"]
+    assert tuple(recs.shapes[i]) == recs[i]["latents"].shape
+  final = loop.train_and_evaluate(_config(data_dir, f",latents={root}", steps=2),
+                                  str(tmp_path / "run"))
+  assert np.isfinite(final["final/val_loss"])
