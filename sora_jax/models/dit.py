@@ -50,6 +50,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import rope
+from sora_jax.models import variants
 
 # Size presets (DiT paper's S/B/L/XL; tiny for tests and laptops). Patch size and the rest
 # are separate config fields.
@@ -144,13 +145,7 @@ def get_dit_config(variant: str = "B", **overrides) -> DiTConfig:
   Raises:
     ValueError: unknown variant, or an override that is not a DiTConfig field.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown DiT variant {variant!r}; known variants: {list(VARIANTS)}.")
-  fields = {f.name for f in dataclasses.fields(DiTConfig)}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(f"Unknown DiTConfig field(s) {unknown}; known fields: {sorted(fields)}.")
-  return DiTConfig(variant=variant, **{**VARIANTS[variant], **overrides})
+  return variants.resolve(DiTConfig, VARIANTS, variant, overrides, "DiT")
 
 
 # ----------------------------------------------------------------------------- patches

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import dit
 from sora_jax.models import rope
+from sora_jax.models import variants
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "tiny": dict(width=64, depth=2, num_heads=2, mlp_ratio=4.0),
@@ -75,15 +76,7 @@ def get_text_config(variant: str = "S", **overrides) -> TextEncoderConfig:
   Raises:
     ValueError: unknown variant, or an override that is not a TextEncoderConfig field.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown text encoder variant {variant!r}; known variants: "
-                     f"{list(VARIANTS)}.")
-  fields = {f.name for f in dataclasses.fields(TextEncoderConfig)}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(f"Unknown TextEncoderConfig field(s) {unknown}; known fields: "
-                     f"{sorted(fields)}.")
-  return TextEncoderConfig(variant=variant, **{**VARIANTS[variant], **overrides})
+  return variants.resolve(TextEncoderConfig, VARIANTS, variant, overrides, "text encoder")
 
 
 class EncoderBlock(nn.Module):
