@@ -1,12 +1,20 @@
 """Causal video VAE throughput and memory; prints one JSON object.
 
   python benchmarks/vae.py [--variant tiny] [--quick]
+  python benchmarks/vae.py --conv-forms     # the micro-benchmark behind tiny's design
 
 Measures, for batch-1 clips of 64x64x17 and 256x256x33 (`--quick`: 64x64x17 only):
 encode and decode clips/s (median of 2 timed runs after a compile run; 1 with --quick) and
 memory (XLA's compiled temp + argument + output bytes, and the process's max RSS), plus
 chunked decode at T = 17 vs T = 129 (64x64, 4 latent frames per step) against one-pass
 decode. Each measurement runs in its own child process so max RSS belongs to it alone.
+
+`--conv-forms` times one 3x3x3 conv layer (forward + backward, median of 3) as a 3D conv
+and as the (2+1)D pair `vae_blocks.CausalConv3d(factorized=True)` uses, at the tiny
+variant's inner resolution (batch 8 x 5 x 16 x 16) and at full resolution. On the 2-core
+CPU (shared with another job, so +-30%), 2026-11-22, ms: 16x16 C32: 3D 412, (2+1)D 68;
+16x16 C64: 3D 655, (2+1)D 186; 32x32 C32: 3D 1199, (2+1)D 664; 17x64x64 C16: 3D 6982,
+(2+1)D 1730. Hence tiny: patchify to 16x16 first, then (2+1)D convs only.
 """
 import argparse
 import datetime
@@ -91,6 +99,36 @@ def measure_chunked_decode(variant: str, t: int, h: int, w: int, chunk: int) -> 
   }
 
 
+def measure_conv_forms() -> list[dict]:
+  """ms per conv layer (fwd + bwd) as a 3D conv and as (2+1)D, at a few activation shapes."""
+  rng = np.random.default_rng(0)
+  rows = []
+  for b, t, hw, c in [(8, 5, 16, 32), (8, 5, 16, 64), (8, 5, 32, 32), (8, 17, 64, 16)]:
+    x = jnp.asarray(rng.normal(size=(b, t + 2, hw + 2, hw + 2, c)), jnp.float32)
+    w3 = jnp.asarray(rng.normal(size=(3, 3, 3, c, c)) * 0.05, jnp.float32)
+    w21 = (jnp.asarray(rng.normal(size=(3, 3, c, c)) * 0.05, jnp.float32),
+           jnp.asarray(rng.normal(size=(3 * c, c)) * 0.05, jnp.float32))
+
+    def conv3d(w, x):
+      return jax.lax.conv_general_dilated(x, w, (1, 1, 1), 'VALID',
+                                          dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
+
+    def conv21(w, x):
+      ws, wt = w
+      y = jax.lax.conv_general_dilated(x.reshape((-1,) + x.shape[2:]), ws, (1, 1), 'VALID',
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = y.reshape(x.shape[:2] + y.shape[1:])
+      return jnp.concatenate([y[:, i:i + t] for i in range(3)], axis=-1) @ wt
+
+    row = {'activation': _shape((b, t, hw, hw, c))}
+    for name, fn, w in (('conv3d_ms', conv3d, w3), ('conv2plus1d_ms', conv21, w21)):
+      grad = jax.jit(jax.grad(lambda w, x, fn=fn: jnp.sum(jnp.square(fn(w, x))),
+                              argnums=(0, 1)))
+      row[name] = 1e3 * _median_seconds(lambda: grad(w, x), 3)
+    rows.append(row)
+  return rows
+
+
 def _child(kind: str, kwargs: dict) -> dict:
   """Runs one measurement in a fresh interpreter; returns its JSON result."""
   cmd = [sys.executable, __file__, '--child', json.dumps({'kind': kind, **kwargs})]
@@ -102,8 +140,15 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--variant', default='tiny', choices=sorted(vae.VARIANTS))
   parser.add_argument('--quick', action='store_true', help='64x64x17 only, one timed run')
+  parser.add_argument('--conv-forms', action='store_true',
+                      help='only the 3D vs (2+1)D conv micro-benchmark')
   parser.add_argument('--child', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.conv_forms:
+    print(json.dumps({'benchmark': 'vae_conv_forms', 'date': datetime.date.today().isoformat(),
+                      'machine': f'{platform.machine()} {os.cpu_count()} cpus',
+                      'jax': jax.__version__, 'rows': measure_conv_forms()}, indent=1))
+    return
   if args.child:
     spec = json.loads(args.child)
     fn = {'clip': measure_clip, 'chunked': measure_chunked_decode}[spec.pop('kind')]

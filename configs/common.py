@@ -100,3 +100,29 @@ def shapes_world_data(level: str, sizes: Sequence[Sequence[int]], num_train: int
       "num_workers": 0,
       "prefetch": 2,
   })
+
+
+def video_folder_data(folder: str, frames: int, sizes: Sequence[Sequence[int]],
+                      data_dir: str, validation_fraction: float = 0.1
+                      ) -> ml_collections.ConfigDict:
+  """The `data` section for a folder of user videos + captions.jsonl.
+
+  Args:
+    folder: the video folder (see data_pipelines/video_folder).
+    frames: T of every video clip (images become T = 1).
+    sizes: (H, W) targets; each video goes to the one nearest its aspect ratio.
+    data_dir: where the tfds data set is built / read.
+    validation_fraction: files held out for the `validation` split (evaluation).
+  """
+  for h, w in sizes:
+    features.check_clip_size(frames, h, w, where="video folder sizes")
+  return ml_collections.ConfigDict({
+      "source": "video_folder",
+      "name": {"folder": folder, "frames": frames, "sizes": [list(s) for s in sizes],
+               "validation_fraction": validation_fraction},
+      "data_dir": data_dir,
+      "prepare": True,
+      "crop": None,
+      "num_workers": 0,
+      "prefetch": 2,
+  })

@@ -63,6 +63,8 @@ def _data_sizes(data: ml_collections.ConfigDict) -> list[tuple[int, int, int]]:
     return [tuple(crop)]
   name = data.get("name")
   if isinstance(name, (dict, ml_collections.ConfigDict)) and "sizes" in name:
+    if "frames" in name:  # a video folder: one T, (H, W) targets (images are T = 1)
+      return [(name["frames"], h, w) for h, w in name["sizes"]]
     return [tuple(s) for s in name["sizes"]]
   return []
 
