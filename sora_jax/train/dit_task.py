@@ -51,6 +51,7 @@ from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.text import tokenizer as tok_lib
+from sora_jax.train import optim
 
 # Peak FLOP/s assumed on CPU when `train.peak_flops` is 0: a float32 2048^3 matmul measured
 # by `benchmarks/train_step.py` (`cpu_matmul_flops`) on the 2-core dev box (shared with
@@ -299,15 +300,6 @@ def flow_segment_sizes(segment_ids, xp=np):
 
 
 # ------------------------------------------------------------------------ state
-def _optimizer(o: dict, steps: int) -> optax.GradientTransformation:
-  """AdamW, linear warm-up, cosine decay to `final_lr_frac` of the peak (as the VAE's)."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, o["lr"], o["warmup_steps"], max(o["warmup_steps"] + 1, steps),
-      o["lr"] * o["final_lr_frac"])
-  return optax.chain(optax.clip_by_global_norm(o["grad_clip"]),
-                     optax.adamw(schedule, b1=o["b1"], b2=o["b2"], weight_decay=o["weight_decay"]))
-
-
 def init_params(dcfg, tcfg, rng: jax.Array) -> dict[str, Any]:
   """{"dit": variables, "text": variables}, unboxed (no partitioning metadata)."""
   drng, trng = jax.random.split(rng)
@@ -320,7 +312,7 @@ def init_params(dcfg, tcfg, rng: jax.Array) -> dict[str, Any]:
 
 def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> DiTState:
   params = init_params(dit_config(config), text_config(config), rng)
-  tx = _optimizer(dict(config.optim), config.train.steps)
+  tx = optim.make_optimizer(dict(config.optim), config.train.steps)
   return DiTState(jnp.zeros((), jnp.int32), params, tx.init(params),
                   jax.tree.map(jnp.copy, params))
 
@@ -405,9 +397,9 @@ def peak_flops(config) -> float:
 # ------------------------------------------------------------------------ step
 def make_train_step(config: ml_collections.ConfigDict):
   """The step function; one object per distinct config, so jax's caches hit on resume."""
-  optim = tuple(sorted(config.optim.items())) + (("steps", config.train.steps),)
+  optim_items = tuple(sorted(config.optim.items())) + (("steps", config.train.steps),)
   fl = tuple(sorted(config.flow.items()))
-  return _train_step_fn(dit_config(config), text_config(config), fl, optim,
+  return _train_step_fn(dit_config(config), text_config(config), fl, optim_items,
                         float(config.ema))
 
 
@@ -428,9 +420,9 @@ def _per_clip_mse(v, target, segment_ids):
 
 
 @functools.lru_cache(maxsize=8)
-def _train_step_fn(dcfg, tcfg, fl, optim, ema_decay):
-  o, f = dict(optim), dict(fl)
-  tx = _optimizer(o, o.pop("steps"))
+def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay):
+  o, f = dict(optim_items), dict(fl)
+  tx = optim.make_optimizer(o, o.pop("steps"))
 
   def loss_fn(params, batch, xt, target, t, ids, mask):
     v = _predict(dcfg, tcfg, params, xt, batch["positions"], batch["segment_ids"], t, ids,

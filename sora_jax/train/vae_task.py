@@ -32,6 +32,7 @@ from sora_jax.models import discriminator as disc_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.models import vae_losses
 from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.train import optim
 
 
 @flax.struct.dataclass
@@ -86,16 +87,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 # ------------------------------------------------------------------------ state
 def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return _optimizer_from(dict(config.optim), config.train.steps)
-
-
-def _optimizer_from(o: dict, steps: int) -> optax.GradientTransformation:
-  """AdamW with linear warm-up and cosine decay to `final_lr_frac` of the peak."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, o["lr"], o["warmup_steps"], max(o["warmup_steps"] + 1, steps),
-      o["lr"] * o["final_lr_frac"])
-  return optax.chain(optax.clip_by_global_norm(o["grad_clip"]),
-                     optax.adamw(schedule, b1=o["b1"], b2=o["b2"], weight_decay=o["weight_decay"]))
+  return optim.make_optimizer(dict(config.optim), config.train.steps)
 
 
 def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> VAEState:
@@ -129,14 +121,14 @@ def device_batch(config, batch, mesh) -> dict[str, jax.Array]:
 # ------------------------------------------------------------------------ step
 def make_train_step(config: ml_collections.ConfigDict):
   """The step function; one object per distinct config, so jax's caches hit on resume."""
-  optim = tuple(sorted(config.optim.items())) + (("steps", config.train.steps),)
-  return _train_step_fn(vae_config(config), loss_config(config), disc_config(config), optim)
+  optim_items = tuple(sorted(config.optim.items())) + (("steps", config.train.steps),)
+  return _train_step_fn(vae_config(config), loss_config(config), disc_config(config), optim_items)
 
 
 @functools.lru_cache(maxsize=8)
-def _train_step_fn(vcfg, lcfg, dcfg, optim):
-  o = dict(optim)
-  tx = _optimizer_from(o, o.pop("steps"))
+def _train_step_fn(vcfg, lcfg, dcfg, optim_items):
+  o = dict(optim_items)
+  tx = optim.make_optimizer(o, o.pop("steps"))
 
   def step_fn(state: VAEState, batch: dict[str, jax.Array], rng: jax.Array):
     video = batch["video"]
