@@ -2,23 +2,36 @@
 
   python -m sora_jax.demo --workdir runs/demo [--config configs/demo.py:quick=True]
 
-Stages (each resumes when run again): build Shapes World, check the analytic evaluator on
-exported generator clips, train the tiny VAE. The DiT, sampling of every task and the
-report of adherence join as those issues land.
+Stages (each resumes when run again): check the analytic evaluator on exported Shapes
+World clips; train the tiny VAE (full level, 64x64x17); encode the basic-level clips and
+images to latents once; train the demo DiT on them; sample every task into `samples/`
+(npy + mp4 + gif, `manifest.jsonl`, a contact sheet); score `eval_n` basic-level test
+prompts with the analytic evaluator, plus the task checks. Budget: 30 minutes on a 2-core
+CPU, set-up included.
 
 Arguments:
-  quick      a minute-long smoke run (tiny data, a few steps) instead of the real demo.
-  data_dir   where the tfds data sets are built.
-  vae_preset the VAE recipe (configs/vae.py PRESETS), default tiny10.
+  quick       a few-minute smoke run (tiny data, a few steps) instead of the real demo.
+  data_dir    where the tfds data sets are built.
+  vae_preset  the VAE recipe (configs/vae.py PRESETS), default tiny10.
+  dit_steps   DiT training steps (0 = the recipe's).
+  eval_n      basic-level test prompts sampled and scored.
 """
 import ml_collections
 
 from configs import common
+from configs import dit as dit_configs
 from configs import vae as vae_configs
+
+# The demo DiT recipe (measured in benchmarks/results/adherence.json): width 128, 4 blocks,
+# a tiny text encoder, basic-level 64x64x17 clips and 64x64 images, packed 2 clips a row.
+DIT_ARGS = dict(variant="XS", text="tiny", level="basic", sizes="17x64x64+1x64x64",
+                seq_len=640, max_clips=8, text_len=32, batch=4, steps=900, lr=1e-3,
+                warmup=100, ema=0.995, eval_every=0, num_train=4096)
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, quick=False, data_dir="data/tfds", vae_preset="tiny10")
+  arg = common.parse_arg(arg, quick=False, data_dir="data/tfds", vae_preset="tiny10",
+                         dit_steps=0, eval_n=100)
   config = ml_collections.ConfigDict()
   config.data_dir = arg.data_dir
   config.check_clips = 8 if arg.quick else 64  # evaluator check on exported clips
@@ -27,5 +40,25 @@ def get_config(arg=None):
   if arg.quick:
     vae_arg += ",runlocal=True,sizes=9x32x32"
   config.vae = vae_configs.get_config(vae_arg)
+
+  dit_args = dict(DIT_ARGS, data_dir=arg.data_dir, latents="DEMO_LATENTS",
+                  vae_workdir="DEMO_VAE")
+  if arg.dit_steps:
+    dit_args["steps"] = arg.dit_steps
+  if arg.quick:
+    dit_args.update(runlocal=True, level="basic")
+  dit_arg = ",".join(f"{k}={v}" for k, v in dit_args.items())
+  config.dit = dit_configs.get_config(dit_arg)  # the demo fills in the two paths
+  config.dit.unlock()
+  config.dit.train.progress = True
+  config.dit.train.checkpoint_every = 300  # an interrupted demo loses <= 300 steps
+  config.dit.lock()
+
+  # Sampling and evaluation of the trained DiT.
+  config.sample = {"steps": 8 if arg.quick else 16, "method": "dpmpp_2m", "guidance": 4.0,
+                   "frames": 9 if arg.quick else 17, "size": 32 if arg.quick else 64,
+                   "long_seconds": 4.0 if arg.quick else 10.0, "batch": 16}
+  config.eval = {"n": 4 if arg.quick else arg.eval_n, "split": "test", "level": "basic",
+                 "task_clips": 1 if arg.quick else 4}
   config.lock()  # a typo in an override fails instead of adding a field
   return config

@@ -8,7 +8,7 @@
   python -m sora_jax.main --config configs/dit.py:runlocal=True --workdir /tmp/dit_local
 
 Arguments (after the colon, comma-separated key=value; unknown keys are an error):
-  variant      DiT size preset (sora_jax/models/dit.py VARIANTS): tiny, S, B, L, XL.
+  variant      DiT size preset (sora_jax/models/dit.py VARIANTS): tiny, XS, S, B, L, XL.
   text         text encoder preset (sora_jax/models/text.py VARIANTS): tiny, S, B, L.
   steps, batch, lr, warmup   training steps, global batch (packed sequences), peak LR, warm-up.
   vae_workdir  a finished VAE run ('' = a randomly initialised tiny VAE, loudly logged).
@@ -23,6 +23,12 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   sizes, level, data_dir, num_train   the Shapes World pixel data (on-the-fly encoding).
   peak_flops   peak FLOP/s for MFU (0 = the measured CPU default on CPU, no MFU elsewhere).
   eval_every   steps between mid-run evaluations (0 = only the final one).
+  rules        sharding rule preset (sora_jax/sharding/rules.py): dp, fsdp, fsdp_tensor,
+               fsdp_context (tokens over the context axis; pair with attention=ring).
+  attention    attention backend (sora_jax/models/attention.py BACKENDS), e.g. ring or
+               all_to_all for context parallelism; '' = the model default (xla).
+               Mesh sizes: --config.mesh.fsdp=8 etc. (sizes of data, fsdp, context,
+               tensor; one may be -1); slices: --config.mesh.dcn.data=2.
   runlocal     shrink everything so a test or a laptop runs it in seconds.
 """
 import ml_collections
@@ -34,7 +40,7 @@ _DEFAULTS = dict(
     latents="on_the_fly", seq_len=1024, max_clips=16, text_len=48, patch="1x2x2",
     cfg_drop=0.1, ema=0.999, caption="detailed", sizes="17x64x64+1x64x64", level="full",
     data_dir="data/tfds", num_train=4096, peak_flops=0.0, seed=0, eval_every=2000,
-    runlocal=False)
+    rules="fsdp", attention="", runlocal=False)
 
 
 def _patch(text: str) -> tuple[int, int, int]:
@@ -52,7 +58,11 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.task = "dit"
   config.seed = arg.seed
-  config.mesh = {"data": -1}
+  # Total size of each mesh axis (one may be -1: the rest); `dcn`: how many slices (or
+  # hosts) an axis spans (sora_jax/sharding/mesh.py). Placement: `sharding.rules`.
+  config.mesh = {"data": -1, "fsdp": 1, "context": 1, "tensor": 1,
+                 "dcn": {"data": 1, "fsdp": 1, "context": 1, "tensor": 1}}
+  config.sharding = {"rules": arg.rules}
 
   config.model = {"variant": arg.variant, "patch": _patch(arg.patch), "overrides": {}}
   config.text = {"variant": arg.text, "vocab_size": 512, "overrides": {}}
@@ -71,6 +81,10 @@ def get_config(arg=None):
                     "text_len": arg.text_len, "num_bins": 4}
   # SD3's logit-normal(0, 1) t, shifted by sqrt(clip tokens / base_tokens) (0 = no shift).
   config.flow = {"cfg_drop": arg.cfg_drop, "t_mean": 0.0, "t_std": 1.0, "base_tokens": 256}
+  # Training task mixture (sora_jax/diffusion/tasks.py): which latent frames of a clip are
+  # given clean. One model then samples t2v/t2i, i2v, extension, interpolation and loops.
+  config.tasks = {"t2v": 0.6, "i2v": 0.1, "extend_forward": 0.1, "extend_backward": 0.1,
+                  "interpolate": 0.1}
   config.ema = arg.ema
   config.optim = {"lr": arg.lr, "warmup_steps": arg.warmup, "final_lr_frac": 0.1,
                   "b1": 0.9, "b2": 0.99, "weight_decay": 0.0, "grad_clip": 1.0}
@@ -96,5 +110,7 @@ def get_config(arg=None):
                          "eval_every": 2, "checkpoint_every": 2})
     config.eval.update({"num_clips": 8, "batch_size": 4, "timesteps": (0.1, 0.5, 0.9)})
     config.optim.warmup_steps = 1
+  if arg.attention:  # after runlocal, which replaces the overrides
+    config.model.overrides.attention_backend = arg.attention
   config.lock()  # a typo in an override fails instead of adding a field
   return config

@@ -20,6 +20,10 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   edge, kl     edge (spatial-gradient L1) and KL loss weights.
   gan          hinge-GAN weight (0 = off); gan_start: its first step.
   eval_every   steps between mid-run evaluations (0 = only the final one).
+  rules        sharding rule preset (sora_jax/sharding/rules.py): dp, or vae_spatial
+               (frames split by height over fsdp x context).
+               Mesh sizes: --config.mesh.fsdp=8 etc. (sizes of data, fsdp, context,
+               tensor; one may be -1); slices: --config.mesh.dcn.data=2.
   runlocal     shrink everything so a test or a laptop runs it in seconds.
 """
 import ml_collections
@@ -42,7 +46,7 @@ _DEFAULTS = dict(
     preset="", variant="tiny", ft=0, s=0, c=0, steps=2000, batch=8, lr=1e-3, warmup=100,
     final_lr=0.1, sizes="17x64x64", level="full", data_dir="data/tfds", num_train=4096,
     gan=0.0, gan_start=0, edge=0.1, kl=1e-6, seed=0, eval_every=500, video_folder="",
-    runlocal=False)
+    rules="dp", runlocal=False)
 
 
 def _preset_defaults(arg):
@@ -60,7 +64,11 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.task = "vae"
   config.seed = arg.seed
-  config.mesh = {"data": -1}
+  # Total size of each mesh axis (one may be -1: the rest); `dcn`: how many slices (or
+  # hosts) an axis spans (sora_jax/sharding/mesh.py). Placement: `sharding.rules`.
+  config.mesh = {"data": -1, "fsdp": 1, "context": 1, "tensor": 1,
+                 "dcn": {"data": 1, "fsdp": 1, "context": 1, "tensor": 1}}
+  config.sharding = {"rules": arg.rules}
 
   config.model = {"variant": arg.variant}
   for key, field in (("ft", "temporal_factor"), ("s", "spatial_factor"),

@@ -88,20 +88,10 @@ def vae_config_from_json(model: dict[str, Any]):
 def vae_run_info(vae_workdir: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
   """(latest step, config JSON, extra JSON) of a VAE run; one clear error if unusable."""
   from sora_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
-  ckpt_dir = os.path.join(vae_workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    raise ValueError(f"VAE workdir {vae_workdir!r} has no checkpoints/ directory; train a "
-                     "VAE there first (configs/vae.py) or pass the right --vae_workdir.")
-  ckpt = checkpointing.Checkpointer(vae_workdir)
-  try:
-    step = ckpt.latest_step()
-    if step is None:
-      raise ValueError(f"VAE workdir {vae_workdir!r} has no saved checkpoint step.")
-    config, extra = ckpt.restore_json(step, "config"), ckpt.restore_json(step, "extra")
-  finally:
-    ckpt.close()
-  if not config or "model" not in config:
-    raise ValueError(f"VAE checkpoint {vae_workdir!r} step {step} has no config JSON.")
+  step, config, extra = checkpointing.read_run(
+      vae_workdir, "a VAE (configs/vae.py) or pass the right --vae_workdir", "VAE workdir")
+  if "model" not in config:
+    raise ValueError(f"VAE checkpoint {vae_workdir!r} step {step} has no model config.")
   if not extra or "latent_mean" not in extra:
     raise ValueError(f"VAE checkpoint {vae_workdir!r} step {step} has no latent statistics "
                      "(extra JSON, saved with the last step of a finished VAE run).")
@@ -110,12 +100,12 @@ def vae_run_info(vae_workdir: str) -> tuple[int, dict[str, Any], dict[str, Any]]
 
 def load_vae(vae_workdir: str) -> FrozenVAE:
   """The trained VAE of a workdir's latest checkpoint, with its saved latent statistics."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from sora_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
   step, config, extra = vae_run_info(vae_workdir)
   vcfg = vae_config_from_json(config["model"])
   path = os.path.join(os.path.abspath(vae_workdir), "checkpoints", str(step), "state")
   # The VAE is small and frozen: restore it whole on the host (no sharding needed).
-  params = ocp.PyTreeCheckpointer().restore(path)["params"]["vae"]
+  params = checkpointing.restore_host(path)["params"]["vae"]
   mean = np.asarray(extra["latent_mean"], np.float32)
   std = np.asarray(extra["latent_std"], np.float32)
   if mean.shape != (vcfg.latent_channels,) or std.shape != mean.shape:

@@ -1,7 +1,9 @@
 """Reading and writing clips as files: .npy, mp4 (imageio-ffmpeg's bundled ffmpeg) and gif."""
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 
 import imageio.v3 as iio
 import numpy as np
@@ -19,8 +21,17 @@ def check_clip(video: np.ndarray, where: str = "clip") -> np.ndarray:
 def write_mp4(path: str | os.PathLike, video: np.ndarray, fps: int = DEFAULT_FPS) -> None:
   """H.264 mp4 (yuv420p, so any player opens it). H and W are even for our sizes."""
   video = check_clip(video, str(path))
-  iio.imwrite(path, video, plugin="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
-              output_params=["-crf", "12"], macro_block_size=1)
+  with _ffmpeg_fork():
+    iio.imwrite(path, video, plugin="FFMPEG", fps=fps, codec="libx264",
+                pixelformat="yuv420p", output_params=["-crf", "12"], macro_block_size=1)
+
+
+@contextlib.contextmanager
+def _ffmpeg_fork():
+  """JAX warns on any fork; imageio-ffmpeg's fork immediately execs its ffmpeg binary."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+    yield
 
 
 def write_gif(path: str | os.PathLike, video: np.ndarray, fps: int = DEFAULT_FPS) -> None:
@@ -53,7 +64,8 @@ def read_clip(path: str | os.PathLike) -> np.ndarray:
   if path.endswith(".npy"):
     video = np.load(path)
   else:
-    video = np.asarray(iio.imread(path, index=None if not _is_image(path) else 0))
+    with _ffmpeg_fork():
+      video = np.asarray(iio.imread(path, index=None if not _is_image(path) else 0))
     if video.ndim == 3:
       video = video[None]
     video = video[..., :3]

@@ -491,8 +491,11 @@ def global_batch_to_device(batch: Mapping[str, Any], mesh: jax.sharding.Mesh,
                            spec: P | None = None) -> dict[str, Any]:
   """Turns this process's batch into global jax.Arrays, sharded along the batch axis.
 
-  Each process passes its own [B_local, ...] batch; the result has global leading
-  dimension B_local * process_count (`jax.make_array_from_process_local_data`). Text
+  Each process passes its own [B_local, ...] batch, the rows its devices hold
+  (`jax.make_array_from_process_local_data`): with only data/fsdp spanning processes the
+  global leading dimension is B_local * process_count. When a context or tensor axis spans
+  processes, processes that hold the same rows must pass the same data: shard the input
+  by `sora_jax.sharding.mesh.process_batch_shard`, not by process index. Text
   (bytes/str/object arrays) has no jax dtype and stays on the host as numpy.
 
   Args:

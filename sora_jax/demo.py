@@ -2,14 +2,17 @@
 
   python -m sora_jax.demo --workdir runs/demo
 
-Runs the stages of `configs/demo.py` in order, each skipped or resumed when its output is
-already there, and writes `WORKDIR/report.json` (results and timings of every stage).
+Runs the stages of `configs/demo.py` in order and writes `WORKDIR/report.json` (results and
+timings of every stage) after each one. Running it again skips the stages the report
+holds and resumes the interrupted one (training resumes from its last checkpoint).
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+
+import numpy as np
 
 from absl import app
 from absl import flags
@@ -36,7 +39,101 @@ def _stage_vae(config, workdir: str) -> dict:
   return loop.train_and_evaluate(config.vae, os.path.join(workdir, "vae"))
 
 
-STAGES = (("shapes_world_check", _stage_check_evaluator), ("vae", _stage_vae))
+def _dit_config(config, workdir: str):
+  """The DiT config with the demo's VAE and latent directories filled in."""
+  cfg = config.dit
+  cfg.vae.workdir = os.path.join(workdir, "vae")
+  cfg.data.latents = os.path.join(workdir, "latents")
+  return cfg
+
+
+def _stage_latents(config, workdir: str) -> dict:
+  """Encodes the DiT's training and evaluation clips once with the trained VAE."""
+  from data_pipelines import latents  # pylint: disable=g-import-not-at-top
+  cfg = _dit_config(config, workdir)
+  vae = latents.load_vae(cfg.vae.workdir)
+  data = dict(cfg.data.to_dict(), latents="on_the_fly")
+  out = {}
+  for split in ("train", cfg.eval.split):
+    split_dir = os.path.join(cfg.data.latents, split)
+    if not os.path.exists(os.path.join(split_dir, latents.METADATA_FILE)):
+      latents.write_latents(latents.pixel_source(data, split), vae, split_dir)
+    out[split] = latents.LatentRecords(split_dir).metadata["num_records"]
+  return {"num_records": out}
+
+
+def _stage_dit(config, workdir: str) -> dict:
+  from sora_jax.train import loop  # pylint: disable=g-import-not-at-top
+  return loop.train_and_evaluate(_dit_config(config, workdir), os.path.join(workdir, "dit"))
+
+
+def _generator(config, workdir: str):
+  from sora_jax import generation  # pylint: disable=g-import-not-at-top
+  s = config.sample
+  return generation.Generator(os.path.join(workdir, "dit"), options=generation.SamplingOptions(
+      steps=s.steps, method=s.method, guidance=s.guidance))
+
+
+def _stage_samples(config, workdir: str) -> dict:
+  """One sample of every task (npy + mp4 + gif), a manifest and a contact sheet."""
+  from data_pipelines import media  # pylint: disable=g-import-not-at-top
+  from data_pipelines.shapes_world import generator as sw  # pylint: disable=g-import-not-at-top
+  from sora_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from sora_jax.scaling import report  # pylint: disable=g-import-not-at-top
+  gen, s = _generator(config, workdir), config.sample
+  t, hw, level = s.frames, s.size, config.eval.level
+  clips = [sw.make_clip("test", i, t, hw, hw, level) for i in range(3)]
+  a, b = clips[0], clips[1]
+  edit_prompt = evaluate._other_color_prompt(a.caption)  # pylint: disable=protected-access
+  given = min(2, gen.latent_shape(t, hw, hw)[0] - 1)
+  jobs = [  # (name, task, prompt, seed, make)
+      ("t2v", "t2v", a.caption, 0, lambda p, k: gen.t2v(p, t, hw, hw, k)),
+      ("t2i", "t2i", sw.make_clip("test", 3, 1, hw, hw, level).caption, 0,
+       lambda p, k: gen.t2i(p, hw, hw, k)),
+      ("i2v", "i2v", a.caption, 0, lambda p, k: gen.i2v(p, a.video[0], t, k)),
+      ("extend_forward", "extend", a.caption, 0,
+       lambda p, k: gen.extend(p, a.video, "forward", t, given, k)),
+      ("extend_backward", "extend", a.caption, 0,
+       lambda p, k: gen.extend(p, a.video, "backward", t, given, k)),
+      ("interpolate", "interpolate", b.caption, 0,
+       lambda p, k: gen.interpolate(p, a.video, b.video, t, seed=k)),
+      ("loop", "loop", clips[2].caption, 0, lambda p, k: gen.loop(p, t, hw, hw, k)),
+      ("edit", "edit", edit_prompt, 0, lambda p, k: gen.edit(p, a.video, 0.7, k)),
+      ("long", "t2v", clips[2].caption, 0, lambda p, k: np.concatenate(list(
+          gen.long_video(p, int(s.long_seconds * media.DEFAULT_FPS), hw, hw, t, given, k)))),
+  ]
+  out_dir = os.path.join(workdir, "samples")
+  os.makedirs(out_dir, exist_ok=True)
+  manifest, videos = [], []
+  for name, task, prompt, seed, make in jobs:
+    path = os.path.join(out_dir, name + ".npy")
+    video = np.load(path) if os.path.exists(path) else make(prompt, seed)
+    media.write_clip(os.path.join(out_dir, name), video, npy=True, mp4=True, gif=True)
+    manifest.append({"file": name + ".npy", "prompt": prompt, "task": task, "seed": seed,
+                     "frames": int(video.shape[0])})
+    videos.append(video)
+  with open(os.path.join(out_dir, "manifest.jsonl"), "w") as f:
+    f.writelines(json.dumps(m) + "\n" for m in manifest)
+  sheet = report.write_contact_sheet(os.path.join(out_dir, "contact_sheet.png"),
+                                     {"samples": videos}, frames=8,
+                                     row_labels=[j[0] for j in jobs])
+  return {"num": len(manifest), "tasks": sorted({m["task"] for m in manifest}),
+          "contact_sheet": sheet}
+
+
+def _stage_evaluate(config, workdir: str) -> dict:
+  from sora_jax import evaluate  # pylint: disable=g-import-not-at-top
+  e, s = config.eval, config.sample
+  result = evaluate.evaluate(_generator(config, workdir), os.path.join(workdir, "eval"),
+                             [e.split], e.n, e.level, s.frames, s.size, s.size,
+                             batch=s.batch, task_clips=e.task_clips)
+  return {"adherence": result["splits"][e.split], "tasks": result.get("tasks"),
+          "level": e.level, "sampling": result["sampling"]}
+
+
+STAGES = (("shapes_world_check", _stage_check_evaluator), ("vae", _stage_vae),
+          ("latents", _stage_latents), ("dit", _stage_dit), ("samples", _stage_samples),
+          ("evaluate", _stage_evaluate))
 
 
 def run(config, workdir: str) -> dict:
@@ -47,9 +144,16 @@ def run(config, workdir: str) -> dict:
     with open(report_path) as f:
       report = json.load(f)
   for name, fn in STAGES:
+    if name in report["stages"]:  # finished in an earlier run: resume after it
+      print(f"== demo stage: {name} (done, {report['stages'][name]['seconds']} s)", flush=True)
+      continue
     t0 = time.time()
     print(f"== demo stage: {name}", flush=True)
     result = fn(config, workdir)
+    if isinstance(result, dict) and "stopped_at" in result:  # preempted (SIGTERM)
+      print(f"== demo stopped in stage {name} at step {result['stopped_at']}; run the same "
+            "command again to resume.", flush=True)
+      return report
     report["stages"][name] = {"result": result, "seconds": round(time.time() - t0, 1)}
     with open(report_path, "w") as f:  # after every stage: nothing finished is lost
       json.dump(report, f, indent=2)

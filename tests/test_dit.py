@@ -142,7 +142,7 @@ def test_logical_axes_shard_on_an_asymmetric_mesh():
 
 
 def test_bad_configs_and_inputs():
-  with pytest.raises(ValueError, match=r"Unknown DiT variant 'XXL'.*'tiny', 'S', 'B', 'L', "):
+  with pytest.raises(ValueError, match=r"Unknown DiT variant 'XXL'.*'tiny', 'XS', 'S', 'B', 'L', "):
     dit.get_dit_config("XXL")
   with pytest.raises(ValueError, match=r"Unknown DiTConfig field\(s\) \['widht'\]"):
     dit.get_dit_config("S", widht=3)

@@ -14,6 +14,9 @@ Backends, one function each, picked by name through a small dispatcher:
   "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention); GPU only,
            bf16/fp16 inputs.
   "auto":  "cudnn" on GPU with bf16/fp16 inputs and a head dim cuDNN supports, else "xla".
+  "ring", "all_to_all": context parallelism over the mesh's `context` axis (ring attention
+           or DeepSpeed-Ulysses, `sora_jax/sharding/context.py`), with "auto" as the local
+           kernel; dense "auto" when there is no mesh or its context axis has size 1.
 
 `MultiHeadAttention` is the Linen layer both the DiT and the text encoder use: q/k/v/out
 projections, optional QK RMSNorm (as in SD3, Esser et al., 2024, arXiv:2403.03206) and
@@ -28,8 +31,10 @@ import jax
 import jax.numpy as jnp
 
 from sora_jax.models import rope
+from sora_jax.sharding import context as context_lib
 
-BACKENDS = ("xla", "cudnn", "auto")
+CONTEXT_BACKENDS = ("ring", "all_to_all")
+BACKENDS = ("xla", "cudnn", "auto") + CONTEXT_BACKENDS
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
@@ -86,8 +91,24 @@ def _auto_backend(q) -> Callable:
   return _xla_attention
 
 
+def _masked(fn: Callable, q, k, v, q_segment_ids, kv_segment_ids, kv_mask) -> jax.Array:
+  """Runs one dense backend `fn(q, k, v, mask)` with the masks and the zero-row contract."""
+  b, n, _, _ = q.shape
+  mask = attention_mask(n, k.shape[1], b, q_segment_ids, kv_segment_ids, kv_mask)
+  out = fn(q, k, v, mask)
+  if mask is not None:  # a row that sees nothing gets 0 instead of a mean over masked keys
+    out = jnp.where(jnp.any(mask, axis=-1)[:, :, None, None], out, 0)
+  return out.astype(q.dtype)
+
+
+def _local_auto(q, k, v, q_segment_ids, kv_segment_ids, kv_mask) -> jax.Array:
+  """Dense "auto" attention: the local kernel of the context-parallel backends."""
+  return _masked(_auto_backend(q), q, k, v, q_segment_ids, kv_segment_ids, kv_mask)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids=None,
-              kv_segment_ids=None, kv_mask=None, backend: str = "xla") -> jax.Array:
+              kv_segment_ids=None, kv_mask=None, backend: str = "xla",
+              self_attention: bool | None = None) -> jax.Array:
   """Multi-head scaled dot-product attention with segment and key masks.
 
   Args:
@@ -98,20 +119,25 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids=None,
     kv_segment_ids: [B, S] int.
     kv_mask: [B, S] bool; False keys are never attended (text padding).
     backend: one of BACKENDS.
+    self_attention: for the context-parallel backends only: True when k/v are the same
+      sequence as q (split over the context axis with it), False for cross-attention to a
+      short sequence (text; replicated over the context axis). None: S == N.
 
   Returns:
     [B, N, H, Dh] in q's dtype; rows with no key to attend to are exactly 0.
   """
-  fns = {"xla": _xla_attention, "cudnn": _cudnn_attention}
   if backend not in BACKENDS:
     raise ValueError(f"Unknown attention backend {backend!r}; known backends: {BACKENDS}.")
+  if backend in CONTEXT_BACKENDS:
+    fn = {"ring": context_lib.ring_attention,
+          "all_to_all": context_lib.all_to_all_attention}[backend]
+    if self_attention is None:
+      self_attention = k.shape[1] == q.shape[1]
+    return fn(q, k, v, q_segment_ids, kv_segment_ids, kv_mask,
+              self_attention=self_attention, local=_local_auto)
+  fns = {"xla": _xla_attention, "cudnn": _cudnn_attention}
   fn = _auto_backend(q) if backend == "auto" else fns[backend]
-  b, n, _, _ = q.shape
-  mask = attention_mask(n, k.shape[1], b, q_segment_ids, kv_segment_ids, kv_mask)
-  out = fn(q, k, v, mask)
-  if mask is not None:  # a row that sees nothing gets 0 instead of a mean over masked keys
-    out = jnp.where(jnp.any(mask, axis=-1)[:, :, None, None], out, 0)
-  return out.astype(q.dtype)
+  return _masked(fn, q, k, v, q_segment_ids, kv_segment_ids, kv_mask)
 
 
 class RMSNorm(nn.Module):
@@ -210,6 +236,7 @@ class MultiHeadAttention(nn.Module):
     Returns:
       [B, N, D].
     """
+    is_self = context is None
     context = x if context is None else context
     q, k, v = self._proj("query")(x), self._proj("key")(context), self._proj("value")(context)
     if self.qk_norm:
@@ -221,7 +248,7 @@ class MultiHeadAttention(nn.Module):
       q = rope.apply_rope(q, positions, self.rope_proportions, self.rope_base)
       k = rope.apply_rope(k, positions, self.rope_proportions, self.rope_base)
     out = attention(q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
-                    kv_mask=kv_mask, backend=self.backend)
+                    kv_mask=kv_mask, backend=self.backend, self_attention=is_self)
     return HeadsProjection(self.num_heads, self.head_dim, to_heads=False,
                            features=x.shape[-1], zero_init=self.zero_init_out,
                            dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)

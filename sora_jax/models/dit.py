@@ -56,6 +56,7 @@ from sora_jax.models import variants
 # are separate config fields.
 VARIANTS: dict[str, dict[str, Any]] = {
     "tiny": dict(width=64, depth=2, num_heads=2, mlp_ratio=4.0),
+    "XS": dict(width=128, depth=4, num_heads=4, mlp_ratio=4.0),  # the CPU demo's
     "S": dict(width=384, depth=12, num_heads=6, mlp_ratio=4.0),
     "B": dict(width=768, depth=12, num_heads=12, mlp_ratio=4.0),
     "L": dict(width=1024, depth=24, num_heads=16, mlp_ratio=4.0),

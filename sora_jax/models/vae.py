@@ -217,7 +217,8 @@ def _init_variables(rng: jax.Array, config: VAEConfig) -> Any:
   """
   rng = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl='rbg')
   s = config.spatial_factor
-  return VideoVAE(config).init(rng, jnp.zeros((1, 1, s, s, 3), jnp.float32))['params']
+  variables = VideoVAE(config).init(rng, jnp.zeros((1, 1, s, s, 3), jnp.float32))
+  return nn.meta.unbox(variables['params'])  # conv kernels carry logical axis names
 
 
 def init_params(config: VAEConfig, rng: jax.Array) -> Any:

@@ -43,6 +43,13 @@ def constrain(x: jax.Array) -> jax.Array:
   return nn.with_logical_constraint(x, VIDEO_AXES)
 
 
+def _kernel_init(zero: bool, ndim: int):
+  """Conv/Dense kernel init (Flax's default, or zeros) with logical axes: the taps are
+  unnamed, the last two axes are ('conv_in', 'conv_out') (`sora_jax/sharding/rules.py`)."""
+  init = nn.initializers.zeros if zero else nn.linear.default_kernel_init
+  return nn.with_logical_partitioning(init, (None,) * (ndim - 2) + ('conv_in', 'conv_out'))
+
+
 def _spatial_pad(kernel: int, stride: int) -> tuple[int, int]:
   """Padding giving `H // stride` outputs; stride 2 pads (0, 1) like the LDM downsampler."""
   total = kernel - stride
@@ -75,11 +82,11 @@ class CausalConv3d(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, T, H, W, Cin] -> [B, (T - 1) // st + 1, H // sh, W // sw, features]."""
     pads = [_spatial_pad(k, s) for k, s in zip(self.kernel[1:], self.strides[1:])]
-    last = dict(kernel_init=nn.initializers.zeros) if self.zero_init else {}
+    init = lambda zero, ndim: dict(kernel_init=_kernel_init(zero and self.zero_init, ndim))
     if not self.factorized:
       x = self._with_past(x)
       conv = nn.Conv(self.features, self.kernel, self.strides, padding=[(0, 0)] + pads,
-                     dtype=self.dtype, param_dtype=jnp.float32, **last)
+                     dtype=self.dtype, param_dtype=jnp.float32, **init(True, 5))
       return conv(x)
     kt, st = self.kernel[0], self.strides[0]
     if self.kernel[1:] != (1, 1) or self.strides[1:] != (1, 1) or kt == 1:
@@ -87,7 +94,7 @@ class CausalConv3d(nn.Module):
       b, t = x.shape[:2]
       conv = nn.Conv(self.features, self.kernel[1:], self.strides[1:], padding=pads,
                      dtype=self.dtype, param_dtype=jnp.float32, name='spatial',
-                     **(last if kt == 1 else {}))
+                     **init(kt == 1, 4))
       y = conv(x.reshape((b * t,) + x.shape[2:]))
       x = y.reshape((b, t) + y.shape[1:])
     if kt == 1:
@@ -96,7 +103,7 @@ class CausalConv3d(nn.Module):
     n = (x.shape[1] - kt) // st + 1
     taps = [x[:, i:i + st * (n - 1) + 1:st] for i in range(kt)]  # kt x [B, n, H, W, C]
     return nn.Dense(self.features, dtype=self.dtype, param_dtype=jnp.float32,
-                    name='temporal', **last)(jnp.concatenate(taps, axis=-1))
+                    name='temporal', **init(True, 2))(jnp.concatenate(taps, axis=-1))
 
   def _with_past(self, x: jax.Array) -> jax.Array:
     """Prepends `kt - 1` past frames (cached, or copies of frame 0) and updates the cache.

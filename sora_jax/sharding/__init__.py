@@ -1,1 +1,2 @@
-"""Meshes and placement of arrays on them."""
+"""Meshes (mesh.py), sharding rule presets and state placement (rules.py), and
+context-parallel attention (context.py)."""

@@ -3,13 +3,22 @@
 Sizes come from `config.mesh` (a mapping axis -> size; one size may be -1, "the rest").
 Axis types are Auto: `jax.make_mesh` defaults to Explicit, which breaks Linen's logical
 constraints. The mesh is validated before any compile: the product must equal the device
-count.
+count, and `check_divisible` checks that every sharded dimension divides by its axes.
+
+Several TPU slices (or GPU hosts joined by a slower network): `config.mesh.dcn` maps an
+axis to how many slices it spans (its total size stays in `config.mesh`); the devices are
+then laid out by `jax.experimental.mesh_utils.create_hybrid_device_mesh`, so only that
+axis's collectives cross the data-centre network (usually `data`, the cheapest one).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "context", "tensor")
@@ -44,12 +53,58 @@ def mesh_shape(sizes: Mapping[str, int] | None, num_devices: int) -> tuple[int, 
   return tuple(shape)
 
 
-def make_mesh(sizes: Mapping[str, int] | None = None, devices=None) -> Mesh:
-  """A mesh over `devices` (default: all) with the four named axes."""
-  devices = jax.devices() if devices is None else devices
+def dcn_shape(dcn: Mapping[str, int] | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Slices spanned by each axis (`config.mesh.dcn`), checked against the total sizes."""
+  dcn = {k: int(v) for k, v in dict(dcn or {}).items()}
+  unknown = sorted(set(dcn) - set(AXES))
+  if unknown:
+    raise ValueError(f"Unknown mesh.dcn axes {unknown}; allowed axes: {AXES}.")
+  out = tuple(dcn.get(a, 1) for a in AXES)
+  for axis, total, n in zip(AXES, shape, out):
+    if n < 1 or total % n:
+      raise ValueError(f"mesh.dcn.{axis}={n} must be a positive divisor of the axis's total "
+                       f"size mesh.{axis}={total} (the total spans all slices).")
+  return out
+
+
+def _granules(devices) -> tuple[list[Any], bool]:
+  """Groups devices by slice (TPU `slice_index`), else by process; (groups, by_process)."""
+  by_process = getattr(devices[0], "slice_index", None) is None
+  key = (lambda d: d.process_index) if by_process else (lambda d: d.slice_index)
+  groups: dict[int, list[Any]] = {}
+  for d in devices:
+    groups.setdefault(key(d), []).append(d)
+  return [groups[k] for k in sorted(groups)], by_process
+
+
+def hybrid_device_array(shape: tuple[int, ...], dcn: tuple[int, ...], devices) -> np.ndarray:
+  """Devices laid out as `shape`, axis i spanning `dcn[i]` slices (or processes)."""
+  granules, by_process = _granules(devices)
+  if len(granules) != math.prod(dcn):
+    unit = "processes" if by_process else "slices"
+    raise ValueError(f"mesh.dcn {dict(zip(AXES, dcn))} multiplies to {math.prod(dcn)} "
+                     f"slices, but the {len(devices)} devices form {len(granules)} {unit}.")
+  ici = tuple(s // n for s, n in zip(shape, dcn))
+  return mesh_utils.create_hybrid_device_mesh(
+      ici, dcn, devices, process_is_granule=by_process, allow_split_physical_axes=True)
+
+
+def make_mesh(sizes: Mapping[str, Any] | None = None, devices=None) -> Mesh:
+  """A mesh over `devices` (default: all) with the four named axes.
+
+  Args:
+    sizes: axis -> total size (one may be -1), optionally with "dcn": axis -> slices.
+    devices: the devices (default `jax.devices()`; AOT compiles pass a topology's).
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  sizes = dict(sizes or {"data": -1})
+  dcn = sizes.pop("dcn", None)
   shape = mesh_shape(sizes, len(devices))
-  return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES),
-                       devices=devices)
+  slices = dcn_shape(dcn, shape)
+  auto = (jax.sharding.AxisType.Auto,) * len(AXES)
+  if math.prod(slices) == 1:
+    return jax.make_mesh(shape, AXES, axis_types=auto, devices=devices)
+  return Mesh(hybrid_device_array(shape, slices, devices), AXES, axis_types=auto)
 
 
 def batch_size_per_shard(mesh: Mesh) -> int:
@@ -70,3 +125,74 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) dimension split over data and fsdp."""
   return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def _axes_of(entry) -> tuple[str, ...]:
+  if entry is None:
+    return ()
+  return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def check_divisible(abstract: Any, shardings: Any, where: str = "state",
+                    logical: Any = None) -> None:
+  """Raises a ValueError unless every sharded dimension divides by its mesh axes' size.
+
+  Run before any compile; jax's own error comes later and names no parameter.
+
+  Args:
+    abstract: pytree of arrays or ShapeDtypeStructs.
+    shardings: matching pytree of NamedShardings.
+    where: what the tree is, for the message ("state", "batch").
+    logical: optional matching pytree of logical PartitionSpecs (names in the message).
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(abstract)
+  shards = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+  names = (jax.tree.leaves(logical, is_leaf=lambda x: isinstance(x, P))
+           if logical is not None else [None] * len(leaves))
+  if not len(leaves) == len(shards) == len(names):
+    raise ValueError(f"check_divisible: {where} has {len(leaves)} arrays but {len(shards)} "
+                     f"shardings and {len(names)} logical specs; the trees differ.")
+  for (path, x), sharding, name in zip(leaves, shards, names):
+    for dim, entry in enumerate(sharding.spec):
+      axes = _axes_of(entry)
+      size = math.prod(sharding.mesh.shape[a] for a in axes)
+      if axes and x.shape[dim] % size:
+        logical_name = f" (logical axis {name[dim]!r})" if name is not None else ""
+        raise ValueError(
+            f"{where}{jax.tree_util.keystr(path)}: dimension {dim}{logical_name} of shape "
+            f"{tuple(x.shape)} has size {x.shape[dim]}, which is not divisible by mesh axes "
+            f"{axes} of sizes {[sharding.mesh.shape[a] for a in axes]} (= {size}). Change "
+            f"config.mesh or config.sharding.rules, or the model size.")
+
+
+def process_batch_shard(devices: np.ndarray, process_index: int) -> tuple[int, int]:
+  """Which rows of a batch split over data x fsdp this process must load: (index, count).
+
+  Processes whose devices hold the same batch rows (a `context` or `tensor` axis spanning
+  hosts) must feed identical data to `jax.make_array_from_process_local_data`, so the input
+  pipeline should shard by this index and count, not by `jax.process_index()` and
+  `jax.process_count()` (which agree whenever only data and fsdp span processes).
+
+  Args:
+    devices: the mesh's device grid (`mesh.devices`), axes ordered as AXES.
+    process_index: the process asking (`jax.process_index()`).
+
+  Raises:
+    ValueError: a process's devices hold batch rows that are not one contiguous block of
+      the same size as every other process's.
+  """
+  grid = np.asarray(devices)
+  num_rows = grid.shape[0] * grid.shape[1]  # data x fsdp
+  rows = np.broadcast_to(np.arange(num_rows).reshape(grid.shape[:2])[:, :, None, None],
+                         grid.shape)
+  blocks: dict[int, set[int]] = {}
+  for device, row in zip(grid.ravel(), rows.ravel()):
+    blocks.setdefault(device.process_index, set()).add(int(row))
+  distinct = sorted({tuple(sorted(b)) for b in blocks.values()})
+  contiguous = all(b == tuple(range(b[0], b[0] + len(b))) for b in distinct)
+  if not contiguous or sum(len(b) for b in distinct) != num_rows:  # overlap or gaps
+    raise ValueError(f"The mesh gives processes batch rows {distinct} (of data x fsdp = "
+                     f"{num_rows}); each process needs one contiguous block, and blocks "
+                     "must be disjoint or identical. Reorder the mesh axes' sizes or "
+                     "mesh.dcn.")
+  return distinct.index(tuple(sorted(blocks[process_index]))), len(distinct)

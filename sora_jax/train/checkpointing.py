@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from etils import epath
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 _ITEMS = ("state", "data", "config", "extra")
@@ -82,3 +84,40 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
                         tree, shardings)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings),
                       tree)
+
+
+def restore_host(path: str) -> Any:
+  """A saved pytree item (e.g. `.../checkpoints/STEP/state`) as host numpy arrays.
+
+  For frozen models (the VAE, sampling a DiT) that are used whole on one host: no mesh and
+  no topology are involved, so nothing depends on the shardings saved with it.
+  """
+  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path))
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                      getattr(meta, "tree", meta))
+  return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+
+
+def read_run(workdir: str, train_what: str, name: str = "--workdir"
+             ) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
+  """(latest step, config JSON, extra JSON or None) of a run; one clear error if none.
+
+  Args:
+    workdir: the run directory.
+    train_what: what to train there, for the error message.
+    name: how the caller names the directory in errors.
+  """
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise ValueError(f"{name} {workdir!r} has no checkpoints/ directory; train "
+                     f"{train_what} there first.")
+  ckpt = Checkpointer(workdir)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise ValueError(f"{name} {workdir!r} has no saved checkpoint step.")
+    config, extra = ckpt.restore_json(step, "config"), ckpt.restore_json(step, "extra")
+  finally:
+    ckpt.close()
+  if not config:
+    raise ValueError(f"{name} {workdir!r} step {step} has no config JSON.")
+  return step, config, extra

@@ -47,9 +47,12 @@ import optax
 from data_pipelines import latents as latents_lib
 from data_pipelines import pipeline
 from sora_jax.diffusion import flow
+from sora_jax.diffusion import tasks as tasks_lib
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
+from sora_jax.scaling import flops as flops_lib
 from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.sharding import rules as rules_lib
 from sora_jax.text import tokenizer as tok_lib
 from sora_jax.train import optim
 
@@ -154,6 +157,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.flow.cfg_drop <= 1 or not 0 <= config.ema < 1:
     raise ValueError(f"config.flow.cfg_drop={config.flow.cfg_drop} must be in [0, 1] and "
                      f"config.ema={config.ema} in [0, 1).")
+  tasks_lib.check_mixture(config.tasks)
   _validate_sources(config)
   dcfg, _ = dit_config(config), text_config(config)  # unknown fields, head dims
   for shape in latent_shapes(config):
@@ -251,52 +255,13 @@ def save_tokenizer(config, workdir: str) -> str:
 # ------------------------------------------------------------------------ FLOPs
 def train_flops(dcfg: dit_lib.DiTConfig, tcfg: text_lib.TextEncoderConfig, segment_ids,
                 text_mask, text_dim: int | None = None):
-  """Analytic FLOPs of one training step (forward + backward = 3x forward) of real tokens.
-
-  Counts matmuls (2 FLOPs per multiply-add) and attention scores and values of real tokens
-  only: a clip's n tokens attend to its n tokens and its caption's l tokens; padding, norms
-  and elementwise ops are not counted (the MFU convention of PaLM, Chowdhery et al., 2022).
-
-  Args:
-    dcfg, tcfg: the DiT and text encoder configs.
-    segment_ids: int [B, N] (0 = padding); text_mask: bool [B, K, L] (caption row k is
-      segment k + 1). numpy (host) or jax (traced) arrays.
-    text_dim: width of the text embeddings (default: the text encoder's width).
-
-  Returns:
-    Scalar FLOPs (numpy or jax float).
-  """
-  xp = jnp if isinstance(segment_ids, jax.Array) else np
-  d, dt, din = dcfg.width, text_dim or tcfg.width, dcfg.token_dim
-  real = segment_ids > 0
-  n_tok = xp.sum(real).astype(xp.float32)
-  n_sq = xp.sum(xp.where(real, flow_segment_sizes(segment_ids, xp), 0.0))
-  cap_len = xp.sum(text_mask, axis=-1).astype(xp.float32)  # [B, K]
-  k = xp.clip(segment_ids - 1, 0, text_mask.shape[1] - 1)
-  n_l = xp.sum(xp.where(real, xp.take_along_axis(cap_len, k, axis=1), 0.0))
-  l_tok, l_sq = xp.sum(cap_len), xp.sum(cap_len ** 2)
-  hidden = dit_lib.mlp_hidden(d, dcfg.mlp_ratio, dcfg.mlp)
-  mlp = (3 if dcfg.mlp == "swiglu" else 2) * d * hidden
-  per_token = (din * d + 256 * d + d * d + 2 * d * din + 2 * d * d  # embed, t, final
-               + dcfg.depth * (6 * d * d + 4 * d * d + 2 * d * d + mlp))
-  per_text = dt * d + d * d + dcfg.depth * 2 * d * d  # projection, cross-attention k, v
-  dit_fwd = 2 * (per_token * n_tok + per_text * l_tok) + dcfg.depth * 4 * d * (n_sq + n_l)
-  th = dit_lib.mlp_hidden(tcfg.width, tcfg.mlp_ratio, "gelu")
-  text_fwd = tcfg.depth * (2 * (4 * tcfg.width ** 2 + 2 * tcfg.width * th) * l_tok
-                           + 4 * tcfg.width * l_sq)
-  return 3.0 * (dit_fwd + text_fwd)
+  """Analytic FLOPs of one training step of real tokens: `flops.dit_train_flops`."""
+  return flops_lib.dit_train_flops(dcfg, tcfg, segment_ids, text_mask, text_dim)
 
 
 def flow_segment_sizes(segment_ids, xp=np):
-  """Tokens of each token's segment, [B, N] float32 (numpy or jax)."""
-  if xp is jnp:
-    return flow.segment_sizes(segment_ids)
-  seg = np.asarray(segment_ids)
-  out = np.zeros(seg.shape, np.float32)
-  for b in range(seg.shape[0]):
-    counts = np.bincount(seg[b], minlength=seg.shape[1] + 1)
-    out[b] = counts[seg[b]]
-  return out
+  """Tokens of each token's segment, [B, N] float32: `flops.segment_sizes`."""
+  return flops_lib.segment_sizes(segment_ids, xp)
 
 
 # ------------------------------------------------------------------------ state
@@ -318,8 +283,15 @@ def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> DiTState:
 
 
 def state_shardings(config, mesh, abstract_state):
-  del config  # small models for now: replicated; activations follow the batch
-  return jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract_state)
+  """Placement by `config.sharding.rules` (`sharding/rules.py`); params, EMA and Adam
+  moments share the models' logical axes, counters are replicated."""
+  dcfg, tcfg = dit_config(config), text_config(config)
+  ids = jax.ShapeDtypeStruct((1, 1, tcfg.max_len), jnp.int32)
+  specs = {"dit": rules_lib.param_specs(dit_lib.DiT(dcfg),
+                                        **dit_lib.dummy_inputs(dcfg, text_dim=tcfg.width)),
+           "text": rules_lib.param_specs(text_lib.TextEncoder(tcfg), ids,
+                                         jax.ShapeDtypeStruct(ids.shape, jnp.bool_))}
+  return rules_lib.state_shardings(mesh, abstract_state, rules_lib.preset_of(config), specs)
 
 
 # ------------------------------------------------------------------------ data
@@ -399,8 +371,9 @@ def make_train_step(config: ml_collections.ConfigDict):
   """The step function; one object per distinct config, so jax's caches hit on resume."""
   optim_items = tuple(sorted(config.optim.items())) + (("steps", config.train.steps),)
   fl = tuple(sorted(config.flow.items()))
+  mixture = tuple(sorted((k, float(v)) for k, v in config.tasks.items()))
   return _train_step_fn(dit_config(config), text_config(config), fl, optim_items,
-                        float(config.ema))
+                        float(config.ema), mixture)
 
 
 def _predict(dcfg, tcfg, params, tokens, positions, segment_ids, t, text_ids, text_mask):
@@ -411,39 +384,57 @@ def _predict(dcfg, tcfg, params, tokens, positions, segment_ids, t, text_ids, te
                                  tmask, tseg)
 
 
-def _per_clip_mse(v, target, segment_ids):
-  """Token MSE weighted so each clip sums to 1: (weights [B, N], mse [B, N])."""
+def _per_clip_mse(v, target, segment_ids, keep):
+  """Token MSE weighted so each clip's kept tokens sum to 1: (weights [B, N], mse [B, N])."""
   mse = jnp.mean(jnp.square(v - target), -1)
-  weight = jnp.where(segment_ids > 0, 1.0 / jnp.maximum(flow.segment_sizes(segment_ids), 1),
-                     0.0)
+  keep = keep & (segment_ids > 0)
+  weight = jnp.where(keep, 1.0 / jnp.maximum(flow.segment_sizes(segment_ids, keep), 1), 0.0)
   return weight, mse
 
 
+def condition_tokens(rng, batch, mixture, t, xt):
+  """Draws the training task of every packed clip (`diffusion/tasks.py`) and applies it.
+
+  Given (conditioning) tokens get their clean latents and timestep 0; they are excluded
+  from the loss. Returns (given bool [B, N], t [B, N], xt [B, N, Din]).
+  """
+  seg = batch["segment_ids"]
+  if all(k == "t2v" or w == 0 for k, w in mixture):  # plain text-to-video: nothing given
+    return jnp.zeros(seg.shape, bool), t, xt
+  given = tasks_lib.random_condition_mask(rng, batch["positions"][..., 0], seg,
+                                          dict(mixture))
+  t = jnp.where(given, 0.0, t)
+  xt = jnp.where(given[..., None], batch["tokens"], xt)
+  return given, t, xt
+
+
 @functools.lru_cache(maxsize=8)
-def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay):
+def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay, mixture=(("t2v", 1.0),)):
   o, f = dict(optim_items), dict(fl)
   tx = optim.make_optimizer(o, o.pop("steps"))
 
-  def loss_fn(params, batch, xt, target, t, ids, mask):
+  def loss_fn(params, batch, xt, target, t, ids, mask, given):
     v = _predict(dcfg, tcfg, params, xt, batch["positions"], batch["segment_ids"], t, ids,
                  mask)
-    return flow.flow_loss(v, target, batch["segment_ids"]), v
+    return flow.flow_loss(v, target, batch["segment_ids"], ~given), v
 
   def step_fn(state: DiTState, batch: dict[str, jax.Array], rng: jax.Array):
-    t_rng, eps_rng, drop_rng = jax.random.split(rng, 3)
+    t_rng, eps_rng, drop_rng, task_rng = jax.random.split(rng, 4)
     seg, x0 = batch["segment_ids"], batch["tokens"]
     ids, mask = flow.drop_text(drop_rng, batch["text_ids"], batch["text_mask"],
                                f["cfg_drop"])
     t = flow.sample_clip_timesteps(t_rng, seg, mean=f["t_mean"], std=f["t_std"],
                                    base_tokens=f["base_tokens"] or None)
     xt, target = flow.add_noise(x0, jax.random.normal(eps_rng, x0.shape, x0.dtype), t)
+    given, t, xt = condition_tokens(task_rng, batch, mixture, t, xt)
     (loss, v), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, xt, target, t, ids, mask)
+        state.params, batch, xt, target, t, ids, mask, given)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: e + (1 - ema_decay) * (p - e), state.ema_params, params)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
-               **_bucket_losses(v, target, seg, t),
+               **_bucket_losses(v, target, seg, t, ~given),
+               "given_fraction": jnp.sum(given) / jnp.maximum(jnp.sum(seg > 0), 1),
                "tokens": jnp.sum(seg > 0), "clips": jnp.sum(batch["text_mask"].any(-1)),
                "flops": train_flops(dcfg, tcfg, seg, batch["text_mask"]),
                "captions_full": jnp.sum(batch["text_mask"][..., -1])}
@@ -452,9 +443,9 @@ def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay):
   return step_fn
 
 
-def _bucket_losses(v, target, seg, t) -> dict[str, jax.Array]:
-  """Per-clip flow loss averaged within t buckets [b/4, (b+1)/4) (NaN when empty)."""
-  weight, mse = _per_clip_mse(v, target, seg)
+def _bucket_losses(v, target, seg, t, keep) -> dict[str, jax.Array]:
+  """Per-clip flow loss (generated tokens) within t buckets [b/4, (b+1)/4) (NaN if empty)."""
+  weight, mse = _per_clip_mse(v, target, seg, keep)
   bucket = jnp.minimum((t * NUM_T_BUCKETS).astype(jnp.int32), NUM_T_BUCKETS - 1)
   out = {}
   for b in range(NUM_T_BUCKETS):

@@ -22,6 +22,7 @@ import ml_collections
 from tqdm import tqdm
 
 from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.sharding import rules as rules_lib
 from sora_jax.train import checkpointing
 from sora_jax.train import metrics as metrics_lib
 from sora_jax.train import tasks
@@ -91,7 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         start, checkpointing.abstract_with_shardings(abstract, shardings), train_iter)
   else:
     start = 0
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh):  # placement comes from out_shardings; no activation rules
       state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
 
   # ------------------------------------------------------------------ step function
@@ -111,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   t0, steps_timed = time.time(), 0
   for step in range(start + 1, total + 1):
     batch = task.device_batch(config, next(train_iter), mesh)
-    with jax.set_mesh(mesh):
+    with rules_lib.mesh_and_rules(mesh, rules_lib.preset_of(config)):
       state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
     loss = float(metrics["loss"])
     if not math.isfinite(loss):  # fail fast, before a NaN reaches a checkpoint

@@ -1,4 +1,9 @@
-"""Metric writers: TensorBoard (tensorboardX) and a JSONL file, process 0 only."""
+"""Metric writers: TensorBoard (tensorboardX) and a JSONL file, process 0 only.
+
+Every process calls the writer with the same (global) metrics, so a value that is not
+fully replicated is gathered across processes on all of them (a collective), and only
+process 0 writes.
+"""
 from __future__ import annotations
 
 import json
@@ -11,6 +16,13 @@ import numpy as np
 
 
 def _scalar(v: Any) -> float:
+  """A metric as a Python float; global arrays spanning processes are gathered first."""
+  if isinstance(v, jax.Array) and not v.is_fully_addressable:
+    if v.is_fully_replicated:
+      v = v.addressable_data(0)
+    else:  # pylint: disable=g-import-not-at-top
+      from jax.experimental import multihost_utils
+      v = multihost_utils.process_allgather(v, tiled=True)
   return float(np.asarray(v))
 
 

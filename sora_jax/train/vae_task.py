@@ -31,7 +31,9 @@ from data_pipelines.shapes_world import evaluator as sw_eval
 from sora_jax.models import discriminator as disc_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.models import vae_losses
+from sora_jax.scaling import flops as flops_lib
 from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.sharding import rules as rules_lib
 from sora_jax.train import optim
 
 
@@ -102,8 +104,13 @@ def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> VAEState:
 
 
 def state_shardings(config, mesh, abstract_state):
-  del config  # the VAE's params are small: replicated; activations follow the batch
-  return jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract_state)
+  """Placement by `config.sharding.rules` (`sharding/rules.py`): the VAE's conv kernels
+  carry logical names (the discriminator's do not: replicated); moments mirror params."""
+  vcfg = vae_config(config)
+  s = vcfg.spatial_factor
+  video = jax.ShapeDtypeStruct((1, 1, s, s, 3), jnp.float32)
+  specs = {"vae": rules_lib.param_specs(vae_lib.VideoVAE(vcfg), video)["params"]}
+  return rules_lib.state_shardings(mesh, abstract_state, rules_lib.preset_of(config), specs)
 
 
 def make_train_data(config: ml_collections.ConfigDict):
@@ -149,6 +156,7 @@ def _train_step_fn(vcfg, lcfg, dcfg, optim_items):
       opt_state["disc"] = disc_opt
       metrics.update(dmetrics)
     metrics["psnr"] = jnp.mean(_psnr(video, aux["recon"]))
+    metrics["flops"] = flops_lib.vae_train_flops(vcfg, video.shape, dcfg)  # analytic
     return VAEState(state.step + 1, params, opt_state), metrics
 
   return step_fn

@@ -1,0 +1,256 @@
+"""Sample every Sora task from a trained DiT run: mp4 + gif (+ npy), or a batch of prompts.
+
+  python -m sora_jax.sample --workdir runs/demo/dit --task t2v \
+      --prompt "A large red circle moving to the right on a black background. The camera is still." \
+      --out samples/red.mp4
+  python -m sora_jax.sample --workdir W --task i2v --image first.png --prompt "..." --out a.mp4
+  python -m sora_jax.sample --workdir W --task extend --video a.mp4 --direction backward ...
+  python -m sora_jax.sample --workdir W --task interpolate --video a.mp4 --video_end b.mp4 ...
+  python -m sora_jax.sample --workdir W --task edit --video a.mp4 --strength 0.6 ...
+  python -m sora_jax.sample --workdir W --task t2v --seconds 60 ...   # a minute, windowed
+  python -m sora_jax.sample --workdir W --prompts_file prompts.txt --out_dir D   # batch
+
+Tasks: t2v, t2i, i2v, extend, interpolate, loop, edit (`sora_jax/diffusion/tasks.py`).
+`--seconds N` (t2v and extend) makes a long video by chained forward extension at the
+nominal 8 fps, streamed window by window.
+
+Batch mode: `--prompts_file` is a text file with one prompt a line, or a JSON-lines file
+with {"prompt": ..., optional "name", "seed", "task" (t2v or t2i)}; it writes
+`D/<name>.npy` (uint8 [T, H, W, 3]) and `D/<name>.mp4` for every prompt, and
+`D/manifest.jsonl` with `file`, `prompt`, `task`, `seed` (and frames, height, width).
+Prompts of one size are sampled `--batch` at a time. Progress bars: over the solver's
+model calls (single mode) and over clips (batch mode).
+
+Every bad input (missing file, wrong size, a task without its input, a strength outside
+[0, 1], a workdir without a checkpoint) is one clear error before the model is loaded.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+from absl import app
+from absl import flags
+import numpy as np
+from tqdm import tqdm
+
+from data_pipelines import media
+from sora_jax.diffusion import samplers
+from sora_jax.diffusion import tasks as tasks_lib
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  flags.DEFINE_string("workdir", None, "A DiT run directory (its latest checkpoint).")
+  flags.DEFINE_enum("task", "t2v", tasks_lib.TASKS, "What to generate.")
+  flags.DEFINE_string("prompt", None, "The caption.")
+  flags.DEFINE_string("negative_prompt", "", "Caption to guide away from ('' = empty).")
+  flags.DEFINE_string("image", None, "i2v: the image (png/jpg/npy, or a video's first frame).")
+  flags.DEFINE_string("video", None, "extend / interpolate (start) / edit: a video file.")
+  flags.DEFINE_string("video_end", None, "interpolate: the video to reach.")
+  flags.DEFINE_enum("direction", "forward", tasks_lib.DIRECTIONS, "extend: which way.")
+  flags.DEFINE_float("strength", 0.6, "edit: noise level in [0, 1] (1 = ignore the video).")
+  flags.DEFINE_float("seconds", 0.0, "t2v / extend: total length in seconds (chained "
+                     "windows); 0 = one window.")
+  flags.DEFINE_integer("fps", media.DEFAULT_FPS, "Frames per second of --seconds and files.")
+  flags.DEFINE_integer("frames", 17, "T of a window (1 + a multiple of the VAE's factor).")
+  flags.DEFINE_integer("height", 64, "H.")
+  flags.DEFINE_integer("width", 64, "W.")
+  flags.DEFINE_integer("given", 2, "extend / long videos: latent frames of overlap.")
+  flags.DEFINE_integer("seed", 0, "Noise seed (same seed, same sample).")
+  flags.DEFINE_integer("steps", 32, "Solver steps.")
+  flags.DEFINE_enum("sampler", "dpmpp_2m", samplers.METHODS, "ODE solver.")
+  flags.DEFINE_float("guidance", 4.0, "Classifier-free guidance scale (1 = none).")
+  flags.DEFINE_float("shift", 0.0, "Timestep shift (0 = the training rule by token count).")
+  flags.DEFINE_string("out", None, "Output .mp4 (a .gif is written beside it).")
+  flags.DEFINE_bool("npy", False, "Also write .npy (uint8 [T, H, W, 3]).")
+  flags.DEFINE_string("prompts_file", None, "Batch mode: prompts (txt or jsonl).")
+  flags.DEFINE_string("out_dir", None, "Batch mode: output directory.")
+  flags.DEFINE_integer("batch", 8, "Batch mode: clips sampled together.")
+
+
+# ------------------------------------------------------------------ input checks
+NEEDS = {"i2v": ("image",), "extend": ("video",), "interpolate": ("video", "video_end"),
+         "edit": ("video",)}
+
+
+def read_inputs(task: str, paths: dict[str, str | None], height: int,
+                width: int) -> dict[str, np.ndarray]:
+  """Reads the files a task needs; one clear error for a missing, unreadable or wrong one."""
+  missing = [f"--{k}" for k in NEEDS.get(task, ()) if not paths.get(k)]
+  if missing:
+    raise ValueError(f"--task={task} needs {' and '.join(missing)}.")
+  out = {}
+  for key in NEEDS.get(task, ()):
+    path = paths[key]
+    if not os.path.exists(path):
+      raise ValueError(f"--{key}={path!r}: no such file.")
+    try:
+      clip = media.read_clip(path)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"--{key}={path!r} cannot be read as an image or video: {e}") from e
+    if clip.shape[1:3] != (height, width):
+      raise ValueError(f"--{key}={path!r} is {clip.shape[1]}x{clip.shape[2]} (HxW) but "
+                       f"--height={height} --width={width} was asked; give a file of "
+                       "that size or change --height/--width.")
+    out[key] = clip[:1] if key == "image" else clip
+  return out
+
+
+def check_args(task: str, strength: float, seconds: float, out: str | None,
+               prompt: str | None) -> None:
+  if not 0.0 <= strength <= 1.0:
+    raise ValueError(f"--strength={strength}; expected a value in [0, 1].")
+  if seconds < 0:
+    raise ValueError(f"--seconds={seconds}; expected >= 0.")
+  if seconds and task not in ("t2v", "extend"):
+    raise ValueError(f"--seconds applies to --task t2v or extend, not {task!r}.")
+  if not out:
+    raise ValueError("--out is required (e.g. --out samples/clip.mp4).")
+  if not out.endswith(".mp4"):
+    raise ValueError(f"--out={out!r}: expected a path ending in .mp4.")
+  if prompt is None:
+    raise ValueError("--prompt is required.")
+
+
+def read_prompts(path: str) -> list[dict]:
+  """Batch prompts: txt (one a line) or jsonl ({"prompt", optional name/seed/task})."""
+  if not os.path.exists(path):
+    raise ValueError(f"--prompts_file={path!r}: no such file.")
+  rows = []
+  with open(path) as f:
+    for i, line in enumerate(f):
+      line = line.strip()
+      if not line:
+        continue
+      if line.startswith("{"):
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{i + 1}: not valid JSON: {e}") from e
+        if "prompt" not in row:
+          raise ValueError(f"{path}:{i + 1}: a JSON line needs a 'prompt'.")
+      else:
+        row = {"prompt": line}
+      row.setdefault("name", f"{len(rows):04d}")
+      task = row.setdefault("task", "t2v")
+      if task not in ("t2v", "t2i"):
+        raise ValueError(f"{path}:{i + 1}: batch mode samples t2v or t2i, not {task!r}.")
+      rows.append(row)
+  if not rows:
+    raise ValueError(f"--prompts_file={path!r} holds no prompts.")
+  return rows
+
+
+# ------------------------------------------------------------------ writing
+def write_outputs(stem: str, video: np.ndarray, fps: int, npy: bool) -> list[str]:
+  os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+  return media.write_clip(stem, video, npy=npy, mp4=True, gif=True, fps=fps)
+
+
+def sample_batch(gen, rows: list[dict], out_dir: str, frames: int, height: int, width: int,
+                 seed: int, batch: int, fps: int = media.DEFAULT_FPS,
+                 progress: bool = True) -> list[dict]:
+  """Batch mode: samples every row, writes npy + mp4 and `out_dir/manifest.jsonl`.
+
+  Returns the manifest rows. Resumes: rows whose .npy exists are not sampled again.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  manifest, todo = [], []
+  for i, row in enumerate(rows):
+    t = 1 if row["task"] == "t2i" else frames
+    entry = {"file": f"{row['name']}.npy", "prompt": row["prompt"], "task": row["task"],
+             "seed": int(row.get("seed", seed + i)), "frames": t, "height": height,
+             "width": width}
+    entry.update({k: v for k, v in row.items() if k not in entry and k != "name"})
+    manifest.append(entry)
+    if not os.path.exists(os.path.join(out_dir, entry["file"])):
+      todo.append(entry)
+  by_size: dict[int, list[dict]] = {}
+  for entry in todo:
+    by_size.setdefault(entry["frames"], []).append(entry)
+  bar = tqdm(total=len(todo), desc="sampling", unit="clip", disable=not progress)
+  for t, entries in by_size.items():
+    for a in range(0, len(entries), batch):
+      chunk = entries[a:a + batch]
+      videos = gen.t2v_batch([e["prompt"] for e in chunk], t, height, width,
+                             [e["seed"] for e in chunk])
+      for e, v in zip(chunk, videos):
+        stem = os.path.join(out_dir, e["file"][:-4])
+        media.write_clip(stem, v, npy=True, mp4=True, fps=fps)
+      bar.update(len(chunk))
+  bar.close()
+  with open(os.path.join(out_dir, "manifest.jsonl"), "w") as f:
+    for entry in manifest:
+      f.write(json.dumps(entry) + "\n")
+  return manifest
+
+
+def run_task(gen, task: str, prompt: str, inputs: dict[str, np.ndarray], *, frames: int,
+             height: int, width: int, seed: int, direction: str = "forward",
+             strength: float = 0.6, seconds: float = 0.0, fps: int = media.DEFAULT_FPS,
+             given: int = 2) -> np.ndarray:
+  """One task's video (uint8 [T, H, W, 3])."""
+  if seconds:
+    total = int(round(seconds * fps))
+    if task == "t2v":
+      return np.concatenate(list(tqdm(gen.long_video(prompt, total, height, width, frames,
+                                                     given, seed), desc="windows")))
+    video = inputs["video"]
+    while video.shape[0] < total:  # extend window by window until long enough
+      video = gen.extend(prompt, video, direction, frames, given, seed)
+      seed += 1
+    return video[:total] if direction == "forward" else video[-total:]
+  if task in ("t2v", "t2i"):
+    return gen.t2v(prompt, 1 if task == "t2i" else frames, height, width, seed)
+  if task == "i2v":
+    return gen.i2v(prompt, inputs["image"], frames, seed)
+  if task == "extend":
+    return gen.extend(prompt, inputs["video"], direction, frames, given, seed)
+  if task == "interpolate":
+    return gen.interpolate(prompt, inputs["video"], inputs["video_end"], frames, seed=seed)
+  if task == "loop":
+    return gen.loop(prompt, frames, height, width, seed)
+  return gen.edit(prompt, inputs["video"], strength, seed)
+
+
+def _options():
+  from sora_jax import generation  # pylint: disable=g-import-not-at-top
+  return generation.SamplingOptions(
+      steps=FLAGS.steps, method=FLAGS.sampler, guidance=FLAGS.guidance,
+      shift=FLAGS.shift or None, negative_prompt=FLAGS.negative_prompt)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  from sora_jax import generation  # pylint: disable=g-import-not-at-top
+  # The workdir is checked before any input file is read or the model is loaded.
+  generation.start_cli(FLAGS.workdir, FLAGS["verbosity"].present)
+  if FLAGS.prompts_file or FLAGS.out_dir:
+    if not (FLAGS.prompts_file and FLAGS.out_dir):
+      raise app.UsageError("Batch mode needs both --prompts_file and --out_dir.")
+    rows = read_prompts(FLAGS.prompts_file)
+    gen = generation.Generator(FLAGS.workdir, options=_options())
+    gen.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
+    sample_batch(gen, rows, FLAGS.out_dir, FLAGS.frames, FLAGS.height, FLAGS.width,
+                 FLAGS.seed, FLAGS.batch, FLAGS.fps)
+    print(json.dumps({"out_dir": FLAGS.out_dir, "num": len(rows)}))
+    return
+  check_args(FLAGS.task, FLAGS.strength, FLAGS.seconds, FLAGS.out, FLAGS.prompt)
+  inputs = read_inputs(FLAGS.task, {"image": FLAGS.image, "video": FLAGS.video,
+                                    "video_end": FLAGS.video_end}, FLAGS.height, FLAGS.width)
+  gen = generation.Generator(FLAGS.workdir, options=_options(), progress=True)
+  gen.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
+  video = run_task(gen, FLAGS.task, FLAGS.prompt, inputs, frames=FLAGS.frames,
+                   height=FLAGS.height, width=FLAGS.width, seed=FLAGS.seed,
+                   direction=FLAGS.direction, strength=FLAGS.strength,
+                   seconds=FLAGS.seconds, fps=FLAGS.fps, given=FLAGS.given)
+  paths = write_outputs(FLAGS.out[:-4], video, FLAGS.fps, FLAGS.npy)
+  print(json.dumps({"task": FLAGS.task, "frames": int(video.shape[0]), "files": paths}))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Scaling experiments: analytic FLOPs (flops.py), fits (fit.py), the ladder report (report.py)."""

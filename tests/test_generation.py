@@ -1,0 +1,135 @@
+"""Sampling every task from a trained (runlocal) DiT run: exact conditioning, determinism,
+bounded long-video memory, the sample and evaluate CLIs and their bad-input errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import dit as dit_config
+from data_pipelines import media
+from sora_jax import evaluate as evaluate_cli
+from sora_jax import generation
+from sora_jax import sample as sample_cli
+from sora_jax.diffusion import tasks
+from sora_jax.train import loop
+
+PROMPT = "A large red circle moving to the right on a black background. The camera is still."
+OPTS = generation.SamplingOptions(steps=3, method="euler", guidance=3.0)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("gen")
+  cfg = dit_config.get_config(f"runlocal=True,data_dir={root / 'data'}")
+  cfg.train.progress = False
+  workdir = str(root / "dit")
+  loop.train_and_evaluate(cfg, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def gen(run):
+  return generation.Generator(run, options=OPTS)
+
+
+@pytest.mark.parametrize("task, kwargs", [
+    ("i2v", {}), ("extend", {"given": 2}), ("extend", {"given": 1, "direction": "backward"}),
+    ("interpolate", {"given": 1, "given_end": 1})])
+def test_conditioned_latent_frames_are_left_exactly_as_given(gen, task, kwargs):
+  shape = gen.latent_shape(9, 32, 32)  # T' = 3
+  given = tasks.condition_frames(task, shape[0], **kwargs)
+  cond = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
+  out = gen.sample_latents([PROMPT, ""], shape, [0, 1], given=given, cond_latents=cond)
+  np.testing.assert_array_equal(out[:, given], cond[:, given])
+  assert not np.allclose(out[:, ~given], cond[:, ~given], atol=1e-3)
+
+
+def test_same_seed_same_sample_and_batch_independent(gen):
+  a = gen.t2v(PROMPT, 5, 32, 32, seed=3)
+  b = gen.t2v_batch(["", PROMPT], 5, 32, 32, [7, 3])[1]
+  assert a.shape == (5, 32, 32, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, gen.t2v(PROMPT, 5, 32, 32, seed=3))
+  np.testing.assert_allclose(a.astype(int), b.astype(int), atol=1)  # batch-mates don't matter
+  assert not np.array_equal(a, gen.t2v(PROMPT, 5, 32, 32, seed=4))
+
+
+def test_every_task_returns_the_promised_frames(gen):
+  v = gen.t2v(PROMPT, 9, 32, 32)
+  assert gen.t2i(PROMPT, 32, 32).shape == (1, 32, 32, 3)
+  assert gen.i2v(PROMPT, v[0], 9).shape == (9, 32, 32, 3)
+  np.testing.assert_array_equal(gen.extend(PROMPT, v, "forward", 9, 1)[:9], v)
+  np.testing.assert_array_equal(gen.extend(PROMPT, v, "backward", 9, 1)[-9:], v)
+  assert gen.extend(PROMPT, v, "backward", 9, 1).shape[0] == 9 + 5
+  both = gen.interpolate(PROMPT, v, v[::-1].copy(), 9)
+  assert both.shape[0] == 9 + 4 + 9  # a + (9 - 1 - 4) new frames + b
+  assert gen.loop(PROMPT, 9, 32, 32).shape[0] == 9 + 4
+  assert gen.edit(PROMPT, v, 0.5).shape == v.shape
+  np.testing.assert_array_equal(gen.edit(PROMPT, v, 0.0), v)
+
+
+def test_long_video_memory_does_not_grow_with_length(run):
+  peaks, lengths = [], []
+  for total in (20, 60):
+    g = generation.Generator(run, options=OPTS)
+    lengths.append(sum(c.shape[0] for c in g.long_video(PROMPT, total, 32, 32, 9, 1)))
+    peaks.append(g.peak_window_bytes)
+  assert lengths == [20, 60]
+  assert peaks[0] == peaks[1] > 0  # the largest sampled buffer is one window
+
+
+def test_sample_cli_single_task_writes_mp4_gif_npy(run, tmp_path):
+  out = tmp_path / "clip.mp4"
+  subprocess.run([sys.executable, "-m", "sora_jax.sample", "--workdir", run, "--task", "t2v",
+                  "--prompt", PROMPT, "--frames", "5", "--height", "32", "--width", "32",
+                  "--steps", "2", "--npy", "--out", str(out)], check=True, timeout=600)
+  for ext in (".mp4", ".gif", ".npy"):
+    assert (tmp_path / f"clip{ext}").stat().st_size > 0
+  assert np.load(tmp_path / "clip.npy").shape == (5, 32, 32, 3)
+
+
+def test_batch_mode_manifest_and_evaluate(gen, tmp_path):
+  prompts = tmp_path / "p.jsonl"
+  prompts.write_text(json.dumps({"prompt": PROMPT, "name": "red"}) + "\n"
+                     + json.dumps({"prompt": PROMPT, "task": "t2i", "seed": 9}) + "\n")
+  rows = sample_cli.read_prompts(str(prompts))
+  manifest = sample_cli.sample_batch(gen, rows, str(tmp_path / "out"), 5, 32, 32, 0, 2,
+                                     progress=False)
+  lines = [json.loads(l) for l in open(tmp_path / "out" / "manifest.jsonl")]
+  assert lines == manifest and [l["file"] for l in lines] == ["red.npy", "0001.npy"]
+  assert {"file", "prompt", "task", "seed"} <= set(lines[0])
+  assert np.load(tmp_path / "out" / "0001.npy").shape == (1, 32, 32, 3)
+  assert (tmp_path / "out" / "red.mp4").exists()
+  result = evaluate_cli.evaluate(gen, str(tmp_path / "eval"), ["test"], 2, "basic", 9, 32,
+                                 32, batch=2, task_clips=1)
+  assert result["splits"]["test"]["n"] == 2 and "all" in result["splits"]["test"]
+  for key in ("i2v_first_frame_psnr", "extend_seam_psnr", "loop_seam_psnr",
+              "interpolate_start_psnr", "edit_color"):
+    assert result["tasks"][key] is not None, key
+  assert json.load(open(tmp_path / "eval" / "eval.json")) == result
+
+
+def test_bad_input_gets_one_clear_error(run, tmp_path):
+  with pytest.raises(ValueError, match="needs --image"):
+    sample_cli.read_inputs("i2v", {"image": None}, 32, 32)
+  with pytest.raises(ValueError, match="needs --video and --video_end"):
+    sample_cli.read_inputs("interpolate", {}, 32, 32)
+  with pytest.raises(ValueError, match="no such file"):
+    sample_cli.read_inputs("edit", {"video": str(tmp_path / "nope.mp4")}, 32, 32)
+  media.write_clip(str(tmp_path / "big"), np.zeros((5, 48, 48, 3), np.uint8))
+  with pytest.raises(ValueError, match=r"is 48x48 \(HxW\) but --height=32 --width=32"):
+    sample_cli.read_inputs("extend", {"video": str(tmp_path / "big.npy")}, 32, 32)
+  (tmp_path / "junk.mp4").write_text("not a video")
+  with pytest.raises(ValueError, match="cannot be read"):
+    sample_cli.read_inputs("edit", {"video": str(tmp_path / "junk.mp4")}, 32, 32)
+  with pytest.raises(ValueError, match=r"--strength=1.5; expected a value in \[0, 1\]"):
+    sample_cli.check_args("edit", 1.5, 0, "a.mp4", PROMPT)
+  with pytest.raises(ValueError, match="has no checkpoints"):
+    generation.check_workdir(str(tmp_path))
+  g = generation.Generator(run, options=OPTS)
+  with pytest.raises(ValueError, match="T must be 1 \\+ a multiple of 4"):
+    g.latent_shape(6, 32, 32)
+  with pytest.raises(ValueError, match=r"strength=-0.1"):
+    g.edit(PROMPT, np.zeros((5, 32, 32, 3), np.uint8), -0.1)
