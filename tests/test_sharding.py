@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import dit as dit_config_lib
 from configs import vae as vae_config_lib
 from data_pipelines import packing
-from sora_jax import main as main_lib
+from sora_jax.sharding import distributed
 from sora_jax.diffusion import samplers
 from sora_jax.models import dit as dit_lib
 from sora_jax.sharding import mesh as mesh_lib
@@ -106,17 +106,17 @@ def test_mesh_dcn_of_one_is_the_plain_mesh():
 
 
 def test_mesh_multihost_launch_detection():
-  detect = main_lib.multi_process_launcher
+  detect = distributed.multi_process_launcher
   assert detect({}) is None
   assert detect({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}) == "JAX_COORDINATOR_ADDRESS"
   assert detect({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}) == "SLURM"
   assert detect({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None  # one task
   assert detect({"TPU_WORKER_HOSTNAMES": "h0,h1,h2,h3"}) == "TPU pod"
   assert detect({"TPU_WORKER_HOSTNAMES": "localhost"}) is None  # one TPU host
-  assert not main_lib.initialize_distributed("off", {"JAX_COORDINATOR_ADDRESS": "x:1"})
-  assert not main_lib.initialize_distributed("auto", {})
+  assert not distributed.initialize_distributed("off", {"JAX_COORDINATOR_ADDRESS": "x:1"})
+  assert not distributed.initialize_distributed("auto", {})
   with pytest.raises(ValueError, match="--distributed='maybe'"):
-    main_lib.initialize_distributed("maybe", {})
+    distributed.initialize_distributed("maybe", {})
 
 
 # ----------------------------------------------------------------------------- rules
