@@ -14,7 +14,8 @@ Task checks (`--task_clips` generator clips of the first split as inputs):
   extend_seam_psnr        forward extension: last given frame vs first new frame (dB), next
                           to `consecutive_psnr`, the same for consecutive frames of the
                           ground-truth clips (a seam as smooth as real motion scores alike)
-  extend_all              evaluator `all` of the extended clips against their caption
+  extend_all              evaluator `all` of the extended clips (given frames included, so
+                          lenient: half the frames are the ground truth) against their caption
   loop_seam_psnr          a loop's last frame vs its first
   interpolate_start_psnr, interpolate_end_psnr   the bridge's first frame vs the first
                           video's last, its last vs the second video's first

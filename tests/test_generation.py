@@ -80,6 +80,7 @@ def test_long_video_memory_does_not_grow_with_length(run):
   assert peaks[0] == peaks[1] > 0  # the largest sampled buffer is one window
 
 
+@pytest.mark.slow  # a subprocess that imports and compiles everything again
 def test_sample_cli_single_task_writes_mp4_gif_npy(run, tmp_path):
   out = tmp_path / "clip.mp4"
   subprocess.run([sys.executable, "-m", "sora_jax.sample", "--workdir", run, "--task", "t2v",

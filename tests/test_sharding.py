@@ -216,11 +216,12 @@ def reference_step():
 @pytest.mark.parametrize("name, sizes, rules, attention, kernel_spec", [
     ("2x4", {"data": 2, "fsdp": 4}, "fsdp", "", P(None, "fsdp", None)),
     ("4x2", {"fsdp": 4, "tensor": 2}, "fsdp_tensor", "", P(None, "fsdp", "tensor")),
-    ("1x8", {"fsdp": 8}, "fsdp", "", P(None, "fsdp", None)),
+    pytest.param("1x8", {"fsdp": 8}, "fsdp", "", P(None, "fsdp", None),
+                 marks=pytest.mark.slow),  # default suite: 2x4 and 4x2 catch swapped axes
     ("context4_ring", {"fsdp": 2, "context": 4}, "fsdp_context", "ring",
      P(None, "fsdp", None)),
-    ("context2_all_to_all", {"fsdp": 4, "context": 2}, "fsdp_context", "all_to_all",
-     P(None, "fsdp", None)),
+    pytest.param("context2_all_to_all", {"fsdp": 4, "context": 2}, "fsdp_context",
+                 "all_to_all", P(None, "fsdp", None), marks=pytest.mark.slow),
 ])
 def test_shard_train_step_equals_single_device(reference_step, name, sizes, rules,
                                                attention, kernel_spec):
@@ -254,6 +255,7 @@ def test_shard_train_step_equals_single_device(reference_step, name, sizes, rule
   _close(new.ema_params, ref_state.ema_params, "ema")
 
 
+@pytest.mark.slow  # compile-heavy: `make test-all`
 def test_shard_vae_spatial_step_equals_single_device():
   """The VAE preset splits frames by height over fsdp x context (convs exchange halos)."""
   cfg = vae_config_lib.get_config("variant=tiny,runlocal=True,rules=vae_spatial")
@@ -328,6 +330,7 @@ def _distinct(state):
       for i, x in enumerate(leaves)])
 
 
+@pytest.mark.slow  # compile-heavy: `make test-all`
 def test_restore_dit_state_and_iterator_on_another_mesh(tmp_path):
   """A DiT runlocal state (params, Adam, EMA) saved on 8 devices under "fsdp" restores on 4
   devices under "fsdp_tensor", with the data iterator at the same position."""
@@ -376,6 +379,7 @@ def _aot(*args, timeout=600):
                         timeout=timeout)
 
 
+@pytest.mark.slow  # compile-heavy: `make test-all`
 def test_aot_compile_on_fake_cpu_mesh():
   """The train step compiles for `cpu:8` with context parallelism; memory comes out as JSON."""
   proc = _aot("--config", "configs/dit.py:runlocal=True,rules=fsdp_context,attention=ring",
