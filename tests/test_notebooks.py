@@ -14,7 +14,6 @@ injected papermill-style after the `parameters` cell.
 """
 import ast
 import importlib
-import importlib.util
 import json
 import os
 import types
@@ -22,6 +21,8 @@ import types
 import imageio.v3 as iio
 import nbformat
 import pytest
+
+import launch_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
@@ -109,11 +110,7 @@ def test_every_notebook_is_tested():
 
 # ----------------------------------------------------------------------------- slow
 def _launcher():
-  spec = importlib.util.spec_from_file_location("sweep_launcher_nb",
-                                                os.path.join(ROOT, "launch", "sweep.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return launch_scripts.load("sweep", "sweep_launcher_nb")
 
 
 @pytest.fixture(scope="module")

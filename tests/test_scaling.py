@@ -6,7 +6,6 @@ the analytic count's convention, so it must agree closely) and `cost_analysis()[
 (which also charges elementwise ops and skips padded conv taps: within 10% on configs
 where matmuls dominate).
 """
-import importlib.util
 import json
 import math
 import os
@@ -19,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import launch_scripts
 
 from configs import dit as dit_config
 from configs import scaling
@@ -181,11 +182,7 @@ def test_ladder_config_is_a_locked_dit_config():
 
 # ----------------------------------------------------------------------------- launcher
 def _launcher():
-  spec = importlib.util.spec_from_file_location("sweep_launcher",
-                                                os.path.join(ROOT, "launch", "sweep.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return launch_scripts.load("sweep", "sweep_launcher")
 
 
 def test_sweep_dry_run_prints_train_then_evaluate_per_rung(capsys, monkeypatch):
