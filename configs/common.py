@@ -86,6 +86,18 @@ def parse_sizes(text: str, where: str = "sizes",
   return tuple(sizes)
 
 
+def add_mesh(config: ml_collections.ConfigDict, rules: str) -> None:
+  """The `mesh` and `sharding` sections every training config carries.
+
+  `mesh`: total size of each axis (one may be -1: the rest); `dcn`: how many slices (or
+  hosts) an axis spans (sora_jax/sharding/mesh.py). Placement: `sharding.rules`
+  (sora_jax/sharding/rules.py).
+  """
+  config.mesh = {"data": -1, "fsdp": 1, "context": 1, "tensor": 1,
+                 "dcn": {"data": 1, "fsdp": 1, "context": 1, "tensor": 1}}
+  config.sharding = {"rules": rules}
+
+
 def shapes_world_data(level: str, sizes: Sequence[Sequence[int]], num_train: int,
                       num_eval: int, data_dir: str) -> ml_collections.ConfigDict:
   """The `data` section for a Shapes World source (see data_pipelines.pipeline)."""

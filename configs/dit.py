@@ -58,11 +58,7 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.task = "dit"
   config.seed = arg.seed
-  # Total size of each mesh axis (one may be -1: the rest); `dcn`: how many slices (or
-  # hosts) an axis spans (sora_jax/sharding/mesh.py). Placement: `sharding.rules`.
-  config.mesh = {"data": -1, "fsdp": 1, "context": 1, "tensor": 1,
-                 "dcn": {"data": 1, "fsdp": 1, "context": 1, "tensor": 1}}
-  config.sharding = {"rules": arg.rules}
+  common.add_mesh(config, arg.rules)
 
   config.model = {"variant": arg.variant, "patch": _patch(arg.patch), "overrides": {}}
   config.text = {"variant": arg.text, "vocab_size": 512, "overrides": {}}

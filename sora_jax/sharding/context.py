@@ -29,6 +29,7 @@ dense local attention they are given, so the same model code runs on a laptop.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -152,18 +153,35 @@ def ring_attention(q, k, v, q_segment_ids=None, kv_segment_ids=None, kv_mask=Non
   Returns:
     [B, N, H, Dh] in q's dtype; rows with no key to attend to are exactly 0.
   """
+  return _over_context("ring", lambda c: functools.partial(_ring_body, axis_size=c),
+                       q, k, v, q_segment_ids, kv_segment_ids, kv_mask,
+                       self_attention=self_attention, local=local)
+
+
+def _over_context(backend: str, make_body, q, k, v, q_segment_ids, kv_segment_ids, kv_mask,
+                  *, self_attention: bool, local: LocalAttention) -> jax.Array:
+  """What both backends share: the dense fallback at context size 1, the checks, and
+  cross-attention (queries split, text K/V replicated: `local` on each query block).
+
+  Args:
+    backend: the backend's name (for errors).
+    make_body: context size c -> the self-attention body run under `shard_map`.
+  """
   c = context_size()
   if c == 1:
     return local(q, k, v, q_segment_ids, kv_segment_ids, kv_mask)
   q_seg, kv_seg, kv_mask = _defaults(q, k, q_segment_ids, kv_segment_ids, kv_mask)
-  _check_divisible("query tokens N", q.shape[1], c, "ring")
+  _check_divisible("query tokens N", q.shape[1], c, backend)
   if not self_attention:
     return _context_map(local, q, k, v, q_seg, kv_seg, kv_mask, False)
+  if backend == "all_to_all" and q.shape[2] % c:
+    raise ValueError(f"attention backend 'all_to_all' splits the heads over the context "
+                     f"axis: num_heads={q.shape[2]} is not divisible by its size {c}; use "
+                     f"backend 'ring' or a context size dividing the heads.")
   if k.shape[1] != q.shape[1]:
-    raise ValueError(f"attention backend 'ring' self-attention needs as many keys as "
+    raise ValueError(f"attention backend '{backend}' self-attention needs as many keys as "
                      f"queries; got N={q.shape[1]}, S={k.shape[1]}.")
-  body = lambda *a: _ring_body(*a, axis_size=c)
-  return _context_map(body, q, k, v, q_seg, kv_seg, kv_mask, True)
+  return _context_map(make_body(c), q, k, v, q_seg, kv_seg, kv_mask, True)
 
 
 # ----------------------------------------------------------------------------- all-to-all
@@ -185,19 +203,7 @@ def all_to_all_attention(q, k, v, q_segment_ids=None, kv_segment_ids=None, kv_ma
   Raises:
     ValueError: the head count or sequence length is not divisible by the context size.
   """
-  c = context_size()
-  if c == 1:
-    return local(q, k, v, q_segment_ids, kv_segment_ids, kv_mask)
-  q_seg, kv_seg, kv_mask = _defaults(q, k, q_segment_ids, kv_segment_ids, kv_mask)
-  _check_divisible("query tokens N", q.shape[1], c, "all_to_all")
-  if not self_attention:
-    return _context_map(local, q, k, v, q_seg, kv_seg, kv_mask, False)
-  if q.shape[2] % c:
-    raise ValueError(f"attention backend 'all_to_all' splits the heads over the context "
-                     f"axis: num_heads={q.shape[2]} is not divisible by its size {c}; use "
-                     f"backend 'ring' or a context size dividing the heads.")
-  if k.shape[1] != q.shape[1]:
-    raise ValueError(f"attention backend 'all_to_all' self-attention needs as many keys as "
-                     f"queries; got N={q.shape[1]}, S={k.shape[1]}.")
-  body = lambda *a: _all_to_all_body(*a, local=local)
-  return _context_map(body, q, k, v, q_seg, kv_seg, kv_mask, True)
+  return _over_context("all_to_all",
+                       lambda c: functools.partial(_all_to_all_body, local=local),
+                       q, k, v, q_segment_ids, kv_segment_ids, kv_mask,
+                       self_attention=self_attention, local=local)
