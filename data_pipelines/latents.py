@@ -120,7 +120,10 @@ def random_vae(model: dict[str, Any], seed: int = 0) -> FrozenVAE:
   vcfg = vae_config_from_json(model)
   logging.warning("!!! No VAE workdir: encoding with a RANDOMLY INITIALISED VAE (%s). "
                   "Fine for tests and runlocal, meaningless for real training. !!!", vcfg)
-  params = vae_lib.init_params(vcfg, jax.random.key(seed))
+  # Concrete even when first asked for inside a trace (e.g. the DiT's eval_shape'd init):
+  # the frozen VAE is cached, and a cached tracer would leak into later steps.
+  with jax.ensure_compile_time_eval():
+    params = jax.device_get(vae_lib.init_params(vcfg, jax.random.key(seed)))
   c = vcfg.latent_channels
   return FrozenVAE(vcfg, params, np.zeros(c, np.float32), np.ones(c, np.float32),
                    f"random:{vcfg.variant}:seed={seed}")
