@@ -334,6 +334,36 @@ def test_init_is_zero_and_scan_equals_unrolled():
   np.testing.assert_allclose(apply(params, **inputs), ref, **TOL)
 
 
+def test_x0_prediction_returns_the_implied_velocity():
+  """prediction="x0": v = (x_t - x0_hat) / max(t, X0_MIN_T), x0_hat = the "v" model's output."""
+  cfg_v, cfg_x = _tiny_dit(), _tiny_dit(prediction="x0")
+  inputs = _random_inputs(cfg_v)
+  inputs["t"] = inputs["t"].at[0, :3].set(jnp.array([0.0, 0.01, 1.0]))  # clamp and t = 1
+  params = _perturb(_jit(lambda: dit.DiT(cfg_v).init(jax.random.key(0), **inputs))())
+  x0_hat = _jit(dit.DiT(cfg_v).apply)(params, **inputs)
+  v = _jit(dit.DiT(cfg_x).apply)(params, **inputs)
+  t = np.maximum(np.asarray(inputs["t"]), dit.X0_MIN_T)[..., None]
+  np.testing.assert_allclose(v, (np.asarray(inputs["tokens"]) - x0_hat) / t, **TOL)
+  with pytest.raises(ValueError, match="prediction"):
+    _tiny_dit(prediction="eps")
+
+
+def test_pooled_text_is_zero_without_a_caption():
+  """With no caption token (dropped or empty), pooled_text adds exactly nothing: the
+  unconditional model is the same with and without it; with a caption it changes v."""
+  cfg, plain = _tiny_dit(), _tiny_dit(pooled_text=False)
+  inputs = _random_inputs(cfg)
+  params = _perturb(_jit(lambda: dit.DiT(cfg).init(jax.random.key(0), **inputs))())
+  plain_params = {"params": {k: v for k, v in params["params"].items() if k != "text_pool"}}
+  for mask, equal in ((jnp.zeros_like(inputs["text_mask"]), True), (inputs["text_mask"], False)):
+    a = _jit(dit.DiT(cfg).apply)(params, **{**inputs, "text_mask": mask})
+    b = _jit(dit.DiT(plain).apply)(plain_params, **{**inputs, "text_mask": mask})
+    if equal:
+      np.testing.assert_array_equal(a, b)
+    else:
+      assert np.abs(np.asarray(a) - np.asarray(b)).mean() > 1e-3
+
+
 @pytest.mark.parametrize("policy", [p for p in dit.REMAT_POLICIES if p != "none"])
 def test_remat_policies_trace(policy):
   """Every named policy builds a differentiable model (shapes only: no compile)."""

@@ -14,8 +14,9 @@ Block (pre-norm):
   x += gate2 * MLP(modulate(LN(x), shift2, scale2))         GELU or SwiGLU
 `(shift, scale, gate) x 2` come from the conditioning embedding c = TimeEmbed(t) [+
 FpsEmbed(fps)] through a zero-initialised linear layer (adaLN-Zero); the cross-attention
-output projection and the final linear layer are zero-initialised too, so an initialised
-model outputs exactly 0 and every block starts as the identity.
+output projection and the final linear layer are zero-initialised too, so every block
+starts as the identity and an initialised model predicts v = 0 (x0-prediction: x0_hat = 0,
+so v = x_t / t).
 
 Conditioning is per token: `t: [B, N]` (and `fps: [B, N]`). Packed clips get different
 noise levels by repeating each clip's t over its tokens, and conditioning frames (clean
@@ -25,10 +26,14 @@ about half an MLP) instead of once per clip.
 
 Text: embeddings `[B, L, Dt]` from any encoder (the jointly trained `text.TextEncoder` or
 a frozen external one) are projected to the DiT width by a small MLP (as in PixArt-alpha).
+With `pooled_text` (the default), the masked mean of each clip's caption embeddings also
+goes through an MLP into c, as SD3 adds its pooled text vector: global attributes (colours,
+motion, camera) then reach every block's modulation directly, not only through
+cross-attention, which a small model trained briefly learns much more slowly.
 A packed row's captions are laid side by side (`text.flatten_packed_text`) with
 `text_segment_ids`, so each token's cross-attention sees only its own clip's caption. An
-all-False text mask (empty or dropped caption) makes cross-attention contribute exactly 0:
-that is the unconditional model for classifier-free guidance.
+all-False text mask (empty or dropped caption) makes cross-attention and the pooled
+text term contribute exactly 0: that is the unconditional model for classifier-free guidance.
 
 Typical use:
   config = get_dit_config("B", patch=(1, 2, 2), latent_channels=16)
@@ -89,6 +94,14 @@ class DiTConfig:
     rope_proportions: split of the rotary pairs over (t, h, w); see `rope.axis_pairs`.
     rope_base: RoPE frequency base.
     fps_conditioning: add an fps embedding to the timestep embedding (then `fps` is required).
+    pooled_text: add an MLP of each clip's mean caption embedding to the conditioning c.
+    prediction: what the network's last layer predicts; the model always returns the
+      velocity. "v": the velocity itself. "x0": the clean latents x0_hat, returned as
+      v = (x_t - x0_hat) / max(t, X0_MIN_T) (JiT: Li & He, 2025, "Back to Basics: Let
+      Denoising Generative Models Denoise"): the network never has to carry the noise
+      through its width, which matters when a token holds about as many values as the
+      width (e.g. 2x2 patches of 32 channels into width 128), where v-prediction learns
+      far more slowly.
     scan_layers: `nn.scan` over blocks (params get a leading "layers" axis); False unrolls.
     remat: a key of REMAT_POLICIES.
     attention_backend: see `attention.BACKENDS`.
@@ -107,6 +120,8 @@ class DiTConfig:
   rope_proportions: tuple[int, ...] = rope.VIDEO_PROPORTIONS
   rope_base: float = 10_000.0
   fps_conditioning: bool = False
+  pooled_text: bool = True
+  prediction: str = "v"
   scan_layers: bool = True
   remat: str = "none"
   attention_backend: str = "xla"
@@ -122,6 +137,7 @@ class DiTConfig:
       raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}.")
     rope.axis_pairs(self.head_dim, self.rope_proportions)  # raises on a bad head dim
     _check_choice("mlp", self.mlp, ("gelu", "swiglu"))
+    _check_choice("prediction", self.prediction, PREDICTIONS)
     _check_choice("remat", self.remat, tuple(REMAT_POLICIES))
     _check_choice("attention_backend", self.attention_backend, attn_lib.BACKENDS)
 
@@ -133,6 +149,10 @@ class DiTConfig:
   def token_dim(self) -> int:
     """Din = pt * ph * pw * C."""
     return math.prod(self.patch) * self.latent_channels
+
+
+PREDICTIONS = ("v", "x0")
+X0_MIN_T = 0.05  # x0-prediction divides by max(t, X0_MIN_T)
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -375,6 +395,36 @@ class TextProjection(nn.Module):
     return _dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "out")(h)
 
 
+def pool_text(text: jax.Array, text_mask: jax.Array, text_segment_ids, segment_ids):
+  """Masked mean of each token's caption and whether it has one.
+
+  Returns:
+    (pooled [B, N, Dt], has_text bool [B, N]); N is 1 when text_segment_ids is None (one
+    clip a row). A clip with no caption token (dropped or empty) gets 0 and False.
+  """
+  if text_segment_ids is None:
+    w = text_mask[:, None, :]  # [B, 1, L]
+  else:
+    w = text_mask[:, None, :] & (text_segment_ids[:, None, :] == segment_ids[:, :, None])
+  w = w.astype(text.dtype)
+  count = jnp.sum(w, -1)
+  total = jnp.einsum("bnl,bld->bnd", w, text)
+  return total / jnp.maximum(count, 1.0)[..., None], count > 0
+
+
+class PooledText(nn.Module):
+  """Pooled caption [B, N, Dt] -> [B, N, D] added to c; exactly 0 where there is no caption."""
+  width: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, pooled: jax.Array, has_text: jax.Array) -> jax.Array:
+    h = _dense(self.width, (None, "embed"), self.dtype, self.param_dtype, "in")(pooled)
+    h = _dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "out")(nn.silu(h))
+    return jnp.where(has_text[..., None], h, 0.0).astype(self.dtype)
+
+
 class DiT(nn.Module):
   """Text-conditioned diffusion transformer over (packed) spacetime patch tokens."""
   config: DiTConfig
@@ -430,13 +480,21 @@ class DiT(nn.Module):
     if fps is not None:
       c = c + ScalarEmbedder(cfg.width, 1.0, dtype=dtype, param_dtype=param_dtype,
                              name="fps_embed")(fps)
+    if cfg.pooled_text:
+      pooled, has_text = pool_text(text.astype(dtype), text_mask, text_segment_ids,
+                                   segment_ids)
+      c = c + PooledText(cfg.width, dtype, param_dtype, name="text_pool")(pooled, has_text)
     x = _dense(cfg.width, (None, "embed"), dtype, param_dtype, "patch_embed")(
         tokens.astype(dtype))
     text = TextProjection(cfg.width, dtype, param_dtype, name="text_proj")(text.astype(dtype))
     for block in self._blocks():
       x, _ = block(x, c, positions, segment_ids, text, text_mask, text_segment_ids)
     out = FinalLayer(cfg.token_dim, dtype, param_dtype, name="final")(x, c)
-    return out.astype(jnp.float32)
+    out = out.astype(jnp.float32)
+    if cfg.prediction == "x0":  # the velocity that x0_hat implies at x_t
+      t = jnp.maximum(t.astype(jnp.float32), X0_MIN_T)[..., None]
+      out = (tokens.astype(jnp.float32) - out) / t
+    return out
 
 
 def dummy_inputs(config: DiTConfig, batch: int = 1, tokens: int = 16, text_len: int = 8,

@@ -73,6 +73,8 @@ def dit_matmul_weights(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]
   per_block = 6 * d * d + 4 * d * d + 2 * d * d + mlp  # adaLN, self-attn, cross q/out, MLP
   token = (no_grad + d * d * (2 if dcfg.fps_conditioning else 1)  # time (fps) MLP out
            + dcfg.depth * per_block + 2 * d * d + d * din)  # final adaLN + linear
+  if dcfg.pooled_text:  # the pooled caption's MLP, run per token
+    token += text_dim * d + d * d
   text = text_dim * d + d * d + dcfg.depth * 2 * d * d
   return {"token": token, "token_no_input_grad": no_grad, "text": text}
 
@@ -95,6 +97,8 @@ def dit_param_count(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]:
            + dense(d, 2 * d) + dense(d, din))  # final layer
   if dcfg.fps_conditioning:
     embed += dense(TIME_FREQUENCY_DIM, d) + dense(d, d)
+  if dcfg.pooled_text:
+    embed += dense(text_dim, d) + dense(d, d)
   return {"blocks": dcfg.depth * block, "total": dcfg.depth * block + embed}
 
 
@@ -105,6 +109,7 @@ def dit_train_flops(dcfg: dit_lib.DiTConfig, tcfg: text_lib.TextEncoderConfig, s
   See the module docstring for what is counted. Per step:
     DiT: 2 * (3 W_token - W_no_grad) * tokens + 6 * W_text * caption tokens
          + 12 * depth * D * (sum_clips n^2 + sum_clips n l)            (attention)
+         + 4 * Dt * sum_clips n l                          (pooled caption, if pooled_text)
     text encoder: 6 * depth * (4 Dt^2 + 2 Dt H) * caption tokens + 12 * depth * Dt * sum l^2
   with W the multiply-adds per token of `dit_matmul_weights`.
 
@@ -129,6 +134,8 @@ def dit_train_flops(dcfg: dit_lib.DiTConfig, tcfg: text_lib.TextEncoderConfig, s
   l_tok, l_sq = xp.sum(cap_len), xp.sum(cap_len ** 2)
   dit = (2.0 * (3 * weights["token"] - weights["token_no_input_grad"]) * n_tok
          + 6.0 * weights["text"] * l_tok + 12.0 * dcfg.depth * d * (n_sq + n_l))
+  if dcfg.pooled_text:  # each token's caption mean: forward + the text's gradient
+    dit = dit + 4.0 * (text_dim or tcfg.width) * n_l
   w = tcfg.width
   th = dit_lib.mlp_hidden(w, tcfg.mlp_ratio, "gelu")
   text = 3.0 * tcfg.depth * (2 * (4 * w * w + 2 * w * th) * l_tok + 4 * w * l_sq)
