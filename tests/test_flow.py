@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from sora_jax.diffusion import flow
 from sora_jax.models import dit
@@ -102,6 +103,7 @@ def test_euler_is_exact_for_a_point_mass():
     np.testing.assert_allclose(out, x0, atol=1e-5)
 
 
+@pytest.mark.slow  # the default suite overfits through the real train step (test_dit_train)
 def test_tiny_dit_overfits_8_clips():
   """Flow loss on 8 random clips (fresh noise and t every step) falls far below its start.
 

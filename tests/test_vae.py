@@ -374,6 +374,7 @@ def _finite_nonzero(tree):
       float(jnp.abs(x).max()) > 0 for x in leaves)
 
 
+@pytest.mark.slow  # compile-heavy (discriminator + VAE grads): `make test-all`
 def test_gan_losses_give_finite_grads(params, cfg, disc):
   disc_config, disc_params = disc
   loss_config = vae_losses.LossConfig(gan_weight=0.5, edge_weight=0.1, kl_weight=1e-6)
