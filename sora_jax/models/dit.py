@@ -44,6 +44,7 @@ Typical use:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -383,15 +384,19 @@ class FinalLayer(nn.Module):
 
 
 class TextProjection(nn.Module):
-  """Text embeddings [B, L, Dt] (any encoder) -> [B, L, D]: Dense, GELU, Dense (PixArt)."""
+  """Text embeddings [..., Dt] (any encoder) -> [..., D]: Dense, GELU, Dense (PixArt).
+
+  The pooled caption goes through the same MLP with SiLU (`activation`).
+  """
   width: int
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  activation: Any = functools.partial(nn.gelu, approximate=True)
 
   @nn.compact
   def __call__(self, text: jax.Array) -> jax.Array:
     h = _dense(self.width, (None, "embed"), self.dtype, self.param_dtype, "in")(text)
-    h = nn.gelu(h, approximate=True)
+    h = self.activation(h)
     return _dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "out")(h)
 
 
@@ -410,19 +415,6 @@ def pool_text(text: jax.Array, text_mask: jax.Array, text_segment_ids, segment_i
   count = jnp.sum(w, -1)
   total = jnp.einsum("bnl,bld->bnd", w, text)
   return total / jnp.maximum(count, 1.0)[..., None], count > 0
-
-
-class PooledText(nn.Module):
-  """Pooled caption [B, N, Dt] -> [B, N, D] added to c; exactly 0 where there is no caption."""
-  width: int
-  dtype: jnp.dtype = jnp.float32
-  param_dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, pooled: jax.Array, has_text: jax.Array) -> jax.Array:
-    h = _dense(self.width, (None, "embed"), self.dtype, self.param_dtype, "in")(pooled)
-    h = _dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "out")(nn.silu(h))
-    return jnp.where(has_text[..., None], h, 0.0).astype(self.dtype)
 
 
 class DiT(nn.Module):
@@ -483,7 +475,8 @@ class DiT(nn.Module):
     if cfg.pooled_text:
       pooled, has_text = pool_text(text.astype(dtype), text_mask, text_segment_ids,
                                    segment_ids)
-      c = c + PooledText(cfg.width, dtype, param_dtype, name="text_pool")(pooled, has_text)
+      h = TextProjection(cfg.width, dtype, param_dtype, nn.silu, name="text_pool")(pooled)
+      c = c + jnp.where(has_text[..., None], h, 0.0).astype(dtype)  # 0 without a caption
     x = _dense(cfg.width, (None, "embed"), dtype, param_dtype, "patch_embed")(
         tokens.astype(dtype))
     text = TextProjection(cfg.width, dtype, param_dtype, name="text_proj")(text.astype(dtype))
