@@ -9,15 +9,23 @@ one clip of N tokens per row, AdamW update included. FLOPs are `dit_task.train_f
 measured float32 matmul rate of this machine (`cpu_matmul_flops`, a 2048^3 jitted matmul,
 best of several), stated in the output; on an accelerator pass --peak_flops.
 
-The side-by-side PyTorch peer (diffusers `WanTransformer3DModel` at equal width, depth,
-heads, tokens and batch, in a separate venv with the `peer` extra) is not built yet:
-`peer_tokens_per_s` is null until it is.
+`--peer` also times the PyTorch peer in the same run: diffusers' `WanTransformer3DModel` at
+equal width, depth, heads, tokens, batch and caption length (`peer_wan.py`, run in a
+subprocess after our case, float32, all cores), and reports `peer_tokens_per_s` and
+`ours_over_peer`. It needs the optional `peer` extra (`pip install -e '.[peer]'`: torch and
+diffusers, never core dependencies). The peer has no pooled-caption MLP and computes its
+adaLN modulation once per sample, not per token and block, so it does fewer FLOPs per token
+than our DiT at the same shape (`train_flops` counts ours).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 
 import jax
@@ -65,6 +73,19 @@ def _inputs(dcfg, grid, batch):
           "text_mask": np.ones((batch, TEXT_LEN), bool)}
 
 
+def peer_case(name: str, steps: int) -> dict:
+  """Times the PyTorch peer at case `name`'s shape in a subprocess; returns its JSON."""
+  overrides, grid, batch = CASES[name]
+  dcfg = dit_lib.get_dit_config(overrides["variant"], **{k: v for k, v in overrides.items()
+                                                          if k != "variant"})
+  cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_wan.py"),
+         "--width", str(dcfg.width), "--depth", str(dcfg.depth), "--heads", str(dcfg.num_heads),
+         "--grid", ",".join(map(str, grid)), "--batch", str(batch),
+         "--channels", str(CHANNELS), "--text_len", str(TEXT_LEN), "--steps", str(steps)]
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
 def bench_case(name: str, steps: int, peak: float) -> dict:
   overrides, grid, batch = CASES[name]
   overrides = dict(overrides)
@@ -103,7 +124,8 @@ def bench_case(name: str, steps: int, peak: float) -> dict:
                                      b["text_mask"][:, None], text_dim=dcfg.width))
   step_s = float(np.median(times))
   tokens = int(b["segment_ids"].size)
-  return {"case": name, "width": dcfg.width, "depth": dcfg.depth, "heads": dcfg.num_heads,
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  return {"case": name, "params": int(n_params), "width": dcfg.width, "depth": dcfg.depth, "heads": dcfg.num_heads,
           "tokens_per_row": tokens // batch, "batch": batch, "dtype": "float32",
           "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
           "step_s_all": [round(t, 4) for t in times], "tokens_per_s": round(tokens / step_s, 1),
@@ -115,11 +137,27 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--cases", default=",".join(CASES))
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--peer", action="store_true",
+                      help="also time diffusers' WanTransformer3DModel (needs the peer extra)")
   parser.add_argument("--peak_flops", type=float, default=0.0,
                       help="peak FLOP/s for MFU (0 = measure a float32 matmul here)")
   args = parser.parse_args()
+  cases = args.cases.split(",")
+  unknown = [c for c in cases if c not in CASES]
+  if unknown:
+    parser.error(f"unknown case(s) {unknown}; known: {sorted(CASES)}")
+  if args.peer and not all(importlib.util.find_spec(m) for m in ("torch", "diffusers")):
+    parser.error("--peer needs torch and diffusers: pip install -e '.[peer]'")
   peak = args.peak_flops or cpu_matmul_flops()
-  results = [bench_case(c, args.steps, peak) for c in args.cases.split(",")]
+  results = []
+  for c in cases:
+    row = bench_case(c, args.steps, peak)
+    if args.peer:
+      peer = peer_case(c, args.steps)
+      row.update(peer_tokens_per_s=peer["tokens_per_s"], peer_step_s=peer["step_s"],
+                 peer_params=peer["params"],
+                 ours_over_peer=round(row["tokens_per_s"] / peer["tokens_per_s"], 3))
+    results.append(row)
   print(json.dumps({
       "benchmark": "dit_train_step", "date": time.strftime("%Y-%m-%d"),
       "machine": f"{platform.machine()} {jax.devices()[0].device_kind}, "
@@ -127,7 +165,7 @@ def main():
       "backend": jax.default_backend(), "jax": jax.__version__,
       "peak_flops": peak, "peak_source": "given" if args.peak_flops else
       "measured float32 2048^3 matmul (best of 5)",
-      "peer": None,  # the PyTorch peer comparison is not built yet (see the docstring)
+      "peer": "diffusers.WanTransformer3DModel (benchmarks/peer_wan.py)" if args.peer else None,
       "results": results}, indent=2))
 
 
