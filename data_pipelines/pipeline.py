@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import functools
 import importlib
 import math
 import os
@@ -487,6 +488,22 @@ def _plain(table: Any) -> dict | None:
 # --- Device placement -------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
+def process_row_shards(sharding: NamedSharding) -> int:
+  """How many distinct blocks of batch rows the processes hold under `sharding`.
+
+  process_count when only batch-splitting axes span processes; fewer when processes share
+  rows (a context or tensor axis across hosts), which then load identical data.
+  """
+  axes = sharding.spec[0] if len(sharding.spec) else None
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  rows = math.prod(sharding.mesh.shape[a] for a in axes)
+  blocks: dict[int, set[int]] = {}
+  for device, index in sharding.devices_indices_map((rows,)).items():
+    blocks.setdefault(device.process_index, set()).add(index[0].start or 0)
+  return len({frozenset(b) for b in blocks.values()})
+
+
 def global_batch_to_device(batch: Mapping[str, Any], mesh: jax.sharding.Mesh,
                            spec: P | None = None) -> dict[str, Any]:
   """Turns this process's batch into global jax.Arrays, sharded along the batch axis.
@@ -504,11 +521,13 @@ def global_batch_to_device(batch: Mapping[str, Any], mesh: jax.sharding.Mesh,
     spec: partition spec of the leading axes; default shards dim 0 over all mesh axes.
   """
   sharding = NamedSharding(mesh, spec if spec is not None else P(tuple(mesh.axis_names)))
+  shards = process_row_shards(sharding)
   out = {}
   for key, value in batch.items():
     value = np.asarray(value)
     if value.dtype.kind in "SUO":
       out[key] = value
     else:
-      out[key] = jax.make_array_from_process_local_data(sharding, value)
+      out[key] = jax.make_array_from_process_local_data(
+          sharding, value, (value.shape[0] * shards, *value.shape[1:]))
   return out

@@ -330,6 +330,32 @@ def _distinct(state):
       for i, x in enumerate(leaves)])
 
 
+def test_restore_iterator_saved_by_another_process_count_restarts_it(tmp_path, caplog):
+  """grain saves one iterator file per process; a run with another process count restores
+  the state, restarts the data iterator and says so (tests/test_multiprocess.py runs it for
+  real with two processes)."""
+  def data():
+    return iter(grain.MapDataset.range(16).batch(2).to_iter_dataset())
+
+  it = data()
+  next(it), next(it)
+  ckpt = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(3, {"w": np.ones(4, np.float32)}, it)
+  ckpt.wait()
+  assert ckpt.data_process_count(3) == 1
+  _, it_a = ckpt.restore(3, {"w": jax.ShapeDtypeStruct((4,), np.float32)}, data())
+  np.testing.assert_array_equal(next(it_a), [4, 5])  # same process count: exact position
+  data_dir = tmp_path / "checkpoints" / "3" / "data"
+  (data_dir / "process_0-of-1.json").rename(data_dir / "process_0-of-2.json")
+  assert ckpt.data_process_count(3) == 2
+  with caplog.at_level("WARNING"):
+    state, it_b = ckpt.restore(3, {"w": jax.ShapeDtypeStruct((4,), np.float32)}, data())
+  ckpt.close()
+  np.testing.assert_array_equal(np.asarray(state["w"]), np.ones(4))
+  np.testing.assert_array_equal(next(it_b), [0, 1])  # from the beginning, with a warning
+  assert "holds the data iterator of 2 process(es), this run has 1" in caplog.text
+
+
 @pytest.mark.slow  # compile-heavy: `make test-all`
 def test_restore_dit_state_and_iterator_on_another_mesh(tmp_path):
   """A DiT runlocal state (params, Adam, EMA) saved on 8 devices under "fsdp" restores on 4

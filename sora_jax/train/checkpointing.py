@@ -3,7 +3,10 @@
 One composite checkpoint per saved step (MaxText's layout):
   state:  the train state pytree (StandardSave; restored against the *current* mesh's
           abstract state, which is what makes a topology change just work),
-  data:   the grain iterator's state (grain's own orbax handler, one file per process),
+  data:   the grain iterator's state (grain's own orbax handler, one file per process;
+          a run with another process count cannot map those positions onto its own data
+          shards, so it restores the train state only and restarts the data iterator, with a
+          warning),
   config: the run's config as JSON (so a notebook or the sampler can rebuild the model),
   extra:  optional JSON the task adds (e.g. the VAE's latent statistics).
 Saves are asynchronous; `wait()` before reading a checkpoint or exiting.
@@ -11,8 +14,10 @@ Saves are asynchronous; `wait()` before reading a checkpoint or exiting.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
+from absl import logging
 from etils import epath
 import grain
 import jax
@@ -26,7 +31,8 @@ class Checkpointer:
   """Saves and restores composite checkpoints under `workdir/checkpoints`."""
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    directory = os.path.join(workdir, "checkpoints")
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
@@ -56,10 +62,25 @@ class Checkpointer:
       data_iter: a fresh iterator of the same pipeline; its position is restored in place.
     """
     args = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
+    saved = self.data_process_count(step)
+    restore_data = data_iter is not None and saved == jax.process_count()
+    if data_iter is not None and not restore_data:
+      logging.warning(
+          "Checkpoint step %d holds the data iterator of %s process(es), this run has %d: "
+          "restoring the train state only; the data iterator starts again from its "
+          "beginning.", step, saved if saved else "no", jax.process_count())
+    if restore_data:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self._mgr.restore(step, args=ocp.args.Composite(**args))
-    return restored["state"], (restored["data"] if data_iter is not None else None)
+    return restored["state"], (restored["data"] if restore_data else data_iter)
+
+  def data_process_count(self, step: int) -> int | None:
+    """How many processes saved step's data iterator (grain's `process_<i>-of-<n>.json`)."""
+    path = epath.Path(self.directory) / str(step) / "data"  # epath: local or gs://
+    names = [p.name for p in path.iterdir()] if path.exists() else []
+    counts = {int(m.group(1)) for name in names
+              if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", name))}
+    return counts.pop() if len(counts) == 1 else None
 
   def restore_json(self, step: int, item: str) -> dict | None:
     """The `config` or `extra` JSON of a step, or None when it was not saved."""

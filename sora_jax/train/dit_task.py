@@ -295,18 +295,23 @@ def state_shardings(config, mesh, abstract_state):
 
 
 # ------------------------------------------------------------------------ data
-def make_dataset(config, split: str, train: bool, batch_size: int, num_clips=None):
+def make_dataset(config, split: str, train: bool, batch_size: int, num_clips=None,
+                 process_shard: tuple[int, int] | None = None):
+  """Packed batches of `split`; `process_shard` = (index, count) of this process's rows."""
   p = config.packing
+  index, count = process_shard or (None, None)
   return latents_lib.make_latent_dataset(
       latent_records(config, split), tokenizer(config), patch=tuple(config.model.patch),
       seq_len=p.seq_len, max_clips=p.max_clips, text_len=p.text_len, batch_size=batch_size,
       seed=config.seed, train=train, caption=config.data.caption, num_bins=p.num_bins,
-      num_clips=num_clips)
+      num_clips=num_clips, process_index=index, process_count=count)
 
 
-def make_train_data(config: ml_collections.ConfigDict):
+def make_train_data(config: ml_collections.ConfigDict,
+                    process_shard: tuple[int, int] | None = None):
   _THROUGHPUT.reset()
-  return make_dataset(config, "train", True, config.train.batch_size)
+  return make_dataset(config, "train", True, config.train.batch_size,
+                      process_shard=process_shard)
 
 
 _DEVICE_KEYS = ("tokens", "positions", "segment_ids", "text_ids", "text_mask")
@@ -315,7 +320,8 @@ _DEVICE_KEYS = ("tokens", "positions", "segment_ids", "text_ids", "text_mask")
 def device_batch(config, batch, mesh) -> dict[str, jax.Array]:
   _THROUGHPUT.tick(float(train_flops(dit_config(config), text_config(config),
                                      batch["segment_ids"], batch["text_mask"])),
-                   int(np.sum(batch["segment_ids"] > 0)) * jax.process_count())
+                   int(np.sum(batch["segment_ids"] > 0))
+                   * pipeline.process_row_shards(mesh_lib.batch_sharding(mesh)))
   return pipeline.global_batch_to_device({k: batch[k] for k in _DEVICE_KEYS}, mesh,
                                          mesh_lib.batch_sharding(mesh).spec)
 

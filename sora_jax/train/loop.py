@@ -73,7 +73,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   init_rng, step_rng = jax.random.split(rng)
 
   # ------------------------------------------------------------------ input
-  train_ds = task.make_train_data(config)
+  # Processes holding the same batch rows (a context or tensor axis spanning hosts) load
+  # the same shard; otherwise this is (process index, process count).
+  process_shard = mesh_lib.process_batch_shard(mesh.devices, jax.process_index())
+  train_ds = task.make_train_data(config, process_shard)
   train_iter = iter(train_ds)
 
   # ------------------------------------------------------------------ sharded init
@@ -87,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
-    logging.info("Resuming from step %d in %s", start, ckpt.directory)
+    logging.warning("Resuming from step %d in %s", start, ckpt.directory)
     state, train_iter = ckpt.restore(
         start, checkpointing.abstract_with_shardings(abstract, shardings), train_iter)
   else:

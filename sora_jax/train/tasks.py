@@ -2,7 +2,8 @@
 
 A task module provides:
   validate(config)                               bad input, before any compile
-  make_train_data(config) -> grain IterDataset   the training stream
+  make_train_data(config, process_shard) -> grain IterDataset   the training stream, this
+      process's (index, count) shard of the batch rows (`mesh.process_batch_shard`)
   init_state(config, rng) -> state               pure; the loop jits it with out_shardings
   state_shardings(config, mesh, abstract_state)  placement of the state on the mesh
   device_batch(config, batch, mesh) -> batch     host batch -> global jax.Arrays

@@ -113,10 +113,12 @@ def state_shardings(config, mesh, abstract_state):
   return rules_lib.state_shardings(mesh, abstract_state, rules_lib.preset_of(config), specs)
 
 
-def make_train_data(config: ml_collections.ConfigDict):
+def make_train_data(config: ml_collections.ConfigDict,
+                    process_shard: tuple[int, int] | None = None):
+  index, count = process_shard or (None, None)
   return pipeline.make_pixel_dataset(config.data, split="train",
                                      batch_size=config.train.batch_size, seed=config.seed,
-                                     train=True)
+                                     train=True, process_index=index, process_count=count)
 
 
 def device_batch(config, batch, mesh) -> dict[str, jax.Array]:
