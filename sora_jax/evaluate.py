@@ -57,6 +57,7 @@ def define_flags():
   flags.DEFINE_integer("steps", 32, "Solver steps.")
   flags.DEFINE_string("sampler", "dpmpp_2m", "ODE solver.")
   flags.DEFINE_float("guidance", 4.0, "Classifier-free guidance scale.")
+  flags.DEFINE_float("shift", 0.0, "Timestep shift (0 = the training rule by token count).")
   flags.DEFINE_integer("batch", 16, "Clips sampled together.")
   flags.DEFINE_integer("task_clips", 4, "Clips per task check (0 = no task checks).")
   flags.DEFINE_string("out_dir", "", "Where samples and eval.json go ('' = WORKDIR/eval).")
@@ -177,8 +178,10 @@ def main(argv: Sequence[str]) -> None:
     split_prompts(s, 1, level, FLAGS.frames, FLAGS.height, FLAGS.width)
   if FLAGS.n < 1:
     raise app.UsageError(f"--n={FLAGS.n}; expected >= 1.")
+  if FLAGS.shift < 0:
+    raise app.UsageError(f"--shift={FLAGS.shift}; expected > 0 (or 0 = the training rule).")
   options = generation.SamplingOptions(steps=FLAGS.steps, method=FLAGS.sampler,
-                                       guidance=FLAGS.guidance)
+                                       guidance=FLAGS.guidance, shift=FLAGS.shift or None)
   gen = generation.Generator(FLAGS.workdir, options=options)
   gen.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
   out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval")

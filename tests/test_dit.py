@@ -392,6 +392,29 @@ def _clips():
   return clips
 
 
+def test_fractional_positions_are_per_clip_and_resolution_free():
+  clips = _clips()
+  (packed,) = packing.pack_examples(clips, seq_len=32, max_clips=4)
+  seg, pos = packed["segment_ids"], packed["positions"]
+  frac = np.asarray(dit.fractional_positions(jnp.asarray(pos[None]), jnp.asarray(seg[None])))[0]
+  for s, c in enumerate(clips, start=1):  # grids (h, w): (2, 2), (2, 6), (1, 2) patches
+    grid = c["positions"][:, 1:].max(0) + 1
+    np.testing.assert_allclose(frac[seg == s], (c["positions"][:, 1:] + 0.5) / grid,
+                               rtol=0, atol=1e-6)
+  assert frac[seg > 0].min() > 0 and frac[seg > 0].max() < 1
+  # The same place (cell centre) in a 2x4 and a 3x larger grid: the same features.
+  small = np.array([[[0, 1, 3]]]), np.array([[[0, 4, 10]]])
+  grids = [np.stack(np.meshgrid([0], np.arange(g), np.arange(2 * g), indexing="ij"), -1)
+           .reshape(1, -1, 3) for g in (2, 6)]
+  feats = []
+  for grid, (p,) in zip(grids, small):
+    f = dit.fractional_positions(jnp.asarray(grid), jnp.ones(grid.shape[:2], jnp.int32))
+    index = int(np.flatnonzero((grid[0] == p[0]).all(-1))[0])
+    feats.append(np.asarray(dit.fractional_embedding(f, 30))[0, index])
+  np.testing.assert_allclose(feats[0], feats[1], rtol=0, atol=1e-6)
+  assert feats[0].shape == (30,) and np.all(feats[0][-2:] == 0)  # 30 = 4 * 7 + 2 zeros
+
+
 def test_packed_equals_unpacked_loss_and_grads():
   """A packed row of 3 clips gives the loss and gradients of the 3 clips on their own.
 
@@ -400,7 +423,8 @@ def test_packed_equals_unpacked_loss_and_grads():
   """
   # One unrolled block each keeps the compiles affordable on CPU; depth and scan are
   # covered by test_init_is_zero_and_scan_equals_unrolled.
-  dit_model = dit.DiT(_tiny_dit(depth=1, scan_layers=False))
+  # Fractional positions are per clip, so packing must not change them either.
+  dit_model = dit.DiT(_tiny_dit(depth=1, scan_layers=False, pos_embed="fractional"))
   text_model = text_lib.TextEncoder(_tiny_text(depth=1))
   clips = _clips()
   (packed,) = packing.pack_examples(clips, seq_len=32, max_clips=4)

@@ -2,9 +2,12 @@
 
 DiT (Peebles & Xie, 2023, arXiv:2212.09748) as the Sora report uses it: latents
 `[T', h, w, C]` are cut into `(pt, ph, pw)` patches (`patchify`), each patch is a token, and
-a token knows its place only through 3D RoPE over its integer `(t, h, w)` patch position
-(Su et al., 2021; `rope.py`), so any duration, resolution and aspect ratio is just another
-set of positions. Clips of different sizes are packed into one sequence with segment ids
+a token knows its place through 3D RoPE over its integer `(t, h, w)` patch position (Su et
+al., 2021; `rope.py`), so any duration, resolution and aspect ratio is just another set of
+positions. RoPE is relative only; with `pos_embed="fractional"` each token also gets fixed
+sin-cos features of where it sits in its own clip's frame, (h, w) as fractions of the
+clip's patch grid (NaViT's fractional positions), so captions that name a place ("in the
+top left") have an absolute position to attend from at every resolution. Clips of different sizes are packed into one sequence with segment ids
 (NaViT, Dehghani et al., 2023, arXiv:2307.06304; `data_pipelines/packing.py`); all attention
 is block-diagonal by segment.
 
@@ -96,6 +99,8 @@ class DiTConfig:
     rope_base: RoPE frequency base.
     fps_conditioning: add an fps embedding to the timestep embedding (then `fps` is required).
     pooled_text: add an MLP of each clip's mean caption embedding to the conditioning c.
+    pos_embed: "none" (RoPE only) or "fractional" (also add sin-cos features of each token's
+      (h, w) as a fraction of its clip's patch grid; see `fractional_positions`).
     prediction: what the network's last layer predicts; the model always returns the
       velocity. "v": the velocity itself. "x0": the clean latents x0_hat, returned as
       v = (x_t - x0_hat) / max(t, X0_MIN_T) (JiT: Li & He, 2025, "Back to Basics: Let
@@ -122,6 +127,7 @@ class DiTConfig:
   rope_base: float = 10_000.0
   fps_conditioning: bool = False
   pooled_text: bool = True
+  pos_embed: str = "none"
   prediction: str = "v"
   scan_layers: bool = True
   remat: str = "none"
@@ -139,6 +145,7 @@ class DiTConfig:
     rope.axis_pairs(self.head_dim, self.rope_proportions)  # raises on a bad head dim
     _check_choice("mlp", self.mlp, ("gelu", "swiglu"))
     _check_choice("prediction", self.prediction, PREDICTIONS)
+    _check_choice("pos_embed", self.pos_embed, POS_EMBEDS)
     _check_choice("remat", self.remat, tuple(REMAT_POLICIES))
     _check_choice("attention_backend", self.attention_backend, attn_lib.BACKENDS)
 
@@ -153,6 +160,8 @@ class DiTConfig:
 
 
 PREDICTIONS = ("v", "x0")
+POS_EMBEDS = ("none", "fractional")
+FRACTIONAL_CELLS = 64  # the fractional sinusoids' finest wavelength is 2 cells of a 64-grid
 X0_MIN_T = 0.05  # x0-prediction divides by max(t, X0_MIN_T)
 
 
@@ -400,6 +409,37 @@ class TextProjection(nn.Module):
     return _dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "out")(h)
 
 
+def fractional_positions(positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+  """Each token's (h, w) as a fraction of its own clip's patch grid: float32 [B, N, 2].
+
+  (position + 0.5) / extent, where the extent is 1 + the largest position among the tokens of
+  the token's segment, so the values lie in (0, 1) whatever the clip's size and packing.
+
+  Args:
+    positions: [B, N, 3] int (t, h, w) patch positions; segment_ids: [B, N] int.
+  """
+  hw = positions[..., 1:].astype(jnp.int32)
+  n = segment_ids.shape[1]
+  def extent(p, s):  # one row: [N, 2] largest (h, w) of each token's segment
+    return jax.ops.segment_max(p, s, num_segments=n, indices_are_sorted=False)[s]
+  size = jax.vmap(extent)(hw, segment_ids.astype(jnp.int32)) + 1
+  return (hw.astype(jnp.float32) + 0.5) / jnp.maximum(size, 1).astype(jnp.float32)
+
+
+def fractional_embedding(fractions: jax.Array, dim: int) -> jax.Array:
+  """Fixed sin-cos features of fractional (h, w) [B, N, 2] -> float32 [B, N, dim].
+
+  Half of `dim` per axis; wavelengths from 2 frames down to 2 cells of a
+  FRACTIONAL_CELLS-cell grid, geometrically spaced (dim not divisible by 4: zero-padded).
+  """
+  quarter = dim // 4
+  freqs = np.pi * np.geomspace(1.0, FRACTIONAL_CELLS, max(quarter, 1)).astype(np.float32)
+  args = fractions[..., None] * freqs[:quarter]  # [B, N, 2, quarter]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  emb = emb.reshape(*fractions.shape[:-1], 4 * quarter)
+  return jnp.pad(emb, [(0, 0)] * (emb.ndim - 1) + [(0, dim - 4 * quarter)])
+
+
 def pool_text(text: jax.Array, text_mask: jax.Array, text_segment_ids, segment_ids):
   """Masked mean of each token's caption and whether it has one.
 
@@ -479,6 +519,9 @@ class DiT(nn.Module):
       c = c + jnp.where(has_text[..., None], h, 0.0).astype(dtype)  # 0 without a caption
     x = _dense(cfg.width, (None, "embed"), dtype, param_dtype, "patch_embed")(
         tokens.astype(dtype))
+    if cfg.pos_embed == "fractional":
+      x = x + fractional_embedding(fractional_positions(positions, segment_ids),
+                                   cfg.width).astype(dtype)
     text = TextProjection(cfg.width, dtype, param_dtype, name="text_proj")(text.astype(dtype))
     for block in self._blocks():
       x, _ = block(x, c, positions, segment_ids, text, text_mask, text_segment_ids)
