@@ -1,0 +1,26 @@
+"""The benchmark scripts' command lines: bad input fails before any timing, and the peer
+script's help works without the optional `peer` extra (torch, diffusers)."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_train_step_unknown_case_is_one_clear_error():
+  out = _run("benchmarks/train_step.py", "--cases", "ref128,bogus")
+  assert out.returncode == 2, out.stderr
+  assert "unknown case(s) ['bogus']; known: ['S', 'ref128', 'ref256', 'tiny']" in out.stderr
+  assert "Traceback" not in out.stderr
+
+
+def test_peer_script_help_needs_no_torch():
+  out = _run("benchmarks/peer_wan.py", "--help")
+  assert out.returncode == 0, out.stderr
+  assert "WanTransformer3DModel" in out.stdout and "--width" in out.stdout
