@@ -73,11 +73,18 @@ def _inputs(dcfg, grid, batch):
           "text_mask": np.ones((batch, TEXT_LEN), bool)}
 
 
+def case_config(name: str):
+  """(DiTConfig, latent grid, batch) of case `name`."""
+  overrides, grid, batch = CASES[name]
+  overrides = dict(overrides)
+  dcfg = dit_lib.get_dit_config(overrides.pop("variant"), latent_channels=CHANNELS,
+                                patch=(1, 2, 2), **overrides)
+  return dcfg, grid, batch
+
+
 def peer_case(name: str, steps: int) -> dict:
   """Times the PyTorch peer at case `name`'s shape in a subprocess; returns its JSON."""
-  overrides, grid, batch = CASES[name]
-  dcfg = dit_lib.get_dit_config(overrides["variant"], **{k: v for k, v in overrides.items()
-                                                          if k != "variant"})
+  dcfg, grid, batch = case_config(name)
   cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_wan.py"),
          "--width", str(dcfg.width), "--depth", str(dcfg.depth), "--heads", str(dcfg.num_heads),
          "--grid", ",".join(map(str, grid)), "--batch", str(batch),
@@ -87,10 +94,7 @@ def peer_case(name: str, steps: int) -> dict:
 
 
 def bench_case(name: str, steps: int, peak: float) -> dict:
-  overrides, grid, batch = CASES[name]
-  overrides = dict(overrides)
-  dcfg = dit_lib.get_dit_config(overrides.pop("variant"), latent_channels=CHANNELS,
-                                patch=(1, 2, 2), **overrides)
+  dcfg, grid, batch = case_config(name)
   model, tx = dit_lib.DiT(dcfg), optax.adamw(1e-4)
   b = _inputs(dcfg, grid, batch)
   params = model.init(jax.random.key(0), b["tokens"], b["positions"], b["segment_ids"],
