@@ -26,6 +26,9 @@ def _final_params(workdir, step):
   return ocp.PyTreeCheckpointer().restore(path)["params"]
 
 
+# Slow (~50 s): the loop's exact resume is task-independent and is checked in the default
+# suite by test_dit_train.py's resume test; the VAE stage's outputs by test_demo.py.
+@pytest.mark.slow
 def test_train_resume_equals_uninterrupted(tmp_path):
   cfg = _config(tmp_path)
   split_dir, straight_dir = str(tmp_path / "split"), str(tmp_path / "straight")

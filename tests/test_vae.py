@@ -404,6 +404,27 @@ def test_edge_and_recon_losses():
     vae_losses.LossConfig(recon='l3')
 
 
+def test_scale_equivariance_term(params, cfg):
+  """The term is L1 between decode(2x-pooled z) and the 2x-pooled clip, added with its weight."""
+  x = jnp.arange(2 * 4 * 4, dtype=jnp.float32).reshape(1, 2, 4, 4, 1)
+  np.testing.assert_array_equal(vae_losses.pool_space(x)[0, 1, :, :, 0],
+                                [[18.5, 20.5], [26.5, 28.5]])
+  video, rng = smooth_video(1, 5, 16, 16, seed=13), _key(5)
+  off = vae_losses.LossConfig(edge_weight=0.1)
+  on = dataclasses.replace(off, scale_eq_weight=0.5)
+  loss_off, aux_off = vae_losses.generator_loss(params, None, video, rng, 0, vae_config=cfg,
+                                                loss_config=off)
+  loss_on, aux_on = vae_losses.generator_loss(params, None, video, rng, 0, vae_config=cfg,
+                                              loss_config=on)
+  assert 'scale_eq' not in aux_off['metrics']
+  z = vae.encode(params, video, cfg).sample(rng)
+  small = vae.decode(params, vae_losses.pool_space(z), cfg)
+  assert small.shape == (1, 5, 8, 8, 3)
+  expected = float(jnp.mean(jnp.abs(small - vae_losses.pool_space(video))))
+  assert float(aux_on['metrics']['scale_eq']) == pytest.approx(expected, rel=1e-5)
+  assert float(loss_on) == pytest.approx(float(loss_off) + 0.5 * expected, rel=1e-5)
+
+
 def test_perceptual_hook(tmp_path):
   with pytest.raises(ValueError, match='perceptual_path'):
     vae_losses.LossConfig(perceptual_weight=1.0)

@@ -8,6 +8,11 @@
     reconstruction, after the gradient difference loss of Mathieu et al., 2016 ("Deep
     multi-scale video prediction beyond mean square error", arXiv:1511.05440); it keeps the
     sharp outlines that plain L1/L2 blurs away.
+  * Scale equivariance (Skorokhodov et al., 2025, "Improving the Diffusability of
+    Autoencoders", arXiv:2502.14831): latents average-pooled 2x in space must decode to the
+    clip average-pooled 2x, which the paper finds takes high frequencies out of the latent
+    spectrum. On Shapes World's tiny VAE the decoder meets it and the latents barely move
+    (`benchmarks/results/vae_quality.json`); off by default.
   * Hinge GAN losses (Lim & Ye, 2017, "Geometric GAN", arXiv:1705.02894) with the 3D patch
     discriminator of `discriminator.py`, as in VQGAN (Esser et al., 2021, arXiv:2012.09841)
     and MAGVIT-v2 (arXiv:2310.05737); switched on at `disc_start_step`.
@@ -37,6 +42,7 @@ class LossConfig:
     recon: 'l1' or 'l2'.
     kl_weight: weight of the KL (see the module docstring for its normalisation).
     edge_weight: weight of the spatial-gradient L1 term (0 disables it).
+    scale_eq_weight: weight of the scale-equivariance term (0 disables it).
     gan_weight: weight of the hinge generator loss (0 disables the GAN).
     disc_start_step: step from which the GAN terms count (both losses are 0 before).
     perceptual_weight: weight of the perceptual term (0 disables it).
@@ -45,6 +51,7 @@ class LossConfig:
   recon: str = 'l1'
   kl_weight: float = 1e-6
   edge_weight: float = 0.1
+  scale_eq_weight: float = 0.0
   gan_weight: float = 0.0
   disc_start_step: int = 0
   perceptual_weight: float = 0.0
@@ -78,6 +85,19 @@ def edge_loss(video: jax.Array, recon: jax.Array) -> jax.Array:
   """L1 between spatial image gradients. video, recon: [B, T, H, W, 3]."""
   (vh, vw), (rh, rw) = _spatial_gradients(video), _spatial_gradients(recon)
   return jnp.mean(jnp.abs(vh - rh)) + jnp.mean(jnp.abs(vw - rw))
+
+
+def pool_space(x: jax.Array, factor: int = 2) -> jax.Array:
+  """Average pooling over (H, W) of [B, T, H, W, C] by `factor` (H, W multiples of it)."""
+  b, t, h, w, c = x.shape
+  return x.reshape(b, t, h // factor, factor, w // factor, factor, c).mean(axis=(3, 5))
+
+
+def scale_equivariance_loss(vae_params: Any, z: jax.Array, video: jax.Array,
+                            vae_config: vae_lib.VAEConfig, kind: str = 'l1') -> jax.Array:
+  """Reconstruction loss of 2x-pooled latents z [B, T', h, w, C] against the 2x-pooled clip."""
+  small = vae_lib.decode(vae_params, pool_space(z), vae_config)
+  return reconstruction_loss(pool_space(video), small, kind)
 
 
 def hinge_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
@@ -163,12 +183,18 @@ def generator_loss(vae_params: Any, disc_params: Any, video: jax.Array, rng: jax
   Returns:
     (loss, aux): aux = {'recon': [B, T, H, W, 3], 'metrics': {name: scalar}}.
   """
-  recon, posterior = vae_lib.reconstruct(vae_params, video, vae_config, rng)
+  posterior = vae_lib.encode(vae_params, video, vae_config)
+  z = posterior.sample(rng)
+  recon = vae_lib.decode(vae_params, z, vae_config)
   metrics = {'recon': reconstruction_loss(video, recon, loss_config.recon),
              'kl': kl_loss(posterior, video),
              'edge': edge_loss(video, recon)}
   loss = (metrics['recon'] + loss_config.kl_weight * metrics['kl']
           + loss_config.edge_weight * metrics['edge'])
+  if loss_config.scale_eq_weight:
+    metrics['scale_eq'] = scale_equivariance_loss(vae_params, z, video, vae_config,
+                                                  loss_config.recon)
+    loss += loss_config.scale_eq_weight * metrics['scale_eq']
   if loss_config.perceptual_weight:
     if perceptual_fn is None:
       raise ValueError('generator_loss: perceptual_weight > 0 but perceptual_fn is None; pass '
