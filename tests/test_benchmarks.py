@@ -24,3 +24,12 @@ def test_peer_script_help_needs_no_torch():
   out = _run("benchmarks/peer_wan.py", "--help")
   assert out.returncode == 0, out.stderr
   assert "WanTransformer3DModel" in out.stdout and "--width" in out.stdout
+
+
+def test_denoiser_bad_input_is_one_clear_error(tmp_path):
+  out = _run("benchmarks/denoiser.py", "--workdir", str(tmp_path), "--t", "0.5,2")
+  assert out.returncode == 2 and "--t='0.5,2': expected comma-separated noise levels in (0, 1]" \
+      in out.stderr, out.stderr
+  out = _run("benchmarks/denoiser.py", "--workdir", str(tmp_path / "none"))
+  assert out.returncode == 2 and "has no checkpoints/ directory" in out.stderr, out.stderr
+  assert "Traceback" not in out.stderr
