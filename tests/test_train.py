@@ -77,6 +77,11 @@ def test_bad_config_fails_before_any_work(tmp_path):
   with pytest.raises(ValueError, match="Unknown VAE variant 'huge'"):
     loop.train_and_evaluate(cfg, str(tmp_path / "bad"))
   assert not os.path.exists(tmp_path / "bad")
+  odd = vae_config.get_config(f"variant=tiny,runlocal=True,sizes=5x48x48,s=16,scale_eq=0.5,"
+                              f"data_dir={tmp_path / 'data'}")
+  with pytest.raises(ValueError, match=r"48x48 gives latents of odd height or width.*"
+                                       r"scale_eq=0.5.*divisible by 32"):
+    vae_task.validate(odd)
 
 
 def _write_video_folder(folder):

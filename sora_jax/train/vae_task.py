@@ -75,7 +75,7 @@ def _data_sizes(data: ml_collections.ConfigDict) -> list[tuple[int, int, int]]:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises one clear ValueError for a config the VAE cannot train on."""
   vcfg = vae_config(config)  # unknown variant / field / factor
-  loss_config(config)
+  lcfg = loss_config(config)
   disc_config(config)
   for t, h, w in _data_sizes(config.data):
     where = "config.data sizes"
@@ -85,6 +85,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if h % vcfg.spatial_factor or w % vcfg.spatial_factor:
       raise ValueError(f"{where}: {h}x{w} is not divisible by the VAE's spatial factor "
                        f"{vcfg.spatial_factor}.")
+    pooled = 2 * vcfg.spatial_factor
+    if lcfg.scale_eq_weight and (h % pooled or w % pooled):
+      raise ValueError(f"{where}: {h}x{w} gives latents of odd height or width, which the "
+                       f"scale-equivariance term (scale_eq={lcfg.scale_eq_weight}) pools 2x; "
+                       f"use sizes divisible by {pooled} or scale_eq=0.")
 
 
 # ------------------------------------------------------------------------ state
