@@ -49,13 +49,13 @@ def _latents_dir(arg: str, run_config: dict) -> str:
 
 def measure(workdir: str, latents: str, n: int, times: list[float]) -> dict:
   # Imported here so that --help and bad arguments answer before jax sets up.
+  from data_pipelines import latents as latents_lib  # pylint: disable=g-import-not-at-top
   from sora_jax import generation  # pylint: disable=g-import-not-at-top
   from sora_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.models import text as text_lib  # pylint: disable=g-import-not-at-top
-  from sora_jax.train import dit_task  # pylint: disable=g-import-not-at-top
 
   gen = generation.Generator(workdir)
-  records = dit_task._precomputed_records(latents, "validation")  # pylint: disable=protected-access
+  records = latents_lib.LatentRecords(os.path.join(latents, "validation"))
   clips, captions = [], []
   for i in range(len(records)):
     rec = records[i]
@@ -112,9 +112,7 @@ def main() -> None:
     if args.n < 2:
       raise ValueError(f"--n={args.n}: need at least 2 clips.")
     from sora_jax import generation  # pylint: disable=g-import-not-at-top
-    generation.check_workdir(args.workdir)
-    from sora_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
-    _, run_config, _ = checkpointing.read_run(args.workdir, "a DiT run")
+    _, run_config, _ = generation.run_files(args.workdir)
     latents = _latents_dir(args.latents, run_config)
   except ValueError as e:
     parser.error(str(e))

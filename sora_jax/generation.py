@@ -71,7 +71,7 @@ class SamplingOptions:
   negative_prompt: str = ""
 
 
-def _run_files(workdir: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
+def run_files(workdir: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
   """(step, config JSON, extra JSON) of a DiT run; one clear error if it cannot sample."""
   step, config, extra = checkpointing.read_run(
       workdir, "a DiT run (python -m sora_jax.main --config configs/dit.py ...)")
@@ -86,7 +86,7 @@ def _run_files(workdir: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
 
 def check_workdir(workdir: str) -> int:
   """The latest step of a DiT run that can sample; one clear ValueError otherwise."""
-  return _run_files(workdir)[0]
+  return run_files(workdir)[0]
 
 
 def start_cli(workdir: str | None, verbosity_set: bool) -> int:
@@ -129,7 +129,7 @@ class Generator:
   def __init__(self, workdir: str, *, use_ema: bool = True,
                options: SamplingOptions = SamplingOptions(), progress: bool = False):
     self.workdir, self.options, self.progress = workdir, options, progress
-    self.step, config, extra = _run_files(workdir)
+    self.step, config, extra = run_files(workdir)
     vae_dir = _vae_workdir(extra, config, workdir)
     if vae_dir:
       self.vae = latents_lib.load_vae(vae_dir)
