@@ -3,7 +3,7 @@
   pip install -e '.[peer]'     # torch==2.13.0 (CPU wheel) and diffusers; never a core dep
   python benchmarks/peer_wan.py --width 128 --depth 4 --heads 2 --grid 4,16,16 --batch 4
 
-Random init, float32, patch (1, 2, 2), MLP hidden 4 * width, 32 caption tokens of width
+Random init, float32 (or bf16 autocast: --dtype), patch (1, 2, 2), MLP hidden 4 * width, 32 caption tokens of width
 `width` (text_dim = width, as train_step.py feeds our DiT), rectified-flow MSE loss, AdamW
 update; torch uses all of this machine's cores (as XLA does). Prints one JSON line.
 `train_step.py --peer` runs this in a subprocess for every case, so both are timed in the
@@ -28,6 +28,9 @@ def main():
   parser.add_argument("--text_len", type=int, default=32)
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="bfloat16: torch.autocast, parameters stay float32")
   args = parser.parse_args()
 
   import torch  # imported here so `--help` works without the peer extra
@@ -41,19 +44,22 @@ def main():
       patch_size=(1, 2, 2), num_attention_heads=args.heads,
       attention_head_dim=args.width // args.heads, in_channels=args.channels,
       out_channels=args.channels, text_dim=args.width, ffn_dim=4 * args.width,
-      num_layers=args.depth)
+      num_layers=args.depth).to(args.device)
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
   t, h, w = (int(v) for v in args.grid.split(","))
-  x0 = torch.randn(args.batch, args.channels, t, h, w)
-  text = torch.randn(args.batch, args.text_len, args.width)
+  x0 = torch.randn(args.batch, args.channels, t, h, w, device=args.device)
+  text = torch.randn(args.batch, args.text_len, args.width, device=args.device)
+  autocast = torch.autocast(args.device, dtype=torch.bfloat16,
+                            enabled=args.dtype == "bfloat16")
 
   def step():
     eps = torch.randn_like(x0)
-    tt = torch.rand(args.batch)
+    tt = torch.rand(args.batch, device=args.device)
     xt = (1 - tt.view(-1, 1, 1, 1, 1)) * x0 + tt.view(-1, 1, 1, 1, 1) * eps
-    v = model(xt, tt * 1000, text, return_dict=False)[0]
-    loss = torch.mean((v - (eps - x0)) ** 2)
+    with autocast:
+      v = model(xt, tt * 1000, text, return_dict=False)[0]
+    loss = torch.mean((v.float() - (eps - x0)) ** 2)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -71,6 +77,7 @@ def main():
   print(json.dumps({
       "peer": "diffusers.WanTransformer3DModel", "torch": torch.__version__,
       "diffusers": __import__("diffusers").__version__, "threads": args.threads,
+      "device": args.device, "dtype": args.dtype,
       "params": sum(p.numel() for p in model.parameters()),
       "tokens": tokens, "step_s": round(step_s, 4), "step_s_all": [round(x, 4) for x in times],
       "tokens_per_s": round(tokens / step_s, 1)}))

@@ -1,6 +1,7 @@
 """Causal video VAE throughput and memory; prints one JSON object.
 
   python benchmarks/vae.py [--variant tiny] [--quick]
+  python benchmarks/vae.py --sizes 17x64x64,33x256x256,33x720x1280   # a GPU machine
   python benchmarks/vae.py --conv-forms     # the micro-benchmark behind tiny's design
 
 Measures, for batch-1 clips of 64x64x17 and 256x256x33 (`--quick`: 64x64x17 only):
@@ -139,11 +140,21 @@ def _child(kind: str, kwargs: dict) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--variant', default='tiny', choices=sorted(vae.VARIANTS))
-  parser.add_argument('--quick', action='store_true', help='64x64x17 only, one timed run')
+  parser.add_argument('--quick', action='store_true',
+                      help='the first of --sizes only, one timed run')
   parser.add_argument('--conv-forms', action='store_true',
                       help='only the 3D vs (2+1)D conv micro-benchmark')
+  parser.add_argument('--sizes', default='17x64x64,33x256x256',
+                      help='clip sizes TxHxW, comma-separated (T = 4k+1; H, W multiples of '
+                           "the variant's spatial factor)")
   parser.add_argument('--child', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  try:
+    sizes = [tuple(int(v) for v in s.split('x')) for s in args.sizes.split(',')]
+    if any(len(s) != 3 or min(s) < 1 for s in sizes):
+      raise ValueError
+  except ValueError:
+    parser.error(f'--sizes {args.sizes!r}: expected TxHxW[,TxHxW...], e.g. 17x64x64')
   if args.conv_forms:
     print(json.dumps({'benchmark': 'vae_conv_forms', 'date': datetime.date.today().isoformat(),
                       'machine': f'{platform.machine()} {os.cpu_count()} cpus',
@@ -155,7 +166,7 @@ def main() -> None:
     print(json.dumps(fn(**spec)))
     return
   runs = 1 if args.quick else 2
-  sizes = [(17, 64, 64)] if args.quick else [(17, 64, 64), (33, 256, 256)]
+  sizes = sizes[:1] if args.quick else sizes
   clips = [_child('clip', dict(variant=args.variant, t=t, h=h, w=w, runs=runs))
            for t, h, w in sizes]
   chunked = [_child('chunked', dict(variant=args.variant, t=t, h=64, w=64, chunk=4))
@@ -166,7 +177,7 @@ def main() -> None:
       'compression': [config.temporal_factor, config.spatial_factor, config.latent_channels],
       'params': int(sum(np.prod(x.shape) for x in jax.tree.leaves(vae.param_shapes(config)))),
       'date': datetime.date.today().isoformat(), 'backend': jax.default_backend(),
-      'machine': f'{platform.machine()} {os.cpu_count()} cpus', 'jax': jax.__version__,
+      'machine': f'{platform.machine()} {os.cpu_count()} cpus, {jax.devices()[0].device_kind}', 'jax': jax.__version__,
       'clips': clips, 'chunked_decode': chunked,
   }, indent=1))
 

@@ -34,8 +34,9 @@ the steps and the EMA's time constant a tenth of the run (decay 1 - 10 / steps, 
 Arguments (after the colon, comma-separated key=value; unknown keys are an error):
   compute      this rung's budget, a multiple of the base's (any positive number).
   base         the 1x run: tiny_cpu (2-core CPU micro-sweep on basic-level Shapes World:
-               1x ~ 1.5 min of training) or gpu (one accelerator; DiT-S at 1x, bfloat16,
-               full level). See BASES.
+               1x ~ 1.5 min of training), gpu (one accelerator; DiT-S at 1x, bfloat16,
+               full level) or gpu_basic (one GPU for minutes: the CPU demo's recipe at 8x
+               its batch, basic level). See BASES.
   params_exp, data_exp   the rule's exponents (params ~ C^params_exp, steps ~ C^data_exp).
   aspect_tol   how far width/depth may stray from the base's, as a factor (>= 1).
   computes     for `sweep` only: the rungs, '+'-separated (default: the base's ladder).
@@ -78,6 +79,14 @@ BASES = {
                 seq_len=1024, max_clips=16, text_len=48, patch="1x2x2", lr=3e-4,
                 sizes="17x64x64+1x64x64", num_train=65536, dtype="bfloat16",
                 attention="auto", computes="1+4+16+64", level="full"),
+    # One GPU, minutes: the CPU demo's DiT recipe (width 128 x 4, x0-prediction, tiny text,
+    # basic level, 2 clips of 320 tokens a row) at 8x its batch, bfloat16 with cuDNN
+    # attention, on 16384 clips. 1x is ~450x the FLOPs of tiny_cpu's 1x. Sized for a
+    # one-GPU lease of minutes (benchmarks/gpu_session.py), not for a converged model.
+    "gpu_basic": dict(width=128, depth=4, head_dim=32, text="tiny", steps=1000, batch=32,
+                      seq_len=640, max_clips=8, text_len=32, patch="1x2x2", lr=1e-3,
+                      sizes="17x64x64+1x64x64", num_train=16384, dtype="bfloat16",
+                      attention="auto", computes="1+4+16", level="basic"),
     # Tests: seconds per rung.
     "runlocal": dict(width=32, depth=1, head_dim=16, text="tiny", steps=4, batch=8,
                      seq_len=64, max_clips=4, text_len=32, patch="1x2x2", lr=1e-3,
@@ -96,6 +105,8 @@ EVALS = {
                      batch=20, seed=0),
     "gpu": dict(split="test", n=500, size="17x64x64", steps=32, guidance=4.0, batch=64,
                 seed=0),
+    "gpu_basic": dict(split="test", n=100, size="17x64x64", steps=16, guidance=4.0,
+                      batch=100, seed=0),
     "runlocal": dict(split="test", n=2, size="5x32x32", steps=2, guidance=4.0, batch=2,
                      seed=0),
 }

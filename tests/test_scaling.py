@@ -137,7 +137,7 @@ def test_hlo_flops_reads_dots_and_convs():
 
 
 # ----------------------------------------------------------------------------- ladder
-@pytest.mark.parametrize("base", ["tiny_cpu", "gpu"])
+@pytest.mark.parametrize("base", ["tiny_cpu", "gpu", "gpu_basic"])
 def test_ladder_follows_the_rule(base):
   b = scaling.BASES[base]
   computes = [1, 4, 16, 64, 256]

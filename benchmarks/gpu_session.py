@@ -1,0 +1,273 @@
+"""What one lent GPU runs for this repo's GPU figures, in two commands that fit a short lease.
+
+  python benchmarks/gpu_session.py pipeline --out_dir D [--budget_s 540] [--vae_s 170]
+  python benchmarks/gpu_session.py benchmarks --out_dir D
+
+`pipeline` (issues 3, 6 and 7 on a GPU): builds Shapes World at both levels with 16384
+training clips each (two processes, in parallel); trains the tiny VAE (the long60 recipe
+at batch 32) for about `--vae_s` seconds: a first run measures the seconds per step and,
+when its step count would miss the time by more than 30%, is stopped and started again
+with the steps that fit (one restart at most, recorded); then the `gpu_basic` compute
+ladder of configs/scaling.py (latents encoded once, every rung followed by its fixed
+evaluation), adding the next rung only while its projected time (the 1x rung's seconds
+per step scaled by the rung's FLOPs per step, plus the 1x rung's start-up and evaluation)
+fits what is left of `--budget_s`; then `sora_jax.scaling.report`. D gets summary.json, the
+report, its plot and contact sheet, the VAE's last reconstruction sheet and its final
+checkpoint (vae.tar.gz), and the log.
+
+`benchmarks` (issues 3, 4 and 5): train_step.py B and L in bf16 with cuDNN attention beside
+the PyTorch peer on the same GPU; context_attention.py --gpu (8k-32k tokens); vae.py with
+720p x 33 clips; launch/aot_compile.py for an H100 target from its XLA target config.
+Each JSON goes to D, each step under its own time limit so one failure keeps the rest.
+
+Results are copied into benchmarks/results/ by hand, with the machine named. Not for CI.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+CHILD_ENV = dict(os.environ)  # the children get the GPU; this process stays on the CPU
+NUM_TRAIN = 16384
+RUNS = "runs/gpu"
+SMOKE = ""  # --smoke: config suffix that shrinks every run to seconds (a CPU check of this)
+
+
+def _log(msg: str) -> None:
+  print(f"[gpu_session {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _run(cmd: list[str], timeout: float, log_path: str) -> tuple[int, float]:
+  """Runs `cmd` from the repo root, output appended to log_path; (return code, seconds)."""
+  _log(" ".join(cmd))
+  t0 = time.time()
+  with open(log_path, "a") as log:
+    try:
+      rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                          timeout=max(timeout, 1), env=CHILD_ENV).returncode
+    except subprocess.TimeoutExpired:
+      rc = 124
+  _log(f"  -> rc {rc} in {time.time() - t0:.0f} s")
+  return rc, time.time() - t0
+
+
+def _metrics(workdir: str) -> list[dict]:
+  path = os.path.join(ROOT, workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  rows = []
+  for line in open(path):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      pass  # a line being written
+  return rows
+
+
+def _sec_per_step(workdir: str) -> tuple[int, float] | None:
+  """(step, s/step) of the latest logged training row, once past the first log."""
+  rows = [r for r in _metrics(workdir) if "train/sec_per_step" in r]
+  if len(rows) < 2:  # the first interval includes compilation
+    return None
+  return rows[-1]["step"], float(rows[-1]["train/sec_per_step"])
+
+
+# ------------------------------------------------------------------------------- pipeline
+def build_data(log: str) -> float:
+  t0 = time.time()
+  procs = []
+  for level, sizes in (("full", "((17, 64, 64),)"), ("basic", "((17, 64, 64), (1, 64, 64))")):
+    code = ("from data_pipelines.shapes_world import builder; builder.build(builder.make_config("
+            f"{level!r}, {sizes}, num_examples={{'train': {NUM_TRAIN}, 'validation': 64, "
+            "'test': 64, 'compositional': 64}), 'data/tfds')")
+    procs.append(subprocess.Popen([PY, "-c", code], cwd=ROOT, stdout=open(log, "a"),
+                                  stderr=subprocess.STDOUT, env=CHILD_ENV))
+  for p in procs:
+    if p.wait():
+      raise SystemExit(f"Shapes World build failed (rc {p.returncode}); see {log}.")
+  return time.time() - t0
+
+
+def train_vae(seconds: float, log: str) -> dict:
+  """The long60 recipe at batch 32, sized to `seconds` of wall time (see the docstring)."""
+  workdir = f"{RUNS}/vae"
+
+  def command(steps):
+    return [PY, "-m", "sora_jax.main", "--config",
+            f"configs/vae.py:preset=long60,steps={steps},batch=32,warmup=100,"
+            f"num_train={NUM_TRAIN},eval_every=0{SMOKE}", "--workdir", workdir]
+
+  def attempt(steps, resize):
+    """Runs `steps`; with `resize`, returns early with the step count that fits instead."""
+    shutil.rmtree(os.path.join(ROOT, workdir), ignore_errors=True)
+    _log(" ".join(command(steps)))
+    t0 = time.time()
+    proc = subprocess.Popen(command(steps), cwd=ROOT, stdout=open(log, "a"),
+                            stderr=subprocess.STDOUT, env=CHILD_ENV)
+    while resize and proc.poll() is None:
+      time.sleep(2)
+      if measured := _sec_per_step(workdir):
+        step, sps = measured
+        startup = (time.time() - t0) - step * sps  # compilation, data, first steps
+        fit = int((seconds - (time.time() - t_start) - startup - 20) / sps)
+        if abs(fit - steps) <= 0.3 * steps or fit < 200:
+          break
+        _log(f"VAE: {sps * 1e3:.0f} ms/step, so {steps} steps miss the {seconds:.0f} s "
+             f"budget; restarting with {fit}")
+        proc.kill()
+        proc.wait()
+        return None, {"steps": steps, "killed_at_step": step, "sec_per_step": sps, "fit": fit}
+    return proc.wait(), None
+
+  t_start, steps, restarts = time.time(), 4000, []
+  rc, restart = attempt(steps, resize=True)
+  if restart:
+    restarts.append(restart)
+    steps = restart["fit"]
+    rc, _ = attempt(steps, resize=False)
+  final = os.path.join(ROOT, workdir, "final_metrics.json")
+  result = json.load(open(final)) if os.path.exists(final) else {}
+  sps = _sec_per_step(workdir)
+  return {"rc": rc, "steps": steps, "batch": 32, "restarts": restarts,
+          "sec_per_step": sps[1] if sps else None, "wall_s": time.time() - t_start,
+          "final": result}
+
+
+def _rung_dir(compute) -> str:
+  return f"{RUNS}/ladder/compute={compute}"
+
+
+def run_ladder(deadline: float, log: str) -> dict:
+  sys.path.insert(0, ROOT)
+  from configs import scaling  # pylint: disable=g-import-not-at-top
+  base = scaling.BASES["gpu_basic"]
+  spec = f"configs/scaling.py:base=gpu_basic,vae_workdir={RUNS}/vae,data_dir=data/tfds{SMOKE}"
+  sweep = [PY, "launch/sweep.py", "--workdir_root", f"{RUNS}/ladder",
+           "--precompute_latents", f"{RUNS}/latents"]
+  done, skipped = [], []
+  t0 = time.time()
+  rc, wall = _run(sweep + [spec + ",computes=1"], deadline - time.time(), log)
+  if rc:
+    return {"rc": rc, "computes": done}
+  done.append(1)
+  rows = [r for r in _metrics(_rung_dir(1)) if "train/sec_per_step" in r]
+  sps1 = float(rows[-1]["train/sec_per_step"])
+  steps1 = scaling.ladder_steps(base, 1)
+  overhead = max(wall - steps1 * sps1, 30.0)  # latents, start-up, compilation, evaluation
+  for compute in (4, 16, 64):
+    shape = scaling.ladder_shape(base, compute)
+    per_step = sps1 * shape["params"] / scaling.block_params(base["width"], base["depth"],
+                                                             base["head_dim"])
+    estimate = overhead + scaling.ladder_steps(base, compute) * max(per_step, sps1)
+    if time.time() + estimate > deadline - 45:
+      skipped.append({"compute": compute, "estimate_s": round(estimate)})
+      continue
+    rc, _ = _run(sweep + [spec + f",computes={'+'.join(map(str, done + [compute]))}"],
+                 deadline - time.time(), log)
+    if rc:
+      skipped.append({"compute": compute, "rc": rc})
+      break
+    done.append(compute)
+  return {"rc": 0, "computes": done, "skipped": skipped, "sec_per_step_1x": sps1,
+          "overhead_1x_s": overhead, "wall_s": time.time() - t0}
+
+
+def pipeline(args) -> dict:
+  t_start = time.time()
+  deadline = t_start + args.budget_s
+  log = os.path.join(args.out_dir, "pipeline.log")
+  summary = {"stage": "pipeline", "budget_s": args.budget_s}
+  summary["data_s"] = build_data(log)
+  _log(f"data built in {summary['data_s']:.0f} s")
+  summary["vae"] = train_vae(args.vae_s, log)
+  _log(f"VAE: {json.dumps(summary['vae'])}")
+  vae_dir = os.path.join(ROOT, RUNS, "vae")
+  grids = sorted(glob.glob(os.path.join(vae_dir, "recon", "*.png")))
+  if grids:
+    shutil.copy(grids[-1], os.path.join(args.out_dir, "vae_recon.png"))
+  with tarfile.open(os.path.join(args.out_dir, "vae.tar.gz"), "w:gz") as tar:
+    for name in ("checkpoints", "config.json", "final_metrics.json", "metrics.jsonl"):
+      if os.path.exists(os.path.join(vae_dir, name)):
+        tar.add(os.path.join(vae_dir, name), arcname=f"vae/{name}")
+  if summary["vae"]["rc"]:
+    return summary
+  summary["ladder"] = run_ladder(deadline - 40, log)
+  rc, _ = _run([PY, "-m", "sora_jax.scaling.report", "--root", f"{RUNS}/ladder",
+                "--out", os.path.join(args.out_dir, "scaling_gpu.json"),
+                "--contact_sheet", "4"], max(deadline - time.time(), 60), log)
+  summary["report_rc"] = rc
+  summary["wall_s"] = time.time() - t_start
+  return summary
+
+
+# ----------------------------------------------------------------------------- benchmarks
+def benchmarks(args) -> dict:
+  log = os.path.join(args.out_dir, "benchmarks.log")
+  spec = os.path.join(ROOT, "launch", "gpu_specs", "h100_sxm.txtpb")
+  steps = [
+      ("train_step", [PY, "benchmarks/train_step.py", "--cases", "B,L", "--dtype", "bfloat16",
+                      "--attention", "auto", "--steps", "10", "--peer"], 200),
+      ("attention", [PY, "benchmarks/context_attention.py", "--gpu", "--reps", "3"], 200),
+      ("vae", [PY, "benchmarks/vae.py", "--sizes", "17x64x64,33x256x256,33x720x1280"], 120),
+      ("aot", [PY, "launch/aot_compile.py", "--config", "configs/dit.py:variant=B",
+               "--topology", "h100-2x8", "--mesh", "fsdp=-1", "--rules", "fsdp",
+               "--gpu_target_config", spec], 120),
+  ]
+  summary = {"stage": "benchmarks"}
+  for name, cmd, limit in steps:
+    if args.only and name not in args.only.split(","):
+      continue
+    out = os.path.join(args.out_dir, f"{name}.json")
+    _log(" ".join(cmd))
+    t0 = time.time()
+    try:
+      proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit,
+                            env=CHILD_ENV)
+      rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as e:  # keep what it printed (rows go to stderr)
+      text = lambda x: x.decode() if isinstance(x, bytes) else (x or "")
+      rc, stdout, stderr = 124, text(e.stdout), text(e.stderr)
+    with open(out, "w") as f:
+      f.write(stdout)
+    with open(log, "a") as f:
+      f.write(f"==== {name} rc {rc}\n{stderr[-6000:]}\n")
+    summary[name] = {"rc": rc, "seconds": round(time.time() - t0, 1)}
+    _log(f"  -> rc {rc} in {time.time() - t0:.0f} s")
+  return summary
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("stage", choices=("pipeline", "benchmarks"))
+  parser.add_argument("--out_dir", required=True)
+  parser.add_argument("--budget_s", type=float, default=540,
+                      help="pipeline: wall seconds for everything")
+  parser.add_argument("--vae_s", type=float, default=170,
+                      help="pipeline: wall seconds for the VAE's training")
+  parser.add_argument("--only", default="",
+                      help="benchmarks: comma-separated subset of train_step,attention,vae,aot")
+  parser.add_argument("--smoke", action="store_true",
+                      help="runlocal-sized runs: seconds, for checking this script on a CPU")
+  args = parser.parse_args()
+  os.environ["JAX_PLATFORMS"] = "cpu"  # this process only reads configs (CHILD_ENV is kept)
+  if args.smoke:
+    global SMOKE, NUM_TRAIN, RUNS
+    SMOKE, NUM_TRAIN, RUNS = ",runlocal=True", 16, "runs/gpu_smoke"
+  os.makedirs(args.out_dir, exist_ok=True)
+  summary = pipeline(args) if args.stage == "pipeline" else benchmarks(args)
+  with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+  main()
