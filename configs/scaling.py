@@ -78,7 +78,7 @@ BASES = {
     "gpu": dict(width=384, depth=12, head_dim=64, text="S", steps=20000, batch=64,
                 seq_len=1024, max_clips=16, text_len=48, patch="1x2x2", lr=3e-4,
                 sizes="17x64x64+1x64x64", num_train=65536, dtype="bfloat16",
-                attention="auto", computes="1+4+16+64", level="full"),
+                attention="auto", computes="1+4+16+64", level="full", workers=8),
     # One GPU, minutes: the CPU demo's DiT recipe (width 128 x 4, x0-prediction, tiny text,
     # basic level, 2 clips of 320 tokens a row) at 8x its batch, bfloat16 with cuDNN
     # attention, on 16384 clips. 1x is ~450x the FLOPs of tiny_cpu's 1x. Sized for a
@@ -86,7 +86,7 @@ BASES = {
     "gpu_basic": dict(width=128, depth=4, head_dim=32, text="tiny", steps=1000, batch=32,
                       seq_len=640, max_clips=8, text_len=32, patch="1x2x2", lr=1e-3,
                       sizes="17x64x64+1x64x64", num_train=16384, dtype="bfloat16",
-                      attention="auto", computes="1+4+16", level="basic"),
+                      attention="auto", computes="1+4+16", level="basic", workers=8),
     # Tests: seconds per rung.
     "runlocal": dict(width=32, depth=1, head_dim=16, text="tiny", steps=4, batch=8,
                      seq_len=64, max_clips=4, text_len=32, patch="1x2x2", lr=1e-3,
@@ -186,6 +186,7 @@ def get_config(arg=None):
       seq_len=base["seq_len"], max_clips=base["max_clips"], text_len=base["text_len"],
       patch=base["patch"], ema=ema, sizes=base["sizes"], level=base["level"],
       data_dir=arg.data_dir,
+      workers=base.get("workers", 0) if arg.latents != "on_the_fly" else 0,
       num_train=base["num_train"], peak_flops=arg.peak_flops, seed=arg.seed, eval_every=0,
       runlocal=arg.runlocal).items()))
   with config.unlocked():

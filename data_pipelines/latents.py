@@ -280,7 +280,8 @@ def make_latent_dataset(records, tokenizer, *, patch: Sequence[int], seq_len: in
                         max_clips: int, text_len: int, batch_size: int, seed: int,
                         train: bool, caption: str = "detailed", num_bins: int = 1,
                         num_clips: int | None = None, process_index: int | None = None,
-                        process_count: int | None = None) -> grain.IterDataset:
+                        process_count: int | None = None, prefetch: int = 2,
+                        num_workers: int = 0) -> grain.IterDataset:
   """Packed DiT batches over latent records (`LatentRecords` or `OnTheFlyLatents`).
 
   Args:
@@ -291,6 +292,11 @@ def make_latent_dataset(records, tokenizer, *, patch: Sequence[int], seq_len: in
     seed: shuffle seed. train: infinite and shuffled, else one pass in record order.
     caption: "detailed" or "short".
     num_clips: eval only: use the first `num_clips` records.
+    prefetch: train only: batches packed ahead in a background thread (0 = none), so
+      the host's packing overlaps the accelerator's step.
+    num_workers: train only: worker processes that each read, tokenize, pack and batch a
+      share of the clips (grain `mp_prefetch`), instead of the thread; precomputed
+      records only (on-the-fly encoding runs the VAE, which stays in this process).
 
   Returns:
     IterDataset of this process's batches: packed examples with a leading [B_local] axis.
@@ -311,7 +317,16 @@ def make_latent_dataset(records, tokenizer, *, patch: Sequence[int], seq_len: in
                                           CAPTION_KEYS[caption]))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
   ds = packing.pack_dataset(ds, seq_len, max_clips, text_len, num_bins=num_bins, seed=seed)
-  return ds.batch(batch_size // pc, drop_remainder=train)
+  ds = ds.batch(batch_size // pc, drop_remainder=train)
+  if train and num_workers:
+    if not isinstance(records, LatentRecords):
+      raise ValueError(f"num_workers={num_workers} needs precomputed latents (`latents=` a "
+                       "directory); on-the-fly encoding runs in the training process.")
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=max(prefetch, 1)))
+  elif train and prefetch:  # packing runs in a thread while the loop waits on the device
+    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
+  return ds
 
 
 def pixel_source(data_cfg: Any, split: str) -> pipeline.ClipSource:

@@ -4,6 +4,7 @@ import pytest
 
 from configs import common
 from configs import demo as demo_config
+from configs import dit as dit_config
 from configs import vae as vae_config
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.train import tasks
@@ -47,6 +48,12 @@ def test_vae_config_errors_before_compile():
   cfg.data.crop = (7, 64, 64)  # T - 1 = 6 is not a multiple of the temporal factor 4
   with pytest.raises(ValueError, match="temporal factor 4"):
     vae_task.validate(cfg)
+
+
+def test_dit_workers_need_precomputed_latents():
+  assert dit_config.get_config("latents=/d,workers=4").data.num_workers == 4
+  with pytest.raises(ValueError, match="workers=2 needs precomputed latents"):
+    dit_config.get_config("workers=2")
 
 
 def test_demo_config():

@@ -127,6 +127,7 @@ def test_precomputed_latents_match_on_the_fly_and_train(data_dir, tmp_path):
     np.testing.assert_allclose(recs[i]["latents"], otf[i]["latents"], rtol=1e-3, atol=1e-2)
     assert recs[i]["caption"] == otf[i]["caption"]
     assert tuple(recs.shapes[i]) == recs[i]["latents"].shape
-  final = loop.train_and_evaluate(_config(data_dir, f",latents={root}", steps=2),
+  # Two data worker processes read, tokenize and pack the records (grain mp_prefetch).
+  final = loop.train_and_evaluate(_config(data_dir, f",latents={root},workers=2", steps=2),
                                   str(tmp_path / "run"))
   assert np.isfinite(final["final/val_loss"])

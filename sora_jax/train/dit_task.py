@@ -304,7 +304,8 @@ def make_dataset(config, split: str, train: bool, batch_size: int, num_clips=Non
       latent_records(config, split), tokenizer(config), patch=tuple(config.model.patch),
       seq_len=p.seq_len, max_clips=p.max_clips, text_len=p.text_len, batch_size=batch_size,
       seed=config.seed, train=train, caption=config.data.caption, num_bins=p.num_bins,
-      num_clips=num_clips, process_index=index, process_count=count)
+      num_clips=num_clips, process_index=index, process_count=count,
+      num_workers=int(config.data.get("num_workers", 0)) if train else 0)
 
 
 def make_train_data(config: ml_collections.ConfigDict,

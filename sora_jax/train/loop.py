@@ -113,10 +113,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   bar = tqdm(total=total, initial=start, desc=config.task, unit="step",
              disable=jax.process_index() != 0 or not config.train.progress)
   t0, steps_timed = time.time(), 0
-  for step in range(start + 1, total + 1):
-    batch = task.device_batch(config, next(train_iter), mesh)
-    with rules_lib.mesh_and_rules(mesh, rules_lib.preset_of(config)):
-      state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
+
+  def finish(step, metrics):
+    """The host side of a step, once its device work is done: NaN guard, progress, logs."""
+    nonlocal t0, steps_timed
     loss = float(metrics["loss"])
     if not math.isfinite(loss):  # fail fast, before a NaN reaches a checkpoint
       raise FloatingPointError(f"Non-finite loss {loss} at step {step}; metrics: "
@@ -128,10 +128,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       dt = (time.time() - t0) / steps_timed
       writer.write_scalars(step, {**metrics, "sec_per_step": dt}, prefix="train/")
       t0, steps_timed = time.time(), 0
-    if config.train.eval_every and step % config.train.eval_every == 0 and step != total:
+
+  # One step in flight: step s is dispatched (asynchronously), then step s - 1's loss is
+  # read, so the host prepares batch s + 1 while the accelerator runs step s. Reading the
+  # loss every step right after its dispatch would leave the device idle during input.
+  pending = None
+  for step in range(start + 1, total + 1):
+    batch = task.device_batch(config, next(train_iter), mesh)
+    with rules_lib.mesh_and_rules(mesh, rules_lib.preset_of(config)):
+      state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
+    if pending:
+      finish(*pending)
+    pending = (step, metrics)
+    evaluate = config.train.eval_every and step % config.train.eval_every == 0 and step != total
+    stop = preemption.requested or step == stop_at
+    if evaluate or stop or step % config.train.checkpoint_every == 0 or step == total:
+      finish(*pending)  # this step's loss is checked before any evaluation or checkpoint
+      pending = None
+    if evaluate:
       writer.write_scalars(step, task.evaluate(config, state, step, workdir, writer,
                                                final=False), prefix="eval/")
-    stop = preemption.requested or step == stop_at
     if step % config.train.checkpoint_every == 0 or step == total or stop:
       save(step)
     if stop and step != total:
