@@ -6,6 +6,9 @@ excluded, and prints one JSON object.
 
   python benchmarks/data_pipeline.py                       # workers 0 and 2
   python benchmarks/data_pipeline.py --workers 0,4 --seconds 20 --batch_size 32
+  # the DiT's packed batches over precomputed latents (read, tokenize, pack, batch):
+  python benchmarks/data_pipeline.py --latents runs/demo/latents \
+      --tokenizer runs/demo/dit/tokenizer.model --batch_size 32 --workers 0,2
 
 Until the Shapes World tfds builder exists, the clips come from a stand-in builder here
 that writes the Shapes World generator's clips (same pixels, same record contract); the
@@ -96,6 +99,49 @@ def measure(source, *, num_workers: int, batch_size: int, prefetch: int,
           "warmup_batches": warmup_batches}
 
 
+def measure_packed(records, tokenizer, *, num_workers: int, batch_size: int,
+                   seq_len: int, max_clips: int, warmup_batches: int, seconds: float) -> dict:
+  """Packed DiT batches (`latents.make_latent_dataset`, demo packing) per second."""
+  from data_pipelines import latents  # pylint: disable=g-import-not-at-top
+  ds = latents.make_latent_dataset(records, tokenizer, patch=(1, 2, 2), seq_len=seq_len,
+                                   max_clips=max_clips, text_len=32, batch_size=batch_size,
+                                   seed=0, train=True, num_workers=num_workers)
+  it = iter(ds)
+  start = time.perf_counter()
+  for _ in range(warmup_batches):
+    next(it)
+  warmup = time.perf_counter() - start
+  batches, clips, tokens, start = 0, 0, 0, time.perf_counter()
+  while (elapsed := time.perf_counter() - start) < seconds:
+    batch = next(it)
+    batches += 1
+    seg = batch["segment_ids"]
+    tokens += int((seg > 0).sum())
+    clips += sum(len(np.unique(row[row > 0])) for row in seg)
+  return {"num_workers": num_workers, "batches_per_s": round(batches / elapsed, 2),
+          "ms_per_batch": round(1e3 * elapsed / batches, 1),
+          "clips_per_s": round(clips / elapsed, 1), "tokens_per_s": round(tokens / elapsed),
+          "seconds_measured": round(elapsed, 2), "warmup_seconds": round(warmup, 2)}
+
+
+def main_packed(args):
+  from data_pipelines import latents  # pylint: disable=g-import-not-at-top
+  from sora_jax.text import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  records = latents.LatentRecords(os.path.join(args.latents, "train"))
+  tokenizer = tok_lib.Tokenizer.load(args.tokenizer)
+  runs = [measure_packed(records, tokenizer, num_workers=int(w), batch_size=args.batch_size,
+                         seq_len=args.seq_len, max_clips=args.max_clips,
+                         warmup_batches=args.warmup_batches, seconds=args.seconds)
+          for w in args.workers.split(",")]
+  print(json.dumps({
+      "benchmark": "packed_latent_pipeline", "latents": args.latents,
+      "records": len(records), "batch_size": args.batch_size, "seq_len": args.seq_len,
+      "max_clips": args.max_clips, "runs": runs,
+      "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                  "python": platform.python_version()},
+      "date": time.strftime("%Y-%m-%d")}))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--size", default="17x64x64", help="TxHxW of the clips")
@@ -105,8 +151,19 @@ def main():
   parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
   parser.add_argument("--warmup_batches", type=int, default=5)
   parser.add_argument("--seconds", type=float, default=10.0)
+  parser.add_argument("--latents", default="",
+                      help="a precomputed latents dir (with train/): time packed DiT batches")
+  parser.add_argument("--tokenizer", default="", help="with --latents: a tokenizer.model")
+  parser.add_argument("--seq_len", type=int, default=640, help="with --latents")
+  parser.add_argument("--max_clips", type=int, default=8, help="with --latents")
   args = parser.parse_args()
   flags.FLAGS.mark_as_parsed()  # grain reads absl flags, also in its worker processes
+  if args.latents:
+    if not args.tokenizer or not os.path.exists(args.tokenizer):
+      parser.error(f"--latents needs --tokenizer, an existing tokenizer.model; got "
+                   f"{args.tokenizer!r}.")
+    main_packed(args)
+    return
   tfds.disable_progress_bar()  # stdout holds only the JSON
   size = tuple(int(v) for v in args.size.split("x"))
   with tempfile.TemporaryDirectory() as data_dir:

@@ -27,6 +27,13 @@ field.
 Sampling: classifier-free guidance with a negative prompt (empty by default), a rectified
 flow ODE solver from `diffusion/samplers.py`, the timestep grid shifted by the clip's token
 count as in training. Everything is deterministic given the seed.
+
+On a mesh (large videos, many devices): `Generator(workdir, mesh=mesh_lib.make_mesh(
+{"fsdp": 2, "context": 4}))` places the params by a sharding preset (default "fsdp", or
+"fsdp_context" with the "ring" attention backend when the mesh has a context axis) and
+runs the sampling loop under its rules: the batch (doubled by guidance) is split over
+data x fsdp and, with context, each clip's tokens over context. The same seed gives the
+same video as on one device (tests/test_generation.py). The VAE decodes on one device.
 """
 from __future__ import annotations
 
@@ -48,7 +55,10 @@ from sora_jax.diffusion import samplers
 from sora_jax.diffusion import tasks as tasks_lib
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
+from sora_jax.models import attention as attn_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.sharding import rules as rules_lib
 from sora_jax.text import tokenizer as tok_lib
 from sora_jax.train import checkpointing
 
@@ -127,7 +137,12 @@ class Generator:
   """
 
   def __init__(self, workdir: str, *, use_ema: bool = True,
-               options: SamplingOptions = SamplingOptions(), progress: bool = False):
+               options: SamplingOptions = SamplingOptions(), progress: bool = False,
+               mesh: jax.sharding.Mesh | None = None, rules: str = "",
+               attention: str = ""):
+    """Loads the run. `mesh` (optional): sample sharded over it under the sharding preset
+    `rules` ('' = "fsdp_context" if the mesh has a context axis > 1, else "fsdp") with the
+    DiT attention backend `attention` ('' = "ring" with context, else the run's)."""
     self.workdir, self.options, self.progress = workdir, options, progress
     self.step, config, extra = run_files(workdir)
     vae_dir = _vae_workdir(extra, config, workdir)
@@ -153,8 +168,47 @@ class Generator:
     self.tokenizer = tok_lib.Tokenizer.load(tok_path)
     path = os.path.join(os.path.abspath(workdir), "checkpoints", str(self.step), "state")
     state = checkpointing.restore_host(path)
-    self.params = jax.device_put(state["ema_params" if use_ema else "params"])
+    params = state["ema_params" if use_ema else "params"]
     self.peak_window_bytes = 0
+    self.mesh, self.rules = mesh, None
+    self._sample_fn = _sample_tokens
+    if mesh is None:
+      self.params = jax.device_put(params)
+      return
+    context = dict(mesh.shape).get("context", 1)
+    self.rules = rules or ("fsdp_context" if context > 1 else "fsdp")
+    rules_lib.get(self.rules)  # an unknown preset is one clear error, before any compile
+    attention = attention or ("ring" if context > 1 else self.dit_config.attention_backend)
+    if context > 1 and attention not in attn_lib.CONTEXT_BACKENDS:
+      raise ValueError(f"A mesh with context={context} needs a context-parallel attention "
+                       f"backend {attn_lib.CONTEXT_BACKENDS}; got attention={attention!r}.")
+    self.dit_config = dataclasses.replace(self.dit_config, attention_backend=attention)
+    ids = jax.ShapeDtypeStruct((1, self.text_len), jnp.int32)
+    specs = {"dit": rules_lib.param_specs(
+                 dit_lib.DiT(self.dit_config),
+                 **dit_lib.dummy_inputs(self.dit_config, text_dim=self.text_config.width)),
+             "text": rules_lib.param_specs(text_lib.TextEncoder(self.text_config), ids,
+                                           jax.ShapeDtypeStruct(ids.shape, jnp.bool_))}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    self.params = jax.device_put(
+        params, rules_lib.state_shardings(mesh, abstract, self.rules, specs))
+    # A fresh jit: jax's trace cache does not see flax's rules (see sharding/rules.py).
+    self._sample_fn = jax.jit(rules_lib.with_rules(_sample_tokens_impl, self.rules),
+                              static_argnums=(0, 1, 2, 3))
+
+  def _check_mesh_sizes(self, rows: int, tokens: int) -> None:
+    """One clear error when a batch or a clip's tokens do not split over the mesh."""
+    shape = dict(self.mesh.shape)
+    split = math.prod(shape.get(a, 1) for a in mesh_lib.BATCH_AXES)
+    context = shape.get("context", 1) if "context" in dict(rules_lib.get(self.rules)).get(
+        "tokens", ()) else 1
+    if rows % split:
+      raise ValueError(f"Sampling {rows} rows (prompts x 2 with guidance) on a mesh whose "
+                       f"batch axes {mesh_lib.BATCH_AXES} hold {split} devices: give a "
+                       f"multiple of {split} rows.")
+    if tokens % context:
+      raise ValueError(f"A clip of {tokens} tokens does not split over context={context}; "
+                       "pick a size whose token count it divides.")
 
   # ------------------------------------------------------------------ sizes and latents
   @property
@@ -242,12 +296,16 @@ class Generator:
     calls = 2 * opts.steps - 1 if opts.method == "heun" else opts.steps
     _BAR[0] = tqdm(total=calls, desc="sampling steps", unit="call", leave=False,
                    disable=not self.progress)
-    out = _sample_tokens(self.dit_config, self.text_config, opts.method,
-                         float(opts.guidance), self.params, jnp.asarray(x_init),
-                         jnp.asarray(np.broadcast_to(positions, (b, n, 3))),
-                         jnp.asarray(given_tok), jnp.asarray(cond_tok), jnp.asarray(ids),
-                         jnp.asarray(mask), jnp.asarray(neg_ids), jnp.asarray(neg_mask), ts)
-    out = np.asarray(out)
+    args = (self.dit_config, self.text_config, opts.method, float(opts.guidance),
+            self.params, jnp.asarray(x_init), jnp.asarray(np.broadcast_to(positions, (b, n, 3))),
+            jnp.asarray(given_tok), jnp.asarray(cond_tok), jnp.asarray(ids),
+            jnp.asarray(mask), jnp.asarray(neg_ids), jnp.asarray(neg_mask), ts)
+    if self.mesh is None:
+      out = np.asarray(self._sample_fn(*args))
+    else:
+      self._check_mesh_sizes(b * (2 if opts.guidance != 1.0 else 1), n)
+      with rules_lib.mesh_and_rules(self.mesh, self.rules):
+        out = np.asarray(self._sample_fn(*args))
     _BAR[0].close()
     _BAR[0] = None
     return np.stack([dit_lib.unpatchify(o, latent_shape, patch) for o in out])
@@ -413,9 +471,8 @@ def _tick() -> None:
     _BAR[0].update(1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _sample_tokens(dcfg, tcfg, method, guidance, params, x_init, positions, given, cond,
-                   ids, mask, neg_ids, neg_mask, ts):
+def _sample_tokens_impl(dcfg, tcfg, method, guidance, params, x_init, positions, given,
+                        cond, ids, mask, neg_ids, neg_mask, ts):
   """The jitted sampling loop over a batch of same-size clips: tokens [B, N, Din]."""
   b, n, _ = x_init.shape
   segment_ids = jnp.ones((b, n), jnp.int32)
@@ -443,6 +500,9 @@ def _sample_tokens(dcfg, tcfg, method, guidance, params, x_init, positions, give
 
   return samplers.sample(velocity, x_init, ts, method=method, cond=cond,
                          cond_mask=given[..., None])
+
+
+_sample_tokens = jax.jit(_sample_tokens_impl, static_argnums=(0, 1, 2, 3))
 
 
 PSNR_CAP_DB = 60.0  # identical frames (a static object) would be +inf

@@ -27,6 +27,12 @@ def test_vae_benchmark_bad_sizes_is_one_clear_error():
   assert "Traceback" not in out.stderr
 
 
+def test_packed_pipeline_benchmark_needs_a_tokenizer(tmp_path):
+  out = _run("benchmarks/data_pipeline.py", "--latents", str(tmp_path))
+  assert out.returncode == 2, out.stderr
+  assert "--latents needs --tokenizer, an existing tokenizer.model; got ''" in out.stderr
+
+
 def test_peer_script_help_needs_no_torch():
   out = _run("benchmarks/peer_wan.py", "--help")
   assert out.returncode == 0, out.stderr
