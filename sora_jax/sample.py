@@ -69,6 +69,8 @@ def define_flags():
   flags.DEFINE_string("prompts_file", None, "Batch mode: prompts (txt or jsonl).")
   flags.DEFINE_string("out_dir", None, "Batch mode: output directory.")
   flags.DEFINE_integer("batch", 8, "Batch mode: clips sampled together.")
+  flags.DEFINE_string("mesh", "", "Sample sharded over a device mesh, e.g. fsdp=2,context=4 "
+                      "(context > 1: ring attention over each clip's tokens); '' = one device.")
 
 
 # ------------------------------------------------------------------ input checks
@@ -228,11 +230,15 @@ def main(argv: Sequence[str]) -> None:
   from sora_jax import generation  # pylint: disable=g-import-not-at-top
   # The workdir is checked before any input file is read or the model is loaded.
   generation.start_cli(FLAGS.workdir, FLAGS["verbosity"].present)
+  mesh = None
+  if FLAGS.mesh:  # checked before any input file is read or the model is loaded
+    from sora_jax.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    mesh = mesh_lib.make_mesh(mesh_lib.parse_sizes(FLAGS.mesh))
   if FLAGS.prompts_file or FLAGS.out_dir:
     if not (FLAGS.prompts_file and FLAGS.out_dir):
       raise app.UsageError("Batch mode needs both --prompts_file and --out_dir.")
     rows = read_prompts(FLAGS.prompts_file)
-    gen = generation.Generator(FLAGS.workdir, options=_options())
+    gen = generation.Generator(FLAGS.workdir, options=_options(), mesh=mesh)
     gen.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
     sample_batch(gen, rows, FLAGS.out_dir, FLAGS.frames, FLAGS.height, FLAGS.width,
                  FLAGS.seed, FLAGS.batch, FLAGS.fps)
@@ -241,7 +247,7 @@ def main(argv: Sequence[str]) -> None:
   check_args(FLAGS.task, FLAGS.strength, FLAGS.seconds, FLAGS.out, FLAGS.prompt)
   inputs = read_inputs(FLAGS.task, {"image": FLAGS.image, "video": FLAGS.video,
                                     "video_end": FLAGS.video_end}, FLAGS.height, FLAGS.width)
-  gen = generation.Generator(FLAGS.workdir, options=_options(), progress=True)
+  gen = generation.Generator(FLAGS.workdir, options=_options(), progress=True, mesh=mesh)
   gen.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
   video = run_task(gen, FLAGS.task, FLAGS.prompt, inputs, frames=FLAGS.frames,
                    height=FLAGS.height, width=FLAGS.width, seed=FLAGS.seed,

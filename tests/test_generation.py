@@ -83,6 +83,9 @@ def test_generator_on_a_mesh_gives_the_one_device_sample(run):
     sharded.sample_latents([PROMPT], shape, [5], options=no_cfg)
   with pytest.raises(ValueError, match="needs a context-parallel attention backend"):
     generation.Generator(run, mesh=mesh, attention="xla")
+  assert mesh_lib.parse_sizes("fsdp=2, context=4") == {"fsdp": 2, "context": 4}
+  with pytest.raises(ValueError, match=r"--mesh='fsdp=2,ctx=4': 'ctx=4' is not axis=size"):
+    mesh_lib.parse_sizes("fsdp=2,ctx=4")
 
 
 def test_every_task_returns_the_promised_frames(gen):

@@ -89,6 +89,22 @@ def hybrid_device_array(shape: tuple[int, ...], dcn: tuple[int, ...], devices) -
       ici, dcn, devices, process_is_granule=by_process, allow_split_physical_axes=True)
 
 
+def parse_sizes(text: str, where: str = "--mesh") -> dict[str, int]:
+  """'fsdp=2,context=4' -> {"fsdp": 2, "context": 4}; one clear error otherwise."""
+  out = {}
+  for item in filter(None, (i.strip() for i in text.split(","))):
+    key, eq, value = item.partition("=")
+    try:
+      size = int(value)
+    except ValueError:
+      size = None
+    if not eq or size is None or key.strip() not in AXES:
+      raise ValueError(f"{where}={text!r}: {item!r} is not axis=size with an axis of "
+                       f"{AXES} (e.g. fsdp=2,context=4).")
+    out[key.strip()] = size
+  return out
+
+
 def make_mesh(sizes: Mapping[str, Any] | None = None, devices=None) -> Mesh:
   """A mesh over `devices` (default: all) with the four named axes.
 
