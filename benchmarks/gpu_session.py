@@ -12,8 +12,8 @@ ladder of configs/scaling.py (latents encoded once, every rung followed by its f
 evaluation), adding the next rung only while its projected time (the 1x rung's seconds
 per step scaled by the rung's FLOPs per step, plus the 1x rung's start-up and evaluation)
 fits what is left of `--budget_s`; then `sora_jax.scaling.report`. D gets summary.json, the
-report, its plot and contact sheet, the VAE's last reconstruction sheet and its final
-checkpoint (vae.tar.gz), and the log.
+report, its plot and contact sheet, the VAE's last reconstruction sheet and its last
+checkpoint with its config and metrics (vae.tar.gz), and the log.
 
 `benchmarks` (issues 3, 4 and 5): train_step.py B and L in bf16 with cuDNN attention beside
 the PyTorch peer on the same GPU; context_attention.py --gpu (8k-32k tokens); vae.py with
@@ -194,10 +194,13 @@ def pipeline(args) -> dict:
   grids = sorted(glob.glob(os.path.join(vae_dir, "recon", "*.png")))
   if grids:
     shutil.copy(grids[-1], os.path.join(args.out_dir, "vae_recon.png"))
+  steps = sorted(glob.glob(os.path.join(vae_dir, "checkpoints", "[0-9]*")),
+                 key=lambda p: int(os.path.basename(p)))
   with tarfile.open(os.path.join(args.out_dir, "vae.tar.gz"), "w:gz") as tar:
-    for name in ("checkpoints", "config.json", "final_metrics.json", "metrics.jsonl"):
-      if os.path.exists(os.path.join(vae_dir, name)):
-        tar.add(os.path.join(vae_dir, name), arcname=f"vae/{name}")
+    for path in steps[-1:] + [os.path.join(vae_dir, n) for n in
+                              ("config.json", "final_metrics.json", "metrics.jsonl")]:
+      if os.path.exists(path):  # the last checkpoint only: a lease's files come back small
+        tar.add(path, arcname=os.path.join("vae", os.path.relpath(path, vae_dir)))
   if summary["vae"]["rc"]:
     return summary
   summary["ladder"] = run_ladder(deadline - 40, log)

@@ -1,8 +1,11 @@
 """The benchmark scripts' command lines: bad input fails before any timing, and the peer
 script's help works without the optional `peer` extra (torch, diffusers)."""
+import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,3 +49,13 @@ def test_denoiser_bad_input_is_one_clear_error(tmp_path):
   out = _run("benchmarks/denoiser.py", "--workdir", str(tmp_path / "none"))
   assert out.returncode == 2 and "has no checkpoints/ directory" in out.stderr, out.stderr
   assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow  # ~2 minutes: every stage of the GPU session's pipeline at runlocal size
+def test_gpu_session_pipeline_smoke_on_cpu(tmp_path):
+  out = _run("benchmarks/gpu_session.py", "pipeline", "--out_dir", str(tmp_path), "--smoke",
+             "--budget_s", "280", "--vae_s", "60")
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["vae"]["rc"] == 0 and summary["ladder"]["computes"][:1] == [1]
+  assert summary["report_rc"] == 0 and (tmp_path / "scaling_gpu.json").exists()
