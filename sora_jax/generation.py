@@ -38,7 +38,6 @@ same video as on one device (tests/test_generation.py). The VAE decodes on one d
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -53,9 +52,9 @@ from data_pipelines import latents as latents_lib
 from sora_jax.diffusion import flow
 from sora_jax.diffusion import samplers
 from sora_jax.diffusion import tasks as tasks_lib
+from sora_jax.models import attention as attn_lib
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
-from sora_jax.models import attention as attn_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import rules as rules_lib
