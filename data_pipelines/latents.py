@@ -179,10 +179,7 @@ class OnTheFlyLatents:
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     record = self.source.records[int(i)]
-    return {"latents": encode_clip(self.vae, record["video"]),
-            "caption": _text(record["caption"]),
-            "short_caption": _text(record["short_caption"]),
-            "size": np.asarray(record["video"].shape[:3], np.int32), "index": int(i)}
+    return latent_record(record, encode_clip(self.vae, record["video"]), int(i))
 
   def captions(self, key: str) -> list[str]:
     """Every record's caption (decodes every video: small sources only)."""
@@ -216,6 +213,13 @@ class LatentRecords:
 
   def captions(self, key: str) -> list[str]:
     return [self[i][key] for i in range(len(self))]
+
+
+def latent_record(record: dict[str, Any], latents: np.ndarray, index: int) -> dict[str, Any]:
+  """A pixel record's latent record: {latents, caption, short_caption, size, index}."""
+  return {"latents": latents, "caption": _text(record["caption"]),
+          "short_caption": _text(record["short_caption"]),
+          "size": np.asarray(record["video"].shape[:3], np.int32), "index": index}
 
 
 def _text(value) -> str:
@@ -264,9 +268,8 @@ def write_latents(source: pipeline.ClipSource, vae: FrozenVAE, split_dir: str,
       for j, z in zip(group, encode_clips(vae, [records[j]["video"] for j in group])):
         latents[j] = z
     for j, (r, z) in enumerate(zip(records, latents)):
-      rec = {"latents": z.astype(np.float16),  # halves the disk; stats ~N(0, 1)
-             "caption": _text(r["caption"]), "short_caption": _text(r["short_caption"]),
-             "size": np.asarray(r["video"].shape[:3], np.int32), "index": start + j}
+      # float16 halves the disk (the normalised latents are ~N(0, 1)).
+      rec = latent_record(r, z.astype(np.float16), start + j)
       writer.write(flax.serialization.msgpack_serialize(rec))
       shapes.append(rec["latents"].shape)
   writer.close()

@@ -142,13 +142,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     pending = (step, metrics)
     evaluate = config.train.eval_every and step % config.train.eval_every == 0 and step != total
     stop = preemption.requested or step == stop_at
-    if evaluate or stop or step % config.train.checkpoint_every == 0 or step == total:
+    checkpoint = step % config.train.checkpoint_every == 0 or step == total or stop
+    if evaluate or checkpoint:
       finish(*pending)  # this step's loss is checked before any evaluation or checkpoint
       pending = None
     if evaluate:
       writer.write_scalars(step, task.evaluate(config, state, step, workdir, writer,
                                                final=False), prefix="eval/")
-    if step % config.train.checkpoint_every == 0 or step == total or stop:
+    if checkpoint:
       save(step)
     if stop and step != total:
       logging.warning("Stopping at step %d: checkpoint saved; run again to resume.", step)
