@@ -47,6 +47,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   flags.DEFINE_string("workdir", None, "A DiT run directory.")
+  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
   flags.DEFINE_string("split", "test", "Shapes World split(s), comma-separated.")
   flags.DEFINE_integer("n", 200, "Prompts per split.")
   flags.DEFINE_string("level", "", "Shapes World level of the prompts ('' = the run's).")
@@ -60,7 +61,8 @@ def define_flags():
   flags.DEFINE_float("shift", 0.0, "Timestep shift (0 = the training rule by token count).")
   flags.DEFINE_integer("batch", 16, "Clips sampled together.")
   flags.DEFINE_integer("task_clips", 4, "Clips per task check (0 = no task checks).")
-  flags.DEFINE_string("out_dir", "", "Where samples and eval.json go ('' = WORKDIR/eval).")
+  flags.DEFINE_string("out_dir", "", "Where samples and eval.json go ('' = WORKDIR/eval, "
+                      "or WORKDIR/eval_step<N> with --step).")
   flags.DEFINE_string("adherence_json", "", "Also write the first split's adherence here "
                       "(the scaling report's per-run figure; '' = no).")
 
@@ -171,7 +173,7 @@ def run_level(workdir: str) -> str:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  generation.start_cli(FLAGS.workdir, FLAGS["verbosity"].present)
+  generation.start_cli(FLAGS.workdir, FLAGS["verbosity"].present, FLAGS.step)
   splits = [s.strip() for s in FLAGS.split.split(",") if s.strip()]
   level = FLAGS.level or run_level(FLAGS.workdir)
   for s in splits:  # bad split / level / n: an error before the model loads
@@ -182,9 +184,10 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"--shift={FLAGS.shift}; expected > 0 (or 0 = the training rule).")
   options = generation.SamplingOptions(steps=FLAGS.steps, method=FLAGS.sampler,
                                        guidance=FLAGS.guidance, shift=FLAGS.shift or None)
-  gen = generation.Generator(FLAGS.workdir, options=options)
+  gen = generation.Generator(FLAGS.workdir, step=FLAGS.step, options=options)
   gen.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
-  out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval")
+  default_dir = "eval" if FLAGS.step is None else f"eval_step{FLAGS.step}"
+  out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, default_dir)
   result = evaluate(gen, out_dir, splits, FLAGS.n, level, FLAGS.frames, FLAGS.height,
                     FLAGS.width, FLAGS.seed, FLAGS.batch, FLAGS.task_clips)
   print(json.dumps(result, indent=2))

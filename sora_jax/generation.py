@@ -34,6 +34,9 @@ On a mesh (large videos, many devices): `Generator(workdir, mesh=mesh_lib.make_m
 runs the sampling loop under its rules: the batch (doubled by guidance) is split over
 data x fsdp and, with context, each clip's tokens over context. The same seed gives the
 same video as on one device (tests/test_generation.py). The VAE decodes on one device.
+
+Any saved step samples: `Generator(workdir, step=900)` (CLIs: `--step`), e.g. to measure
+adherence along a run; the default is the latest.
 """
 from __future__ import annotations
 
@@ -80,33 +83,42 @@ class SamplingOptions:
   negative_prompt: str = ""
 
 
-def run_files(workdir: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
-  """(step, config JSON, extra JSON) of a DiT run; one clear error if it cannot sample."""
-  step, config, extra = checkpointing.read_run(
-      workdir, "a DiT run (python -m sora_jax.main --config configs/dit.py ...)")
+def run_files(workdir: str, step: int | None = None
+              ) -> tuple[int, dict[str, Any], dict[str, Any]]:
+  """(step, config JSON, extra JSON) of a DiT run; one clear error if it cannot sample.
+
+  `step` None is the latest. A step saved without sampling metadata (runs older than
+  every-checkpoint extras kept it with the last step only) borrows the latest step's: a DiT
+  run's tokenizer and latent statistics do not change while it trains.
+  """
+  train_what = "a DiT run (python -m sora_jax.main --config configs/dit.py ...)"
+  step, config, extra = checkpointing.read_run(workdir, train_what, step=step)
   if config.get("task") != "dit":
     raise ValueError(f"{workdir!r} step {step} is not a DiT run (config task="
                      f"{config.get('task')!r}); sampling needs a DiT workdir.")
   if not extra or "latent_mean" not in extra:
+    extra = checkpointing.read_run(workdir, train_what)[2]
+  if not extra or "latent_mean" not in extra:
     raise ValueError(f"{workdir!r} step {step}: the checkpoint has no sampling metadata "
-                     "(saved with a run's last step); let the run finish first.")
+                     "(older runs saved it with the last step only); let the run finish "
+                     "first.")
   return step, config, extra
 
 
-def check_workdir(workdir: str) -> int:
-  """The latest step of a DiT run that can sample; one clear ValueError otherwise."""
-  return run_files(workdir)[0]
+def check_workdir(workdir: str, step: int | None = None) -> int:
+  """The step (default: latest) of a DiT run that can sample; one clear ValueError if not."""
+  return run_files(workdir, step)[0]
 
 
-def start_cli(workdir: str | None, verbosity_set: bool) -> int:
-  """What the sampling CLIs do first: quiet logs, then check the DiT workdir."""
+def start_cli(workdir: str | None, verbosity_set: bool, step: int | None = None) -> int:
+  """What the sampling CLIs do first: quiet logs, then check the DiT workdir (and step)."""
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   if not verbosity_set:
     logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
   if not workdir:
     raise app.UsageError("--workdir is required.")
-  return check_workdir(workdir)
+  return check_workdir(workdir, step)
 
 
 def _vae_workdir(extra: dict[str, Any], config: dict[str, Any], workdir: str) -> str:
@@ -124,7 +136,7 @@ class Generator:
   """A trained DiT run, ready to sample every task (see the module docstring).
 
   Attributes:
-    step: the checkpoint step loaded.
+    step: the checkpoint step loaded (the `step` argument, default the latest).
     dit_config, text_config: the model configs.
     vae: `latents.FrozenVAE` (config, params, latent mean/std).
     tokenizer: the run's tokenizer.
@@ -135,15 +147,16 @@ class Generator:
     progress: show a progress bar over the solver's model calls.
   """
 
-  def __init__(self, workdir: str, *, use_ema: bool = True,
+  def __init__(self, workdir: str, *, step: int | None = None, use_ema: bool = True,
                options: SamplingOptions = SamplingOptions(), progress: bool = False,
                mesh: jax.sharding.Mesh | None = None, rules: str = "",
                attention: str = ""):
-    """Loads the run. `mesh` (optional): sample sharded over it under the sharding preset
-    `rules` ('' = "fsdp_context" if the mesh has a context axis > 1, else "fsdp") with the
-    DiT attention backend `attention` ('' = "ring" with context, else the run's)."""
+    """Loads the run at checkpoint `step` (None = the latest). `mesh` (optional): sample
+    sharded over it under the sharding preset `rules` ('' = "fsdp_context" if the mesh has
+    a context axis > 1, else "fsdp") with the DiT attention backend `attention` ('' =
+    "ring" with context, else the run's)."""
     self.workdir, self.options, self.progress = workdir, options, progress
-    self.step, config, extra = run_files(workdir)
+    self.step, config, extra = run_files(workdir, step)
     vae_dir = _vae_workdir(extra, config, workdir)
     if vae_dir:
       self.vae = latents_lib.load_vae(vae_dir)

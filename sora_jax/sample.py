@@ -43,7 +43,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_string("workdir", None, "A DiT run directory (its latest checkpoint).")
+  flags.DEFINE_string("workdir", None, "A DiT run directory.")
+  flags.DEFINE_integer("step", None, "Checkpoint step to sample (default: the latest).")
   flags.DEFINE_enum("task", "t2v", tasks_lib.TASKS, "What to generate.")
   flags.DEFINE_string("prompt", None, "The caption.")
   flags.DEFINE_string("negative_prompt", "", "Caption to guide away from ('' = empty).")
@@ -229,7 +230,7 @@ def main(argv: Sequence[str]) -> None:
   del argv
   from sora_jax import generation  # pylint: disable=g-import-not-at-top
   # The workdir is checked before any input file is read or the model is loaded.
-  generation.start_cli(FLAGS.workdir, FLAGS["verbosity"].present)
+  generation.start_cli(FLAGS.workdir, FLAGS["verbosity"].present, FLAGS.step)
   mesh = None
   if FLAGS.mesh:  # checked before any input file is read or the model is loaded
     from sora_jax.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
@@ -238,7 +239,7 @@ def main(argv: Sequence[str]) -> None:
     if not (FLAGS.prompts_file and FLAGS.out_dir):
       raise app.UsageError("Batch mode needs both --prompts_file and --out_dir.")
     rows = read_prompts(FLAGS.prompts_file)
-    gen = generation.Generator(FLAGS.workdir, options=_options(), mesh=mesh)
+    gen = generation.Generator(FLAGS.workdir, step=FLAGS.step, options=_options(), mesh=mesh)
     gen.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
     sample_batch(gen, rows, FLAGS.out_dir, FLAGS.frames, FLAGS.height, FLAGS.width,
                  FLAGS.seed, FLAGS.batch, FLAGS.fps)
@@ -247,7 +248,8 @@ def main(argv: Sequence[str]) -> None:
   check_args(FLAGS.task, FLAGS.strength, FLAGS.seconds, FLAGS.out, FLAGS.prompt)
   inputs = read_inputs(FLAGS.task, {"image": FLAGS.image, "video": FLAGS.video,
                                     "video_end": FLAGS.video_end}, FLAGS.height, FLAGS.width)
-  gen = generation.Generator(FLAGS.workdir, options=_options(), progress=True, mesh=mesh)
+  gen = generation.Generator(FLAGS.workdir, step=FLAGS.step, options=_options(),
+                             progress=True, mesh=mesh)
   gen.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
   video = run_task(gen, FLAGS.task, FLAGS.prompt, inputs, frames=FLAGS.frames,
                    height=FLAGS.height, width=FLAGS.width, seed=FLAGS.seed,

@@ -61,6 +61,14 @@ def test_demo_config():
   assert cfg.vae.task == "vae"
   with pytest.raises(ValueError, match="known"):
     demo_config.get_config("fast=True")
+  demo, quality = demo_config.get_config(), demo_config.get_config("quality=True")
+  assert quality.dit.train.steps == 5 * demo.dit.train.steps
+  assert quality.dit.ema == 0.999 and quality.dit.model == demo.dit.model
+  # every checkpoint kept: adherence along the run
+  assert quality.dit.train.keep_checkpoints * quality.dit.train.checkpoint_every >= (
+      quality.dit.train.steps)
+  with pytest.raises(ValueError, match="quick=True and quality=True exclude each other"):
+    demo_config.get_config("quick=True,quality=True")
 
 
 def test_unknown_task():

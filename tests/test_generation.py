@@ -2,6 +2,7 @@
 bounded long-video memory, the sample and evaluate CLIs and their bad-input errors."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -47,6 +48,22 @@ def test_conditioned_latent_frames_are_left_exactly_as_given(gen, task, kwargs):
   out = gen.sample_latents([PROMPT, ""], shape, [0, 1], given=given, cond_latents=cond)
   np.testing.assert_array_equal(out[:, given], cond[:, given])
   assert not np.allclose(out[:, ~given], cond[:, ~given], atol=1e-3)
+
+
+def test_any_saved_step_samples_and_a_missing_step_is_one_clear_error(run, gen, tmp_path):
+  # runlocal saves steps 2 and 4; every DiT checkpoint carries the sampling metadata.
+  early = generation.Generator(run, step=2, options=OPTS)
+  assert (early.step, gen.step) == (2, 4)
+  assert generation.run_files(run, 2)[2] == generation.run_files(run)[2]
+  assert not np.array_equal(early.t2v(PROMPT, 5, 32, 32, seed=3), gen.t2v(PROMPT, 5, 32, 32,
+                                                                            seed=3))
+  with pytest.raises(ValueError, match=r"no checkpoint at step 3; saved steps: \[2, 4\]"):
+    generation.check_workdir(run, 3)
+  # A run whose earlier steps were saved without it borrows the latest step's metadata.
+  old = tmp_path / "old"
+  shutil.copytree(run, old)
+  shutil.rmtree(old / "checkpoints" / "2" / "extra")
+  assert generation.run_files(str(old), 2)[2] == generation.run_files(run)[2]
 
 
 def test_same_seed_same_sample_and_batch_independent(gen):

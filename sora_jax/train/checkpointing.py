@@ -119,23 +119,30 @@ def restore_host(path: str) -> Any:
   return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
 
 
-def read_run(workdir: str, train_what: str, name: str = "--workdir"
+def read_run(workdir: str, train_what: str, name: str = "--workdir", step: int | None = None
              ) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
-  """(latest step, config JSON, extra JSON or None) of a run; one clear error if none.
+  """(step, config JSON, extra JSON or None) of a run; one clear error if none.
 
   Args:
     workdir: the run directory.
     train_what: what to train there, for the error message.
     name: how the caller names the directory in errors.
+    step: a saved step; None = the latest. A step that was not saved (or was deleted by
+      `keep`) is one clear error listing the saved steps.
   """
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise ValueError(f"{name} {workdir!r} has no checkpoints/ directory; train "
                      f"{train_what} there first.")
   ckpt = Checkpointer(workdir)
   try:
-    step = ckpt.latest_step()
-    if step is None:
+    steps = sorted(ckpt.all_steps())
+    if not steps:
       raise ValueError(f"{name} {workdir!r} has no saved checkpoint step.")
+    if step is None:
+      step = steps[-1]
+    elif step not in steps:
+      raise ValueError(f"{name} {workdir!r} has no checkpoint at step {step}; saved steps: "
+                       f"{steps}.")
     config, extra = ckpt.restore_json(step, "config"), ckpt.restore_json(step, "extra")
   finally:
     ckpt.close()

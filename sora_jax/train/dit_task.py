@@ -512,6 +512,11 @@ def evaluate(config, state: DiTState, step: int, workdir: str, writer,
   return out
 
 
+# The extra below does not depend on the state: every checkpoint carries it, so any saved
+# step can be sampled and evaluated (`Generator(workdir, step=...)`, `--step`).
+EXTRA_EVERY_CHECKPOINT = True
+
+
 def checkpoint_extra(config, state: DiTState) -> dict[str, Any]:
   """What sampling needs besides the params: the tokenizer and the latent normalisation."""
   del state

@@ -103,9 +103,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total = config.train.steps
   config_json = json.loads(config.to_json_best_effort())
 
+  extras = {}  # computed once: {"value": JSON}
+
   def save(step):
-    # Extras (e.g. latent statistics) are measured once, for the last step only.
-    extra = task.checkpoint_extra(config, state) if step == total else None
+    # Extras that depend on the state (the VAE's latent statistics) are measured for the
+    # last step only; state-independent ones (the DiT's) go with every checkpoint.
+    extra = None
+    if getattr(task, "EXTRA_EVERY_CHECKPOINT", False) or step == total:
+      if "value" not in extras:
+        extras["value"] = task.checkpoint_extra(config, state)
+      extra = extras["value"]
     ckpt.save(step, state, train_iter, config_json, extra)
 
   # ------------------------------------------------------------------ loop

@@ -10,6 +10,8 @@ A task module provides:
   make_train_step(config) -> step(state, batch, rng) -> (state, metrics with "loss")
   evaluate(config, state, step, workdir, writer, final) -> {name: scalar}
   checkpoint_extra(config, state) -> JSON dict or None (saved with the last checkpoint)
+  EXTRA_EVERY_CHECKPOINT = True                  optional: the extra does not depend on the
+      state; it is computed once and saved with every checkpoint (so any step can sample)
   prepare(config, workdir)                       optional: run files written at start
 """
 from __future__ import annotations
