@@ -3,6 +3,7 @@
   python benchmarks/train_step.py                    # the CPU cases, float32, this machine
   python benchmarks/train_step.py --cases ref128 --steps 5
   python benchmarks/train_step.py --cases B,L --dtype bfloat16 --attention auto --peer  # GPU
+  python benchmarks/train_step.py --cases ref128 --adaln single   # PixArt-alpha's adaLN-single
 
 DiT only (random init, float32, no text encoder: random caption embeddings of 32 tokens),
 one clip of N tokens per row, AdamW update included. FLOPs are `dit_task.train_flops`
@@ -23,7 +24,8 @@ subprocess before our cases, float32, all cores), and reports `peer_tokens_per_s
 `ours_over_peer`. It needs the optional `peer` extra (`pip install -e '.[peer]'`: torch and
 diffusers, never core dependencies). The peer has no pooled-caption MLP and computes its
 adaLN modulation once per sample, not per token and block, so it does fewer FLOPs per token
-than our DiT at the same shape (`train_flops` counts ours).
+than our DiT at the same shape (`train_flops` counts ours); `--adaln single` runs our
+DiT with one shared modulation layer (DiTConfig.adaln), closer to the peer's.
 """
 from __future__ import annotations
 
@@ -88,13 +90,14 @@ def _inputs(dcfg, grid, batch):
           "text_mask": np.ones((batch, TEXT_LEN), bool)}
 
 
-def case_config(name: str, dtype: str = "float32", attention: str = "xla"):
+def case_config(name: str, dtype: str = "float32", attention: str = "xla",
+                adaln: str = "per_block"):
   """(DiTConfig, latent grid, batch) of case `name`."""
   overrides, grid, batch = CASES[name]
   overrides = dict(overrides)
   dcfg = dit_lib.get_dit_config(overrides.pop("variant"), latent_channels=CHANNELS,
                                 patch=(1, 2, 2), dtype=dtype, attention_backend=attention,
-                                **overrides)
+                                adaln=adaln, **overrides)
   return dcfg, grid, batch
 
 
@@ -110,8 +113,9 @@ def peer_case(name: str, steps: int, dtype: str, gpu: bool) -> dict:
   return json.loads(out.strip().splitlines()[-1])
 
 
-def bench_case(name: str, steps: int, peak: float, dtype: str, attention: str) -> dict:
-  dcfg, grid, batch = case_config(name, dtype, attention)
+def bench_case(name: str, steps: int, peak: float, dtype: str, attention: str,
+               adaln: str = "per_block") -> dict:
+  dcfg, grid, batch = case_config(name, dtype, attention, adaln)
   model, tx = dit_lib.DiT(dcfg), optax.adamw(1e-4)
   b = _inputs(dcfg, grid, batch)
   params = model.init(jax.random.key(0), b["tokens"], b["positions"], b["segment_ids"],
@@ -148,7 +152,7 @@ def bench_case(name: str, steps: int, peak: float, dtype: str, attention: str) -
   n_params = sum(x.size for x in jax.tree.leaves(params))
   return {"case": name, "params": int(n_params), "width": dcfg.width, "depth": dcfg.depth, "heads": dcfg.num_heads,
           "tokens_per_row": tokens // batch, "batch": batch, "dtype": dtype,
-          "attention": attention,
+          "attention": attention, "adaln": adaln,
           "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
           "step_s_all": [round(t, 4) for t in times], "tokens_per_s": round(tokens / step_s, 1),
           "train_flops": flops, "flops_per_s": flops / step_s, "mfu": flops / step_s / peak,
@@ -169,6 +173,8 @@ def main():
                       help="compute dtype (parameters stay float32)")
   parser.add_argument("--attention", default="xla", choices=("xla", "cudnn", "auto"),
                       help="attention backend (models/attention.py)")
+  parser.add_argument("--adaln", default="per_block", choices=dit_lib.ADALN_KINDS,
+                      help="adaLN kind of our DiT (DiTConfig.adaln)")
   args = parser.parse_args()
   gpu = jax.default_backend() == "gpu"
   cases = (args.cases or ",".join(GPU_CASES if gpu else CPU_CASES)).split(",")
@@ -187,7 +193,7 @@ def main():
   results = []
   for c in cases:
     try:
-      row = bench_case(c, args.steps, peak, args.dtype, args.attention)
+      row = bench_case(c, args.steps, peak, args.dtype, args.attention, args.adaln)
     except Exception as e:  # pylint: disable=broad-except
       row = {"case": c, "error": f"{type(e).__name__}: {str(e)[:500]}"}  # e.g. out of memory
     if args.peer:

@@ -26,6 +26,8 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
                velocity) or v (see DiTConfig.prediction in sora_jax/models/dit.py).
   pos_embed    none (default: RoPE only) or fractional (also sin-cos features of each
                token's place in its frame); see DiTConfig.pos_embed.
+  adaln        per_block (default: DiT's adaLN-Zero) or single (PixArt-alpha's adaLN-single:
+               one shared modulation layer, ~1/4 fewer block matmuls); see DiTConfig.adaln.
   ema          EMA decay of the params (evaluation uses the EMA).
   caption      'detailed' or 'short': which caption to train on.
   sizes, level, data_dir, num_train   the Shapes World pixel data (on-the-fly encoding).
@@ -48,8 +50,8 @@ _DEFAULTS = dict(
     latents="on_the_fly", seq_len=1024, max_clips=16, text_len=48, patch="1x2x2",
     cfg_drop=0.1, ema=0.999, caption="detailed", sizes="17x64x64+1x64x64", level="full",
     data_dir="data/tfds", num_train=4096, peak_flops=0.0, seed=0, eval_every=2000,
-    rules="fsdp", attention="", prediction="x0", pos_embed="none", t_mean=1.0, t_std=1.0,
-    workers=0, runlocal=False)
+    rules="fsdp", attention="", prediction="x0", pos_embed="none", adaln="per_block",
+    t_mean=1.0, t_std=1.0, workers=0, runlocal=False)
 
 
 def _patch(text: str) -> tuple[int, int, int]:
@@ -71,7 +73,8 @@ def get_config(arg=None):
 
   # x0-prediction: see `prediction` in sora_jax/models/dit.py (DiTConfig).
   config.model = {"variant": arg.variant, "patch": _patch(arg.patch),
-                  "overrides": {"prediction": arg.prediction, "pos_embed": arg.pos_embed}}
+                  "overrides": {"prediction": arg.prediction, "pos_embed": arg.pos_embed,
+                                "adaln": arg.adaln}}
   config.text = {"variant": arg.text, "vocab_size": 512, "overrides": {}}
   # '' = trained from the training captions, written to WORKDIR/tokenizer.model.
   config.tokenizer = {"path": "", "vocab_size": 512, "num_clips": 2000}
@@ -112,7 +115,8 @@ def get_config(arg=None):
 
   if arg.runlocal:  # seconds on a laptop or in a test
     config.model.overrides = {"width": 32, "depth": 2, "num_heads": 2,
-                              "prediction": arg.prediction, "pos_embed": arg.pos_embed}
+                              "prediction": arg.prediction, "pos_embed": arg.pos_embed,
+                              "adaln": arg.adaln}
     config.text.update({"variant": "tiny", "vocab_size": 256})
     config.text.overrides = {"width": 32, "depth": 1, "num_heads": 2}
     config.tokenizer.update({"vocab_size": 256, "num_clips": 64})

@@ -317,13 +317,20 @@ def test_text_encoder_padding_and_packed_layout():
   assert text_seg[0].tolist() == [1] * 6 + [2] * 6 + [3] * 6
 
 
-def test_init_is_zero_and_scan_equals_unrolled():
-  cfg = _tiny_dit()
+@pytest.mark.parametrize("adaln", dit.ADALN_KINDS)
+def test_init_is_zero_and_scan_equals_unrolled(adaln):
+  cfg = _tiny_dit(adaln=adaln)
   inputs = _random_inputs(cfg)
-  scanned, unrolled = dit.DiT(cfg), dit.DiT(_tiny_dit(scan_layers=False))
+  scanned, unrolled = dit.DiT(cfg), dit.DiT(_tiny_dit(scan_layers=False, adaln=adaln))
   params = _jit(lambda: scanned.init(jax.random.key(0), **inputs))()
   apply = _jit(scanned.apply)
   np.testing.assert_array_equal(apply(params, **inputs), 0)
+  block_params = set(params["params"]["blocks"])
+  if adaln == "single":  # one shared modulation layer; each block keeps a [6D] table
+    assert "adaln_single" in params["params"] and "adaln" not in block_params
+    assert params["params"]["blocks"]["adaln_table"].value.shape == (cfg.depth, 6 * cfg.width)
+  else:
+    assert "adaln" in block_params and "adaln_single" not in params["params"]
   params = _perturb(params)
   p = params["params"]
   blocks = {f"blocks_{i}": jax.tree.map(lambda x, i=i: x[i], p["blocks"])

@@ -39,12 +39,14 @@ def _rel(a, b):
 
 
 # ----------------------------------------------------------------------------- FLOPs
-def test_dit_train_flops_match_xla(monkeypatch):
+@pytest.mark.parametrize("adaln", dit_lib.ADALN_KINDS)
+def test_dit_train_flops_match_xla(monkeypatch, adaln):
   """One clip per row, no padding, full captions: every token XLA computes is counted."""
   monkeypatch.setattr(dit_task, "latent_shapes", lambda config: [(4, 8, 8, 8)])
   cfg = dit_config.get_config("runlocal=True")
   with cfg.unlocked():
-    cfg.model.overrides = {"width": 128, "depth": 2, "num_heads": 4, "scan_layers": False}
+    cfg.model.overrides = {"width": 128, "depth": 2, "num_heads": 4, "scan_layers": False,
+                           "adaln": adaln}
     cfg.text.overrides = {"width": 64, "depth": 1, "num_heads": 2}
     cfg.packing.update({"text_len": 16, "max_clips": 1})
   dcfg, tcfg = dit_task.dit_config(cfg), dit_task.text_config(cfg)
@@ -82,9 +84,10 @@ def test_dit_flops_charge_real_tokens_only():
       mask[:1]))) == pytest.approx(f(packed, mask[:1]), rel=1e-6)
 
 
-def test_dit_param_count_matches_init():
+@pytest.mark.parametrize("adaln", dit_lib.ADALN_KINDS)
+def test_dit_param_count_matches_init(adaln):
   dcfg = dit_lib.get_dit_config("tiny", width=96, depth=3, num_heads=3, patch=(1, 2, 2),
-                                latent_channels=8)
+                                latent_channels=8, adaln=adaln)
   inputs = dit_lib.dummy_inputs(dcfg, text_dim=64)
   params = jax.eval_shape(lambda: dit_lib.DiT(dcfg).init(
       jax.random.key(0), **{k: jnp.zeros(v.shape, v.dtype) for k, v in inputs.items()}))

@@ -16,7 +16,11 @@ Block (pre-norm):
   x += CrossAttn(LN(x), text)                               QK RMSNorm, text mask, segments
   x += gate2 * MLP(modulate(LN(x), shift2, scale2))         GELU or SwiGLU
 `(shift, scale, gate) x 2` come from the conditioning embedding c = TimeEmbed(t) [+
-FpsEmbed(fps)] through a zero-initialised linear layer (adaLN-Zero); the cross-attention
+FpsEmbed(fps)] through a zero-initialised linear layer (adaLN-Zero). With
+`adaln="single"` (PixArt-alpha's adaLN-single, Chen et al., 2023, arXiv:2310.00426) that
+linear layer runs once, outside the blocks, and each block adds its own learned
+(zero-initialised) 6D-vector: since the modulation is per token here, this removes
+(depth - 1) x 6 D^2 multiply-adds per token, a quarter of a block's matmuls. The cross-attention
 output projection and the final linear layer are zero-initialised too, so every block
 starts as the identity and an initialised model predicts v = 0 (x0-prediction: x0_hat = 0,
 so v = x_t / t).
@@ -101,6 +105,8 @@ class DiTConfig:
     pooled_text: add an MLP of each clip's mean caption embedding to the conditioning c.
     pos_embed: "none" (RoPE only) or "fractional" (also add sin-cos features of each token's
       (h, w) as a fraction of its clip's patch grid; see `fractional_positions`).
+    adaln: "per_block" (DiT's adaLN-Zero: a modulation layer in every block) or "single"
+      (one shared modulation layer plus a learned table per block; see the module docstring).
     prediction: what the network's last layer predicts; the model always returns the
       velocity. "v": the velocity itself. "x0": the clean latents x0_hat, returned as
       v = (x_t - x0_hat) / max(t, X0_MIN_T) (JiT: Li & He, 2025, "Back to Basics: Let
@@ -128,6 +134,7 @@ class DiTConfig:
   fps_conditioning: bool = False
   pooled_text: bool = True
   pos_embed: str = "none"
+  adaln: str = "per_block"
   prediction: str = "v"
   scan_layers: bool = True
   remat: str = "none"
@@ -146,6 +153,7 @@ class DiTConfig:
     _check_choice("mlp", self.mlp, ("gelu", "swiglu"))
     _check_choice("prediction", self.prediction, PREDICTIONS)
     _check_choice("pos_embed", self.pos_embed, POS_EMBEDS)
+    _check_choice("adaln", self.adaln, ADALN_KINDS)
     _check_choice("remat", self.remat, tuple(REMAT_POLICIES))
     _check_choice("attention_backend", self.attention_backend, attn_lib.BACKENDS)
 
@@ -161,6 +169,7 @@ class DiTConfig:
 
 PREDICTIONS = ("v", "x0")
 POS_EMBEDS = ("none", "fractional")
+ADALN_KINDS = ("per_block", "single")
 FRACTIONAL_CELLS = 64  # the fractional sinusoids' finest wavelength is 2 cells of a 64-grid
 X0_MIN_T = 0.05  # x0-prediction divides by max(t, X0_MIN_T)
 
@@ -319,6 +328,8 @@ class DiTBlock(nn.Module):
   Attributes:
     width, num_heads, mlp_hidden, mlp: sizes and MLP kind.
     qk_norm, rope_proportions, rope_base, backend: attention settings.
+    adaln: "per_block" (c is the conditioning embedding [B, N, D]) or "single" (c is the
+      shared modulation [B, N, 6D], to which the block adds its own table).
   """
   width: int
   num_heads: int
@@ -328,6 +339,7 @@ class DiTBlock(nn.Module):
   rope_proportions: tuple[int, ...] = rope.VIDEO_PROPORTIONS
   rope_base: float = 10_000.0
   backend: str = "xla"
+  adaln: str = "per_block"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -344,7 +356,8 @@ class DiTBlock(nn.Module):
 
     Args:
       x: [B, N, D] tokens.
-      c: [B, N, D] conditioning embedding (timestep [+ fps]).
+      c: [B, N, D] conditioning embedding (timestep [+ fps]); [B, N, 6D] shared modulation
+        with adaln="single".
       positions: [B, N, 3] int; segment_ids: [B, N] int (0 = padding).
       text: [B, L, D] projected text; text_mask: [B, L] bool;
       text_segment_ids: [B, L] int or None (None: every token sees all of its row's text).
@@ -353,8 +366,13 @@ class DiTBlock(nn.Module):
       (x [B, N, D], None), the shape `nn.scan` expects.
     """
     x = nn.with_logical_constraint(x, EMBED_AXES)
-    mod = _dense(6 * self.width, ("embed", "mlp"), self.dtype, self.param_dtype,
-                 "adaln", zero=True)(nn.silu(c))
+    if self.adaln == "single":
+      table = self.param("adaln_table", nn.with_logical_partitioning(
+          nn.initializers.zeros, (None, "mlp")), (6 * self.width,), self.param_dtype)
+      mod = c + table.astype(self.dtype)
+    else:
+      mod = _dense(6 * self.width, ("embed", "mlp"), self.dtype, self.param_dtype,
+                   "adaln", zero=True)(nn.silu(c))
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
 
     h = _modulate(_plain_norm(self.dtype)(x), shift1, scale1)
@@ -470,7 +488,7 @@ class DiT(nn.Module):
     kwargs = dict(width=cfg.width, num_heads=cfg.num_heads,
                   mlp_hidden=mlp_hidden(cfg.width, cfg.mlp_ratio, cfg.mlp), mlp=cfg.mlp,
                   qk_norm=cfg.qk_norm, rope_proportions=cfg.rope_proportions,
-                  rope_base=cfg.rope_base, backend=cfg.attention_backend,
+                  rope_base=cfg.rope_base, backend=cfg.attention_backend, adaln=cfg.adaln,
                   dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
     if cfg.scan_layers:
       stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -523,8 +541,12 @@ class DiT(nn.Module):
       x = x + fractional_embedding(fractional_positions(positions, segment_ids),
                                    cfg.width).astype(dtype)
     text = TextProjection(cfg.width, dtype, param_dtype, name="text_proj")(text.astype(dtype))
+    block_c = c
+    if cfg.adaln == "single":  # the blocks' shared modulation, computed once
+      block_c = _dense(6 * cfg.width, ("embed", "mlp"), dtype, param_dtype, "adaln_single",
+                       zero=True)(nn.silu(c))
     for block in self._blocks():
-      x, _ = block(x, c, positions, segment_ids, text, text_mask, text_segment_ids)
+      x, _ = block(x, block_c, positions, segment_ids, text, text_mask, text_segment_ids)
     out = FinalLayer(cfg.token_dim, dtype, param_dtype, name="final")(x, c)
     out = out.astype(jnp.float32)
     if cfg.prediction == "x0":  # the velocity that x0_hat implies at x_t

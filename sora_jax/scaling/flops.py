@@ -70,9 +70,14 @@ def dit_matmul_weights(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]
   no_grad = din * d + TIME_FREQUENCY_DIM * d  # patch_embed, time_embed.in
   if dcfg.fps_conditioning:
     no_grad += TIME_FREQUENCY_DIM * d
-  per_block = 6 * d * d + 4 * d * d + 2 * d * d + mlp  # adaLN, self-attn, cross q/out, MLP
+  adaln = 6 * d * d  # per block, or once with adaLN-single
+  per_block = 4 * d * d + 2 * d * d + mlp  # self-attn, cross q/out, MLP
+  if dcfg.adaln == "per_block":
+    per_block += adaln
   token = (no_grad + d * d * (2 if dcfg.fps_conditioning else 1)  # time (fps) MLP out
            + dcfg.depth * per_block + 2 * d * d + d * din)  # final adaLN + linear
+  if dcfg.adaln == "single":
+    token += adaln
   if dcfg.pooled_text:  # the pooled caption's MLP, run per token
     token += text_dim * d + d * d
   text = text_dim * d + d * d + dcfg.depth * 2 * d * d
@@ -90,11 +95,14 @@ def dit_param_count(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]:
   dense = lambda i, o: i * o + o
   mlp = (2 if dcfg.mlp == "swiglu" else 1) * dense(d, hidden) + dense(hidden, d)
   qk = 2 * dh if dcfg.qk_norm else 0
-  block = (dense(d, 6 * d) + 4 * dense(d, d) + qk  # adaLN, self-attention
+  adaln_single = dcfg.adaln == "single"
+  block = ((6 * d if adaln_single else dense(d, 6 * d)) + 4 * dense(d, d) + qk  # adaLN, attn
            + 2 * d + 4 * dense(d, d) + qk + mlp)  # cross norm, cross-attention, MLP
   embed = (dense(din, d) + dense(TIME_FREQUENCY_DIM, d) + dense(d, d)
            + dense(text_dim, d) + dense(d, d)  # text projection
            + dense(d, 2 * d) + dense(d, din))  # final layer
+  if adaln_single:
+    embed += dense(d, 6 * d)
   if dcfg.fps_conditioning:
     embed += dense(TIME_FREQUENCY_DIM, d) + dense(d, d)
   if dcfg.pooled_text:
