@@ -1,7 +1,7 @@
 """How well a trained DiT denoises at each noise level, and how much it uses its caption.
 
   python benchmarks/denoiser.py --workdir runs/demo/dit [--latents runs/demo/latents] \
-      [--n 64] [--t 0.05,0.1,0.3,0.5,0.7,0.9,1.0]
+      [--n 64] [--t 0.05,0.1,0.3,0.5,0.7,0.9,1.0] [--step N]
 
 Takes the first `n` video clips (T' > 1) of the run's precomputed validation latents,
 noises each to x_t = (1 - t) x0 + t eps at every t (fixed noise, seed 0), and prints JSON
@@ -47,14 +47,15 @@ def _latents_dir(arg: str, run_config: dict) -> str:
   return path
 
 
-def measure(workdir: str, latents: str, n: int, times: list[float]) -> dict:
+def measure(workdir: str, latents: str, n: int, times: list[float],
+            step: int | None = None) -> dict:
   # Imported here so that --help and bad arguments answer before jax sets up.
   from data_pipelines import latents as latents_lib  # pylint: disable=g-import-not-at-top
   from sora_jax import generation  # pylint: disable=g-import-not-at-top
   from sora_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.models import text as text_lib  # pylint: disable=g-import-not-at-top
 
-  gen = generation.Generator(workdir)
+  gen = generation.Generator(workdir, step=step)
   records = latents_lib.LatentRecords(os.path.join(latents, "validation"))
   clips, captions = [], []
   for i in range(len(records)):
@@ -106,17 +107,19 @@ def main() -> None:
                       help="Precomputed latents (default: the run's data.latents).")
   parser.add_argument("--n", type=int, default=64, help="Validation video clips (>= 2).")
   parser.add_argument("--t", default="0.05,0.1,0.3,0.5,0.7,0.9,1.0", help="Noise levels.")
+  parser.add_argument("--step", type=int, default=None,
+                      help="Checkpoint step (default: the latest).")
   args = parser.parse_args()
   try:
     times = _times(args.t)
     if args.n < 2:
       raise ValueError(f"--n={args.n}: need at least 2 clips.")
     from sora_jax import generation  # pylint: disable=g-import-not-at-top
-    _, run_config, _ = generation.run_files(args.workdir)
+    _, run_config, _ = generation.run_files(args.workdir, args.step)
     latents = _latents_dir(args.latents, run_config)
   except ValueError as e:
     parser.error(str(e))
-  print(json.dumps(measure(args.workdir, latents, args.n, times), indent=1))
+  print(json.dumps(measure(args.workdir, latents, args.n, times, args.step), indent=1))
 
 
 if __name__ == "__main__":
