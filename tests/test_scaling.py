@@ -422,11 +422,11 @@ import json, sys
 from absl import app
 from sora_jax import evaluate, generation
 class Gen:
-  def __init__(self, workdir, options):
+  def __init__(self, workdir, options, step=None):
     self.options = options
   def latent_shape(self, *size):
     return (2, 8, 8, 8)
-generation.check_workdir = lambda workdir: 40
+generation.check_workdir = lambda workdir, step=None: 40
 generation.Generator = Gen
 evaluate.run_level = lambda workdir: "basic"
 evaluate.evaluate = lambda gen, out_dir, splits, n, level, *a, **k: json.loads(sys.argv[1])
