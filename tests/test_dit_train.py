@@ -100,6 +100,18 @@ def test_overfit_eight_clips(data_dir):
   assert losses[-1] < 0.25 * losses[0], losses[::10]
 
 
+def test_adaln_single_trains_on_an_fsdp_tensor_mesh(data_dir, tmp_path):
+  """adaLN-single's per-block tables get logical axes that the sharded init accepts."""
+  cfg = _config(data_dir, ",adaln=single,rules=fsdp_tensor", steps=4)
+  cfg.mesh.update({"data": 1, "fsdp": 4, "tensor": 2})
+  out = loop.train_and_evaluate(cfg, str(tmp_path / "single"))
+  assert np.isfinite(out["final/val_loss"])
+  params = _state(str(tmp_path / "single"), 4)["params"]["dit"]["params"]
+  assert params["blocks"]["adaln_table"].shape == (cfg.model.overrides.depth, 6 * 32)
+  # Trained, not left at zero (adaLN-Zero: the blocks get gradients from the second update).
+  assert np.abs(params["blocks"]["adaln_table"]).max() > 0
+
+
 @pytest.mark.parametrize("extra, match", [
     (",patch=1x3x3", r"patch \(pt, ph, pw\)=\(1, 3, 3\) does not divide"),
     (",variant=huge", "config.model.variant='huge' is not a DiT variant"),

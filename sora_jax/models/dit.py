@@ -20,10 +20,10 @@ FpsEmbed(fps)] through a zero-initialised linear layer (adaLN-Zero). With
 `adaln="single"` (PixArt-alpha's adaLN-single, Chen et al., 2023, arXiv:2310.00426) that
 linear layer runs once, outside the blocks, and each block adds its own learned
 (zero-initialised) 6D-vector: since the modulation is per token here, this removes
-(depth - 1) x 6 D^2 multiply-adds per token, a quarter of a block's matmuls. The cross-attention
-output projection and the final linear layer are zero-initialised too, so every block
-starts as the identity and an initialised model predicts v = 0 (x0-prediction: x0_hat = 0,
-so v = x_t / t).
+(depth - 1) x 6 D^2 multiply-adds per token, a quarter of a block's matmuls. The
+cross-attention output projection and the final linear layer are zero-initialised too, so
+every block starts as the identity and an initialised model predicts v = 0 (x0-prediction:
+x0_hat = 0, so v = x_t / t).
 
 Conditioning is per token: `t: [B, N]` (and `fps: [B, N]`). Packed clips get different
 noise levels by repeating each clip's t over its tokens, and conditioning frames (clean
@@ -368,7 +368,7 @@ class DiTBlock(nn.Module):
     x = nn.with_logical_constraint(x, EMBED_AXES)
     if self.adaln == "single":
       table = self.param("adaln_table", nn.with_logical_partitioning(
-          nn.initializers.zeros, (None, "mlp")), (6 * self.width,), self.param_dtype)
+          nn.initializers.zeros, ("mlp",)), (6 * self.width,), self.param_dtype)
       mod = c + table.astype(self.dtype)
     else:
       mod = _dense(6 * self.width, ("embed", "mlp"), self.dtype, self.param_dtype,
