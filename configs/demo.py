@@ -13,7 +13,7 @@ CPU, set-up included.
 Arguments:
   quick       a few-minute smoke run (tiny data, a few steps) instead of the real demo.
   quality     the longer `quality` recipe: the demo's stages with the DiT trained 5x longer
-              (QUALITY_STEPS, ~90 minutes here; EMA 0.999, a checkpoint every 900 steps,
+              (QUALITY_ARGS: 4500 steps, 88 minutes here; EMA 0.999, a checkpoint every 900 steps,
               all kept so adherence can be measured along the run). Copy or link a finished
               demo's vae/ and latents/ and its report.json's first three stages into the
               workdir to skip them.
