@@ -15,6 +15,15 @@ x0_hat = x_t - t v (EMA params, no guidance):
 Reading it: `true` well below `shuffled` and `empty` means the caption steers the
 prediction; `true` above `x_t` at low t is an error floor that the last sampling steps
 paint into every sample. Diagnoses what `sora_jax.evaluate`'s adherence rates only report.
+
+`caption_response` says which words the model listens to: for each attribute, each clip's
+caption with that one attribute changed (`attribute_swaps`: colour, shape, size,
+background, motion, and the region of static objects), and at each t the mean over clips
+of |x0_hat(changed) - x0_hat(true)|^2 / |x0_hat(empty) - x0_hat(true)|^2: 0 = the word is
+ignored, ~1 = it moves the estimate as much as dropping the whole caption does. (At
+t = 0.7, n = 32: the old demo DiT, RoPE only and GPT-2-scale text embeddings, answered
+region 0.002 and motion 0.004 after 900 steps, and region 0.000 after 4500; with
+fractional positions and T5-scale embeddings, 0.11 and 0.028 after 900 steps.)
 """
 from __future__ import annotations
 
@@ -45,6 +54,40 @@ def _latents_dir(arg: str, run_config: dict) -> str:
                      f"data.latents is {run_config.get('data', {}).get('latents')!r}); pass "
                      "--latents DIR, a directory written by `python -m data_pipelines.latents`.")
   return path
+
+
+def attribute_swaps(caption: str) -> dict[str, str]:
+  """A Shapes World detailed caption with one attribute changed, per attribute it states.
+
+  The first object's colour, shape and size, the background, the motion (the opposite
+  direction; a static object gets `moves from left to right`) and a static object's region
+  (the point-mirrored third; `center` becomes `top left`).
+  """
+  from data_pipelines.shapes_world import world  # pylint: disable=g-import-not-at-top
+
+  def cycle(options, attr, fmt):
+    for i, value in enumerate(options):
+      if fmt.format(value) in caption:
+        new = fmt.format(options[(i + 1) % len(options)])
+        out[attr] = caption.replace(fmt.format(value), new, 1)
+        return
+
+  out: dict[str, str] = {}
+  cycle(list(world.OBJECT_COLORS), "color", " {} ")
+  cycle(list(world.SHAPES), "shape", " {}")
+  cycle(list(world.SIZES), "size", "A {} ")
+  cycle(list(world.BACKGROUNDS), "background", "on a {} background")
+  opposite = {"right": "left", "left": "right", "down": "up", "up": "down"}
+  for motion, phrase in world.MOTION_PHRASES.items():
+    if phrase in caption and motion in opposite:
+      out["motion"] = caption.replace(phrase, world.MOTION_PHRASES[opposite[motion]], 1)
+  for (row, col), name in world.REGION_NAMES.items():
+    static = f"stays still in the {name} on"
+    if static in caption:
+      mirrored = world.REGION_NAMES[(2 - row, 2 - col)] if (row, col) != (1, 1) else "top left"
+      out["region"] = caption.replace(static, f"stays still in the {mirrored} on", 1)
+      out["motion"] = caption.replace(static[:-3], world.MOTION_PHRASES["right"], 1)
+  return out
 
 
 def measure(workdir: str, latents: str, n: int, times: list[float],
@@ -86,18 +129,33 @@ def measure(workdir: str, latents: str, n: int, times: list[float],
   shuffled = np.roll(np.arange(b), 1)
   variants = {"true": (ids, mask), "shuffled": (ids[shuffled], mask[shuffled]),
               "empty": (empty_ids, empty_mask)}
+  swaps = [attribute_swaps(c) for c in captions]
+  attributes = sorted({a for s in swaps for a in s})
   eps = np.random.default_rng(0).standard_normal(x0.shape).astype(np.float32)
-  rows = []
+  rows, response = [], []
   for t in times:
     xt = (1 - t) * x0 + t * eps
     row = {"t": t, "x_t": float(np.mean((xt - x0) ** 2))}
+    est = {}
     for name, (i, m) in variants.items():
-      est = np.asarray(x0_hat(gen.params, jnp.asarray(xt), t, jnp.asarray(i), jnp.asarray(m)))
-      row[name] = float(np.mean((est - x0) ** 2))
+      est[name] = np.asarray(x0_hat(gen.params, jnp.asarray(xt), t, jnp.asarray(i),
+                                    jnp.asarray(m)))
+      row[name] = float(np.mean((est[name] - x0) ** 2))
     rows.append(row)
+    drop = np.sum((est["empty"] - est["true"]) ** 2, axis=(1, 2))  # per clip
+    answer = {"t": t}
+    for attr in attributes:  # clips without the attribute keep their caption: excluded
+      i, m = gen.encode_prompts([s.get(attr, c) for s, c in zip(swaps, captions)])
+      changed = np.asarray(x0_hat(gen.params, jnp.asarray(xt), t, jnp.asarray(i),
+                                  jnp.asarray(m)))
+      has = np.array([attr in s for s in swaps])
+      ratio = np.sum((changed - est["true"]) ** 2, axis=(1, 2)) / np.maximum(drop, 1e-12)
+      answer[attr] = float(np.mean(ratio[has]))
+    response.append(answer)
   return {"workdir": workdir, "step": gen.step, "latents": latents, "clips": b,
           "clip_latent_shape": list(clips[0].shape), "variance": float(x0.var()),
-          "x0_mse": rows}
+          "x0_mse": rows, "caption_response": response,
+          "caption_response_clips": {a: int(sum(a in s for s in swaps)) for a in attributes}}
 
 
 def main() -> None:

@@ -30,9 +30,13 @@ from configs import vae as vae_configs
 
 # The demo DiT recipe (measured in benchmarks/results/adherence.json): width 128, 4 blocks,
 # a tiny text encoder, basic-level 64x64x17 clips and 64x64 images, packed 2 clips a row.
+# Fractional (absolute) positions besides RoPE: a caption's region and a motion's start
+# place are absolute, which RoPE alone (relative) cannot express; with them and the text
+# encoder's T5-scale embeddings the DiT's output responds to region and motion words at
+# t = 0.7 (`caption_response` of benchmarks/denoiser.py), where before it ignored them.
 DIT_ARGS = dict(variant="XS", text="tiny", level="basic", sizes="17x64x64+1x64x64",
                 seq_len=640, max_clips=8, text_len=32, batch=4, steps=900, lr=1e-3,
-                warmup=100, ema=0.995, eval_every=0, num_train=4096)
+                warmup=100, ema=0.995, eval_every=0, num_train=4096, pos_embed="fractional")
 # The `quality` recipe: the same model and data, 5x the steps.
 QUALITY_ARGS = dict(steps=4500, warmup=200, ema=0.999)
 QUALITY_CHECKPOINT_EVERY = 900

@@ -59,3 +59,36 @@ def test_gpu_session_pipeline_smoke_on_cpu(tmp_path):
   summary = json.load(open(tmp_path / "summary.json"))
   assert summary["vae"]["rc"] == 0 and summary["ladder"]["computes"][:1] == [1]
   assert summary["report_rc"] == 0 and (tmp_path / "scaling_gpu.json").exists()
+
+
+def test_denoiser_attribute_swaps_change_exactly_one_attribute():
+  """benchmarks/denoiser.py's caption_response edits: each changes the named attribute only."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import denoiser  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  from data_pipelines.shapes_world import evaluator  # pylint: disable=g-import-not-at-top
+  from data_pipelines.shapes_world import generator  # pylint: disable=g-import-not-at-top
+
+  def attributes(caption):
+    p = evaluator.parse_prompt(caption)
+    o = p.objects[0]
+    return {"color": o.color, "shape": o.shape, "size": o.size, "background": p.background,
+            "motion": o.motion, "region": o.region if o.motion == "static" else None}
+
+  seen = set()
+  for i in range(40):
+    caption = generator.make_clip("test", i, 5, 32, 32, "basic").caption
+    base = attributes(caption)
+    swaps = denoiser.attribute_swaps(caption)
+    assert {"color", "shape", "size", "background", "motion"} <= set(swaps), caption
+    assert ("region" in swaps) == (base["motion"] == "static"), caption
+    for attr, changed in swaps.items():
+      new = attributes(changed)
+      diff = {k for k in base if base[k] != new[k]}
+      # A static object's new motion also drops its region; every other edit is one key.
+      expected = {"motion", "region"} if attr == "motion" and base["region"] else {attr}
+      assert diff == expected, (attr, caption, changed)
+      seen.add(attr)
+  assert seen == {"color", "shape", "size", "background", "motion", "region"}
