@@ -131,6 +131,9 @@ def measure(workdir: str, latents: str, n: int, times: list[float],
               "empty": (empty_ids, empty_mask)}
   swaps = [attribute_swaps(c) for c in captions]
   attributes = sorted({a for s in swaps for a in s})
+  swapped = {a: gen.encode_prompts([s.get(a, c) for s, c in zip(swaps, captions)])
+             for a in attributes}  # clips without the attribute keep their caption
+  has = {a: np.array([a in s for s in swaps]) for a in attributes}
   eps = np.random.default_rng(0).standard_normal(x0.shape).astype(np.float32)
   rows, response = [], []
   for t in times:
@@ -144,18 +147,16 @@ def measure(workdir: str, latents: str, n: int, times: list[float],
     rows.append(row)
     drop = np.sum((est["empty"] - est["true"]) ** 2, axis=(1, 2))  # per clip
     answer = {"t": t}
-    for attr in attributes:  # clips without the attribute keep their caption: excluded
-      i, m = gen.encode_prompts([s.get(attr, c) for s, c in zip(swaps, captions)])
+    for attr, (i, m) in swapped.items():  # averaged over the clips that state attr
       changed = np.asarray(x0_hat(gen.params, jnp.asarray(xt), t, jnp.asarray(i),
                                   jnp.asarray(m)))
-      has = np.array([attr in s for s in swaps])
       ratio = np.sum((changed - est["true"]) ** 2, axis=(1, 2)) / np.maximum(drop, 1e-12)
-      answer[attr] = float(np.mean(ratio[has]))
+      answer[attr] = float(np.mean(ratio[has[attr]]))
     response.append(answer)
   return {"workdir": workdir, "step": gen.step, "latents": latents, "clips": b,
           "clip_latent_shape": list(clips[0].shape), "variance": float(x0.var()),
           "x0_mse": rows, "caption_response": response,
-          "caption_response_clips": {a: int(sum(a in s for s in swaps)) for a in attributes}}
+          "caption_response_clips": {a: int(h.sum()) for a, h in has.items()}}
 
 
 def main() -> None:
