@@ -20,6 +20,9 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   edge, kl     edge (spatial-gradient L1) and KL loss weights.
   scale_eq     scale-equivariance weight: 2x-pooled latents must decode to the 2x-pooled
                clip (for a smoother, more diffusable latent; sora_jax/models/vae_losses.py).
+  smooth       latent smoothness weight: penalises each latent channel's share of spatial
+               variance above a 3x3 blur's pass band (vae_losses.latent_roughness), so an
+               object is written as a smooth blob, not as spikes the DiT fragments.
   gan          hinge-GAN weight (0 = off); gan_start: its first step.
   eval_every   steps between mid-run evaluations (0 = only the final one).
   rules        sharding rule preset (sora_jax/sharding/rules.py): dp, or vae_spatial
@@ -53,7 +56,7 @@ PRESETS = {
 _DEFAULTS = dict(
     preset="", variant="tiny", ft=0, s=0, c=0, steps=2000, batch=8, lr=1e-3, warmup=100,
     final_lr=0.1, sizes="17x64x64", level="full", data_dir="data/tfds", num_train=4096,
-    gan=0.0, gan_start=0, edge=0.1, kl=1e-6, scale_eq=0.0, seed=0, eval_every=500,
+    gan=0.0, gan_start=0, edge=0.1, kl=1e-6, scale_eq=0.0, smooth=0.0, seed=0, eval_every=500,
     video_folder="", rules="dp", runlocal=False)
 
 
@@ -80,7 +83,7 @@ def get_config(arg=None):
     if arg[key]:
       config.model[field] = arg[key]
   config.loss = {"recon": "l1", "kl_weight": arg.kl, "edge_weight": arg.edge,
-                 "scale_eq_weight": arg.scale_eq,
+                 "scale_eq_weight": arg.scale_eq, "smooth_weight": arg.smooth,
                  "gan_weight": arg.gan, "disc_start_step": arg.gan_start,
                  "perceptual_weight": 0.0, "perceptual_path": None}
   config.disc = {"base_channels": 32, "num_layers": 3, "norm_groups": 8}

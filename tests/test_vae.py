@@ -425,6 +425,34 @@ def test_scale_equivariance_term(params, cfg):
   assert float(loss_on) == pytest.approx(float(loss_off) + 0.5 * expected, rel=1e-5)
 
 
+def test_latent_roughness_term(params, cfg):
+  """Roughness is scale-free, 0 for constant/linear-in-blur fields, high for spikes, and is
+  added to the loss with its weight, on the posterior mean."""
+  rng = np.random.default_rng(0)
+  noise = rng.standard_normal((2, 3, 16, 16, 4)).astype(np.float32)
+  yy, xx = np.meshgrid(np.linspace(-1, 1, 16), np.linspace(-1, 1, 16), indexing='ij')
+  blob = np.exp(-(yy ** 2 + xx ** 2) / 0.5).astype(np.float32)[None, None, :, :, None]
+  spike = np.zeros((1, 1, 16, 16, 1), np.float32)
+  spike[0, 0, 7, 9, 0] = 1.0
+  rough = lambda z: float(vae_losses.latent_roughness(jnp.asarray(z)))
+  # A 3x3 binomial blur passes little of a wide Gaussian blob, most of a one-position spike.
+  assert rough(blob) < 0.01
+  assert rough(spike) > 0.5
+  assert 0.5 < rough(noise) < 0.7
+  assert rough(37.0 * noise) == pytest.approx(rough(noise), rel=1e-4)  # scale-free
+  video, key = smooth_video(1, 5, 16, 16, seed=13), _key(5)
+  off = vae_losses.LossConfig(edge_weight=0.1)
+  on = dataclasses.replace(off, smooth_weight=0.3)
+  loss_off, aux_off = vae_losses.generator_loss(params, None, video, key, 0, vae_config=cfg,
+                                                loss_config=off)
+  loss_on, aux_on = vae_losses.generator_loss(params, None, video, key, 0, vae_config=cfg,
+                                              loss_config=on)
+  assert 'roughness' not in aux_off['metrics']
+  expected = rough(vae.encode(params, video, cfg).mean)
+  assert float(aux_on['metrics']['roughness']) == pytest.approx(expected, rel=1e-5)
+  assert float(loss_on) == pytest.approx(float(loss_off) + 0.3 * expected, rel=1e-5)
+
+
 def test_perceptual_hook(tmp_path):
   with pytest.raises(ValueError, match='perceptual_path'):
     vae_losses.LossConfig(perceptual_weight=1.0)

@@ -43,6 +43,7 @@ class LossConfig:
     kl_weight: weight of the KL (see the module docstring for its normalisation).
     edge_weight: weight of the spatial-gradient L1 term (0 disables it).
     scale_eq_weight: weight of the scale-equivariance term (0 disables it).
+    smooth_weight: weight of the latent smoothness term (`latent_roughness`; 0 disables it).
     gan_weight: weight of the hinge generator loss (0 disables the GAN).
     disc_start_step: step from which the GAN terms count (both losses are 0 before).
     perceptual_weight: weight of the perceptual term (0 disables it).
@@ -52,6 +53,7 @@ class LossConfig:
   kl_weight: float = 1e-6
   edge_weight: float = 0.1
   scale_eq_weight: float = 0.0
+  smooth_weight: float = 0.0
   gan_weight: float = 0.0
   disc_start_step: int = 0
   perceptual_weight: float = 0.0
@@ -98,6 +100,33 @@ def scale_equivariance_loss(vae_params: Any, z: jax.Array, video: jax.Array,
   """Reconstruction loss of 2x-pooled latents z [B, T', h, w, C] against the 2x-pooled clip."""
   small = vae_lib.decode(vae_params, pool_space(z), vae_config)
   return reconstruction_loss(pool_space(video), small, kind)
+
+
+def blur_space(x: jax.Array) -> jax.Array:
+  """Separable [1, 2, 1] / 4 blur over (H, W) of [B, T, H, W, C], edges replicated."""
+  for axis in (2, 3):
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (1, 1)
+    xp = jnp.pad(x, pad, mode='edge')
+    n = x.shape[axis]
+    take = lambda start: jax.lax.slice_in_dim(xp, start, start + n, axis=axis)
+    x = 0.25 * take(0) + 0.5 * take(1) + 0.25 * take(2)
+  return x
+
+
+def latent_roughness(z: jax.Array) -> jax.Array:
+  """Share of each latent channel's spatial variance above the blur's pass band, averaged.
+
+  For z [B, T', h, w, C]: per (clip, frame, channel), |z - blur(z)|^2 / |z - mean_hw(z)|^2,
+  then the mean. 0 for a spatially smooth latent, ~0.8 for white noise; the ratio is
+  scale-free, so the encoder cannot lower it by shrinking the latent. A sparse latent
+  (an object written as spikes at a few positions) is rough; diffusion decides fine
+  spatial detail last, at low noise, where each token acts alone (fragments), so a smooth
+  latent lets the object's place, size and colour be decided early and globally.
+  """
+  high = jnp.sum(jnp.square(z - blur_space(z)), axis=(2, 3))
+  var = jnp.sum(jnp.square(z - jnp.mean(z, axis=(2, 3), keepdims=True)), axis=(2, 3))
+  return jnp.mean(high / (var + 1e-6))
 
 
 def hinge_discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
@@ -195,6 +224,9 @@ def generator_loss(vae_params: Any, disc_params: Any, video: jax.Array, rng: jax
     metrics['scale_eq'] = scale_equivariance_loss(vae_params, z, video, vae_config,
                                                   loss_config.recon)
     loss += loss_config.scale_eq_weight * metrics['scale_eq']
+  if loss_config.smooth_weight:
+    metrics['roughness'] = latent_roughness(posterior.mean)
+    loss += loss_config.smooth_weight * metrics['roughness']
   if loss_config.perceptual_weight:
     if perceptual_fn is None:
       raise ValueError('generator_loss: perceptual_weight > 0 but perceptual_fn is None; pass '
