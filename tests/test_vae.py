@@ -404,18 +404,22 @@ def test_edge_and_recon_losses():
     vae_losses.LossConfig(recon='l3')
 
 
+def _loss_off_on(params, cfg, video, rng, **weights):
+  """generator_loss (loss, aux) without and with the given extra loss weights."""
+  off = vae_losses.LossConfig(edge_weight=0.1)
+  return [vae_losses.generator_loss(params, None, video, rng, 0, vae_config=cfg,
+                                    loss_config=c)
+          for c in (off, dataclasses.replace(off, **weights))]
+
+
 def test_scale_equivariance_term(params, cfg):
   """The term is L1 between decode(2x-pooled z) and the 2x-pooled clip, added with its weight."""
   x = jnp.arange(2 * 4 * 4, dtype=jnp.float32).reshape(1, 2, 4, 4, 1)
   np.testing.assert_array_equal(vae_losses.pool_space(x)[0, 1, :, :, 0],
                                 [[18.5, 20.5], [26.5, 28.5]])
   video, rng = smooth_video(1, 5, 16, 16, seed=13), _key(5)
-  off = vae_losses.LossConfig(edge_weight=0.1)
-  on = dataclasses.replace(off, scale_eq_weight=0.5)
-  loss_off, aux_off = vae_losses.generator_loss(params, None, video, rng, 0, vae_config=cfg,
-                                                loss_config=off)
-  loss_on, aux_on = vae_losses.generator_loss(params, None, video, rng, 0, vae_config=cfg,
-                                              loss_config=on)
+  (loss_off, aux_off), (loss_on, aux_on) = _loss_off_on(params, cfg, video, rng,
+                                                        scale_eq_weight=0.5)
   assert 'scale_eq' not in aux_off['metrics']
   z = vae.encode(params, video, cfg).sample(rng)
   small = vae.decode(params, vae_losses.pool_space(z), cfg)
@@ -441,12 +445,8 @@ def test_latent_roughness_term(params, cfg):
   assert 0.5 < rough(noise) < 0.7
   assert rough(37.0 * noise) == pytest.approx(rough(noise), rel=1e-4)  # scale-free
   video, key = smooth_video(1, 5, 16, 16, seed=13), _key(5)
-  off = vae_losses.LossConfig(edge_weight=0.1)
-  on = dataclasses.replace(off, smooth_weight=0.3)
-  loss_off, aux_off = vae_losses.generator_loss(params, None, video, key, 0, vae_config=cfg,
-                                                loss_config=off)
-  loss_on, aux_on = vae_losses.generator_loss(params, None, video, key, 0, vae_config=cfg,
-                                              loss_config=on)
+  (loss_off, aux_off), (loss_on, aux_on) = _loss_off_on(params, cfg, video, key,
+                                                        smooth_weight=0.3)
   assert 'roughness' not in aux_off['metrics']
   expected = rough(vae.encode(params, video, cfg).mean)
   assert float(aux_on['metrics']['roughness']) == pytest.approx(expected, rel=1e-5)
