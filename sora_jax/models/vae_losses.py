@@ -118,7 +118,7 @@ def latent_roughness(z: jax.Array) -> jax.Array:
   """Share of each latent channel's spatial variance above the blur's pass band, averaged.
 
   For z [B, T', h, w, C]: per (clip, frame, channel), |z - blur(z)|^2 / |z - mean_hw(z)|^2,
-  then the mean. 0 for a spatially smooth latent, ~0.8 for white noise; the ratio is
+  then the mean. 0 for a spatially smooth latent, ~0.6 for white noise; the ratio is
   scale-free, so the encoder cannot lower it by shrinking the latent. A sparse latent
   (an object written as spikes at a few positions) is rough; diffusion decides fine
   spatial detail last, at low noise, where each token acts alone (fragments), so a smooth
