@@ -48,6 +48,13 @@ def test_vae_config_errors_before_compile():
   cfg.data.crop = (7, 64, 64)  # T - 1 = 6 is not a multiple of the temporal factor 4
   with pytest.raises(ValueError, match="temporal factor 4"):
     vae_task.validate(cfg)
+  with pytest.raises(ValueError, match="encoder='pca'; expected one of"):
+    vae_task.validate(vae_config.get_config("encoder=pca"))
+
+
+@pytest.mark.parametrize("preset", sorted(vae_config.PRESETS))
+def test_vae_presets_validate(preset):
+  vae_task.validate(vae_config.get_config(f"preset={preset}"))
 
 
 def test_dit_workers_need_precomputed_latents():

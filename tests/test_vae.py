@@ -240,6 +240,43 @@ def test_streaming_cache_is_explicit_and_bounded(any_cfg_params):
   assert all(x.shape[1] <= 2 for x in jax.tree.leaves(cache2))
 
 
+def test_dct_encoder_is_the_patch_transform():
+  """encoder='dct': no encoder params; latent channel c (< 3) of a 4x4x4 patch is 8x its mean
+  colour (frame 0 alone), the rest the next DCT coefficients; a point posterior; streaming
+  equals the full encode; the decoder still trains on it; bad configs fail by name."""
+  cfg = vae.get_vae_config('tiny', base_channels=8, norm_groups=4, latent_channels=12,
+                           encoder='dct')
+  params = vae.init_params(cfg, _key(0))
+  assert set(params) == {'decoder'}
+  video = smooth_video(2, 9, 16, 16, seed=4)
+  post = vae.encode(params, video, cfg)
+  assert post.mean.shape == (2, 3, 4, 4, 12)
+  v = np.asarray(video)
+  np.testing.assert_allclose(post.mean[:, 0, 1, 2, :3], 8 * v[:, 0, 4:8, 8:12].mean((1, 2)),
+                             atol=1e-5)  # frame 0: 4 copies of it in the patch
+  np.testing.assert_allclose(post.mean[:, 2, 3, 0, :3],
+                             8 * v[:, 5:9, 12:16, 0:4].mean((1, 2, 3)), atol=1e-5)
+  basis = vae_blocks.dct_patch_basis(4, 4, 3, 12)
+  patches = np.asarray(vae_blocks.to_depth(video, 4, 4))
+  np.testing.assert_allclose(post.mean, patches @ basis.T, atol=1e-5)
+  assert float(jnp.max(post.logvar)) == vae_blocks.FIXED_LOGVAR
+  chunked = vae.encode_chunked(params, video, cfg, chunk_latent_frames=1)
+  np.testing.assert_allclose(chunked.mean, post.mean, atol=1e-5)
+  # The untrained decoder starts at the DCT's inverse: a patch's mean colour comes back.
+  thumb = vae.get_vae_config('tiny', base_channels=8, norm_groups=4, latent_channels=3,
+                             encoder='dct')
+  tparams = vae.init_params(thumb, _key(0))
+  recon = vae.decode(tparams, vae.encode(tparams, video, thumb).mean, thumb)
+  np.testing.assert_allclose(np.asarray(recon)[:, 5:9, 12:16, 0:4].mean((1, 2, 3)),
+                             v[:, 5:9, 12:16, 0:4].mean((1, 2, 3)), atol=1e-5)
+  with pytest.raises(ValueError, match="encoder='dct' needs patch_size == spatial_factor"):
+    vae.get_vae_config('tiny_s8', encoder='dct')
+  with pytest.raises(ValueError, match='latent_channels <= 192 \\(got 200\\)'):
+    vae.get_vae_config('tiny', latent_channels=200, encoder='dct')
+  with pytest.raises(ValueError, match="encoder='pca'; expected one of"):
+    vae.get_vae_config('tiny', encoder='pca')
+
+
 # ----------------------------------------------------------------------------- spatial tiling
 
 

@@ -75,6 +75,10 @@ class VAEConfig:
       then do the remaining s / p.
     patch_frames: the stem's causal time-to-depth factor (divides ft; 1 = none).
     factorized: (2+1)D convolutions instead of 3D ones (`vae_blocks.CausalConv3d`).
+    encoder: 'learned' (a network) or 'dct' (no encoder params: the latents are the C
+      lowest-frequency 3D-DCT coefficients of each stem patch, only the decoder learns; C = 3
+      is the clip's mean-pooled thumbnail, the smoothest latent a DiT can be given). 'dct'
+      needs a stem-only variant (patch_size = spatial_factor, patch_frames = temporal_factor).
     dtype: compute dtype name ('float32', 'bfloat16'); params are always float32.
     range_tolerance: how far outside [-1, 1] an input may stray before it is rejected.
   """
@@ -90,6 +94,7 @@ class VAEConfig:
   patch_size: int = 1
   patch_frames: int = 1
   factorized: bool = False
+  encoder: str = 'learned'
   dtype: str = 'float32'
   range_tolerance: float = 1e-3
 
@@ -111,6 +116,16 @@ class VAEConfig:
                        f'downsamplings but spatial_factor / patch_size = '
                        f'{self.spatial_factor // self.patch_size} gives only '
                        f'{len(self.level_mults) - 1} levels to do them in.')
+    if self.encoder not in ENCODERS:
+      raise ValueError(f'encoder={self.encoder!r}; expected one of {ENCODERS}.')
+    stem_only = (self.patch_size == self.spatial_factor
+                 and self.patch_frames == self.temporal_factor)
+    patch_values = 3 * self.patch_frames * self.patch_size ** 2
+    if self.encoder == 'dct' and not (stem_only and self.latent_channels <= patch_values):
+      raise ValueError(f"encoder='dct' needs patch_size == spatial_factor and patch_frames "
+                       f'== temporal_factor (got {self.patch_size}, {self.spatial_factor}, '
+                       f'{self.patch_frames}, {self.temporal_factor}) and latent_channels <= '
+                       f'{patch_values} (got {self.latent_channels}).')
     for mult in set(self.level_mults):
       if (self.base_channels * mult) % self.norm_groups:
         raise ValueError(f'norm_groups={self.norm_groups} does not divide the '
@@ -127,6 +142,9 @@ class VAEConfig:
   def temporal_downsamples(self) -> int:
     """Temporal halvings done by conv levels (the stem does `patch_frames`)."""
     return int(np.log2(self.temporal_factor // self.patch_frames))
+
+
+ENCODERS = ('learned', 'dct')
 
 
 def get_vae_config(variant: str = 'B', **overrides) -> VAEConfig:
@@ -190,7 +208,8 @@ class VideoVAE(nn.Module):
                   groups=c.norm_groups, temporal_downsamples=c.temporal_downsamples,
                   patch_frames=c.patch_frames, patch_size=c.patch_size,
                   factorized=c.factorized, dtype=jnp.dtype(c.dtype))
-    self.encoder = vae_blocks.Encoder(latent_channels=c.latent_channels, **common)
+    self.encoder = vae_blocks.Encoder(latent_channels=c.latent_channels,
+                                      fixed=c.encoder == 'dct', **common)
     self.decoder = vae_blocks.Decoder(**common)
 
   def encode(self, video: jax.Array) -> jax.Array:
@@ -377,7 +396,7 @@ def encode_step(params: Any, cache: Any, chunk: jax.Array,
   """
   variables = {'params': params} if cache is None else {'params': params, 'cache': cache}
   moments, state = VideoVAE(config).apply(variables, chunk, method='encode', mutable=['cache'])
-  return moments, state['cache']
+  return moments, state.get('cache', {})  # a fixed ('dct') encoder keeps no cache
 
 
 @functools.partial(jax.jit, static_argnames='config')

@@ -293,6 +293,9 @@ def _dct_init(frames: int, size: int, transpose: bool):
   return init
 
 
+FIXED_LOGVAR = -30.0  # `Posterior.from_moments`'s floor: a fixed encoder's point posterior
+
+
 def _stem_only(level_mults: tuple[int, ...], temporal_downsamples: int) -> bool:
   """True when the patch stem does all the compression (latent grid == patch grid): only
   then is there a per-position linear shortcut between patches and latents."""
@@ -314,6 +317,9 @@ class Encoder(nn.Module):
       the stem does all the compression (one level, no temporal downsampling), the mean gets
       a linear patch shortcut, the deep path starts at zero and logvar at `logvar_offset`.
     factorized: (2+1)D convolutions (see `CausalConv3d`).
+    fixed: no learned encoder: the latents are the `latent_channels` lowest-frequency DCT
+      coefficients of each patch (`dct_patch_basis`; the first 3 are the patch's mean colour
+      times sqrt(patch size)), with logvar at `FIXED_LOGVAR`. Needs a stem-only patch.
     dtype: compute dtype.
   """
   base_channels: int
@@ -327,6 +333,7 @@ class Encoder(nn.Module):
   patch_size: int = 1
   factorized: bool = False
   logvar_offset: float = -6.0
+  fixed: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -336,6 +343,11 @@ class Encoder(nn.Module):
     h = constrain(x.astype(self.dtype))
     patched = self.patch_frames > 1 or self.patch_size > 1
     shortcut = patched and _stem_only(self.level_mults, self.temporal_downsamples)
+    if self.fixed:  # the mean is the patch DCT itself: no params, a point posterior
+      basis = dct_patch_basis(self.patch_frames, self.patch_size, 3, self.latent_channels)
+      mean = to_depth(h, self.patch_frames, self.patch_size) @ jnp.asarray(basis.T, self.dtype)
+      logvar = jnp.full_like(mean, FIXED_LOGVAR)
+      return constrain(jnp.concatenate([mean, logvar], axis=-1).astype(jnp.float32))
     if patched:
       patches = to_depth(h, self.patch_frames, self.patch_size)
       # A patch is already a local neighbourhood: a 1x1x1 projection suffices, and the wide
