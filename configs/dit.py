@@ -24,8 +24,9 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   t_mean, t_std  logit-normal training timestep distribution (before the token shift).
   prediction   what the network predicts: x0 (default; the clean latents, turned into the
                velocity) or v (see DiTConfig.prediction in sora_jax/models/dit.py).
-  pos_embed    none (default: RoPE only) or fractional (also sin-cos features of each
-               token's place in its frame); see DiTConfig.pos_embed.
+  pos_embed    none (default: RoPE only), fractional (also sin-cos features of each
+               token's place in its frame) or fractional_thw (and of its time in its clip);
+               see DiTConfig.pos_embed.
   adaln        per_block (default: DiT's adaLN-Zero) or single (PixArt-alpha's adaLN-single:
                one shared modulation layer, ~1/4 fewer block matmuls); see DiTConfig.adaln.
   ema          EMA decay of the params (evaluation uses the EMA).

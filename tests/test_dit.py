@@ -431,6 +431,15 @@ def test_fractional_positions_are_per_clip_and_resolution_free():
     np.testing.assert_allclose(frac[seg == s], (c["positions"][:, 1:] + 0.5) / grid,
                                rtol=0, atol=1e-6)
   assert frac[seg > 0].min() > 0 and frac[seg > 0].max() < 1
+  # fractional_thw: (t, h, w); a clip's time runs over its own frames (an image sits at 0.5).
+  thw = np.asarray(dit.fractional_positions(jnp.asarray(pos[None]), jnp.asarray(seg[None]),
+                                            dit.FRACTIONAL_AXES["fractional_thw"]))[0]
+  for s, c in enumerate(clips, start=1):
+    grid = c["positions"].max(0) + 1
+    np.testing.assert_allclose(thw[seg == s], (c["positions"] + 0.5) / grid, rtol=0, atol=1e-6)
+  assert len({tuple(g) for g in (c["positions"].max(0) + 1 for c in clips)}) == 3
+  emb = np.asarray(dit.fractional_embedding(jnp.asarray(thw[None]), 32))[0]
+  assert emb.shape == (32, 32) and np.all(emb[:, 30:] == 0)  # 3 axes x 2 x 5 = 30 features
   # The same place (cell centre) in a 2x4 and a 3x larger grid: the same features.
   small = np.array([[[0, 1, 3]]]), np.array([[[0, 4, 10]]])
   grids = [np.stack(np.meshgrid([0], np.arange(g), np.arange(2 * g), indexing="ij"), -1)

@@ -103,8 +103,11 @@ class DiTConfig:
     rope_base: RoPE frequency base.
     fps_conditioning: add an fps embedding to the timestep embedding (then `fps` is required).
     pooled_text: add an MLP of each clip's mean caption embedding to the conditioning c.
-    pos_embed: "none" (RoPE only) or "fractional" (also add sin-cos features of each token's
-      (h, w) as a fraction of its clip's patch grid; see `fractional_positions`).
+    pos_embed: "none" (RoPE only), "fractional" (also add sin-cos features of each token's
+      (h, w) as a fraction of its clip's patch grid; see `fractional_positions`) or
+      "fractional_thw" (the same for (t, h, w): the token's time as a fraction of its
+      clip's duration too, which a caption's motion ("from left to right") is a function
+      of, and which RoPE (relative) and cross-attention (no positions) cannot give).
     adaln: "per_block" (DiT's adaLN-Zero: a modulation layer in every block) or "single"
       (one shared modulation layer plus a learned table per block; see the module docstring).
     prediction: what the network's last layer predicts; the model always returns the
@@ -168,7 +171,8 @@ class DiTConfig:
 
 
 PREDICTIONS = ("v", "x0")
-POS_EMBEDS = ("none", "fractional")
+FRACTIONAL_AXES = {"fractional": (1, 2), "fractional_thw": (0, 1, 2)}  # of (t, h, w)
+POS_EMBEDS = ("none",) + tuple(FRACTIONAL_AXES)
 ADALN_KINDS = ("per_block", "single")
 FRACTIONAL_CELLS = 64  # the fractional sinusoids' finest wavelength is 2 cells of a 64-grid
 X0_MIN_T = 0.05  # x0-prediction divides by max(t, X0_MIN_T)
@@ -427,16 +431,20 @@ class TextProjection(nn.Module):
     return _dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "out")(h)
 
 
-def fractional_positions(positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
-  """Each token's (h, w) as a fraction of its own clip's patch grid: float32 [B, N, 2].
+def fractional_positions(positions: jax.Array, segment_ids: jax.Array,
+                         axes: tuple[int, ...] = (1, 2)) -> jax.Array:
+  """Each token's place along `axes` of (t, h, w) as a fraction of its own clip's patch grid:
+  float32 [B, N, len(axes)]; the default is (h, w).
 
   (position + 0.5) / extent, where the extent is 1 + the largest position among the tokens of
-  the token's segment, so the values lie in (0, 1) whatever the clip's size and packing.
+  the token's segment, so the values lie in (0, 1) whatever the clip's size and packing (an
+  image's single frame sits at t = 0.5).
 
   Args:
     positions: [B, N, 3] int (t, h, w) patch positions; segment_ids: [B, N] int.
+    axes: which of (t, h, w), by index.
   """
-  hw = positions[..., 1:].astype(jnp.int32)
+  hw = positions[..., list(axes)].astype(jnp.int32)
   n = segment_ids.shape[1]
   def extent(p, s):  # one row: [N, 2] largest (h, w) of each token's segment
     return jax.ops.segment_max(p, s, num_segments=n, indices_are_sorted=False)[s]
@@ -445,17 +453,18 @@ def fractional_positions(positions: jax.Array, segment_ids: jax.Array) -> jax.Ar
 
 
 def fractional_embedding(fractions: jax.Array, dim: int) -> jax.Array:
-  """Fixed sin-cos features of fractional (h, w) [B, N, 2] -> float32 [B, N, dim].
+  """Fixed sin-cos features of K fractions (e.g. (h, w)) [B, N, K] -> float32 [B, N, dim].
 
-  Half of `dim` per axis; wavelengths from 2 frames down to 2 cells of a
-  FRACTIONAL_CELLS-cell grid, geometrically spaced (dim not divisible by 4: zero-padded).
+  dim / K per axis; wavelengths from 2 frames down to 2 cells of a FRACTIONAL_CELLS-cell
+  grid, geometrically spaced (dim not divisible by 2K: zero-padded).
   """
-  quarter = dim // 4
-  freqs = np.pi * np.geomspace(1.0, FRACTIONAL_CELLS, max(quarter, 1)).astype(np.float32)
-  args = fractions[..., None] * freqs[:quarter]  # [B, N, 2, quarter]
+  k = fractions.shape[-1]
+  part = dim // (2 * k)
+  freqs = np.pi * np.geomspace(1.0, FRACTIONAL_CELLS, max(part, 1)).astype(np.float32)
+  args = fractions[..., None] * freqs[:part]  # [B, N, K, part]
   emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
-  emb = emb.reshape(*fractions.shape[:-1], 4 * quarter)
-  return jnp.pad(emb, [(0, 0)] * (emb.ndim - 1) + [(0, dim - 4 * quarter)])
+  emb = emb.reshape(*fractions.shape[:-1], 2 * k * part)
+  return jnp.pad(emb, [(0, 0)] * (emb.ndim - 1) + [(0, dim - 2 * k * part)])
 
 
 def pool_text(text: jax.Array, text_mask: jax.Array, text_segment_ids, segment_ids):
@@ -537,9 +546,9 @@ class DiT(nn.Module):
       c = c + jnp.where(has_text[..., None], h, 0.0).astype(dtype)  # 0 without a caption
     x = _dense(cfg.width, (None, "embed"), dtype, param_dtype, "patch_embed")(
         tokens.astype(dtype))
-    if cfg.pos_embed == "fractional":
-      x = x + fractional_embedding(fractional_positions(positions, segment_ids),
-                                   cfg.width).astype(dtype)
+    if cfg.pos_embed != "none":
+      frac = fractional_positions(positions, segment_ids, FRACTIONAL_AXES[cfg.pos_embed])
+      x = x + fractional_embedding(frac, cfg.width).astype(dtype)
     text = TextProjection(cfg.width, dtype, param_dtype, name="text_proj")(text.astype(dtype))
     block_c = c
     if cfg.adaln == "single":  # the blocks' shared modulation, computed once
