@@ -243,7 +243,7 @@ def test_streaming_cache_is_explicit_and_bounded(any_cfg_params):
 def test_dct_encoder_is_the_patch_transform():
   """encoder='dct': no encoder params; latent channel c (< 3) of a 4x4x4 patch is 8x its mean
   colour (frame 0 alone), the rest the next DCT coefficients; a point posterior; streaming
-  equals the full encode; the decoder still trains on it; bad configs fail by name."""
+  equals the full encode; the untrained decoder inverts the DCT; bad configs fail by name."""
   cfg = vae.get_vae_config('tiny', base_channels=8, norm_groups=4, latent_channels=12,
                            encoder='dct')
   params = vae.init_params(cfg, _key(0))

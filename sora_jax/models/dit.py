@@ -444,12 +444,12 @@ def fractional_positions(positions: jax.Array, segment_ids: jax.Array,
     positions: [B, N, 3] int (t, h, w) patch positions; segment_ids: [B, N] int.
     axes: which of (t, h, w), by index.
   """
-  hw = positions[..., list(axes)].astype(jnp.int32)
+  pos = positions[..., list(axes)].astype(jnp.int32)
   n = segment_ids.shape[1]
-  def extent(p, s):  # one row: [N, 2] largest (h, w) of each token's segment
+  def extent(p, s):  # one row: [N, K] largest position of each token's segment, per axis
     return jax.ops.segment_max(p, s, num_segments=n, indices_are_sorted=False)[s]
-  size = jax.vmap(extent)(hw, segment_ids.astype(jnp.int32)) + 1
-  return (hw.astype(jnp.float32) + 0.5) / jnp.maximum(size, 1).astype(jnp.float32)
+  size = jax.vmap(extent)(pos, segment_ids.astype(jnp.int32)) + 1
+  return (pos.astype(jnp.float32) + 0.5) / jnp.maximum(size, 1).astype(jnp.float32)
 
 
 def fractional_embedding(fractions: jax.Array, dim: int) -> jax.Array:
