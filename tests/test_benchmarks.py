@@ -30,6 +30,13 @@ def test_vae_benchmark_bad_sizes_is_one_clear_error():
   assert "Traceback" not in out.stderr
 
 
+def test_vae_adherence_needs_a_finished_vae(tmp_path):
+  out = _run("benchmarks/vae_adherence.py", "--vae_workdir", str(tmp_path), "--n", "2")
+  assert out.returncode == 2, out.stderr
+  assert f"VAE workdir {str(tmp_path)!r} has no checkpoints/ directory" in out.stderr
+  assert "Traceback" not in out.stderr
+
+
 def test_packed_pipeline_benchmark_needs_a_tokenizer(tmp_path):
   out = _run("benchmarks/data_pipeline.py", "--latents", str(tmp_path))
   assert out.returncode == 2, out.stderr
