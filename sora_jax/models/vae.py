@@ -118,8 +118,7 @@ class VAEConfig:
                        f'{len(self.level_mults) - 1} levels to do them in.')
     if self.encoder not in ENCODERS:
       raise ValueError(f'encoder={self.encoder!r}; expected one of {ENCODERS}.')
-    stem_only = (self.patch_size == self.spatial_factor
-                 and self.patch_frames == self.temporal_factor)
+    stem_only = vae_blocks.stem_only(self.level_mults, self.temporal_downsamples)
     patch_values = 3 * self.patch_frames * self.patch_size ** 2
     if self.encoder == 'dct' and not (stem_only and self.latent_channels <= patch_values):
       raise ValueError(f"encoder='dct' needs patch_size == spatial_factor and patch_frames "

@@ -296,7 +296,7 @@ def _dct_init(frames: int, size: int, transpose: bool):
 FIXED_LOGVAR = -30.0  # `Posterior.from_moments`'s floor: a fixed encoder's point posterior
 
 
-def _stem_only(level_mults: tuple[int, ...], temporal_downsamples: int) -> bool:
+def stem_only(level_mults: tuple[int, ...], temporal_downsamples: int) -> bool:
   """True when the patch stem does all the compression (latent grid == patch grid): only
   then is there a per-position linear shortcut between patches and latents."""
   return len(level_mults) == 1 and temporal_downsamples == 0
@@ -342,7 +342,7 @@ class Encoder(nn.Module):
     conv = lambda f, **kw: CausalConv3d(f, factorized=self.factorized, dtype=self.dtype, **kw)
     h = constrain(x.astype(self.dtype))
     patched = self.patch_frames > 1 or self.patch_size > 1
-    shortcut = patched and _stem_only(self.level_mults, self.temporal_downsamples)
+    shortcut = patched and stem_only(self.level_mults, self.temporal_downsamples)
     if self.fixed:  # the mean is the patch DCT itself: no params, a point posterior
       basis = dct_patch_basis(self.patch_frames, self.patch_size, 3, self.latent_channels)
       mean = to_depth(h, self.patch_frames, self.patch_size) @ jnp.asarray(basis.T, self.dtype)
@@ -420,7 +420,7 @@ class Decoder(nn.Module):
     pf, ps = self.patch_frames, self.patch_size
     if pf == ps == 1:
       h = conv(3)(h)
-    elif not _stem_only(self.level_mults, self.temporal_downsamples):
+    elif not stem_only(self.level_mults, self.temporal_downsamples):
       h = from_depth(conv(3 * pf * ps * ps, kernel=(1, 3, 3))(h), pf, ps)
     else:
       out = 3 * pf * ps * ps

@@ -210,8 +210,7 @@ class _ConvCounter:
 def _vae_structure(vcfg) -> dict[str, Any]:
   from sora_jax.models import vae_blocks  # pylint: disable=g-import-not-at-top
   return {"patched": vcfg.patch_frames > 1 or vcfg.patch_size > 1,
-          "stem_only": vae_blocks._stem_only(vcfg.level_mults,  # pylint: disable=protected-access
-                                             vcfg.temporal_downsamples)}
+          "stem_only": vae_blocks.stem_only(vcfg.level_mults, vcfg.temporal_downsamples)}
 
 
 def _vae_counts(vcfg, clip: tuple[int, int, int]) -> _ConvCounter:
