@@ -116,6 +116,15 @@ def test_vae_train_flops_match_xla():
   assert _rel(analytic, xla["cost_analysis"]) < 0.10, (analytic, xla)  # measured: +4%
 
 
+def test_vae_train_flops_with_a_fixed_dct_encoder_match_xla():
+  """encoder=dct (the demo's dct10): the encoder is one matmul, forward only."""
+  xla, analytic = _vae_xla("variant=tiny,c=12,encoder=dct", (1, 9, 64, 64, 3))
+  learned = flops.vae_train_flops(
+      vae_task.vae_config(vae_config.get_config("variant=tiny,c=12")), (1, 9, 64, 64, 3))
+  assert analytic < 0.8 * learned, (analytic, learned)  # no encoder network charged
+  assert _rel(analytic, xla["total"]) < 0.02, (analytic, xla)
+
+
 @pytest.mark.slow
 def test_vae_train_flops_with_3d_convs_and_gan_match_xla():
   """3D convs, temporal down/upsampling, attention, and the GAN (~1 min of compile).

@@ -224,20 +224,26 @@ def _vae_counts(vcfg, clip: tuple[int, int, int]) -> _ConvCounter:
   if s["patched"]:
     n = (t + (pf - 1 if t % pf else 0)) // pf
     patches = (n, h // ps, w // ps, pf * ps * ps * 3)
+  if vcfg.encoder == "dct":  # a fixed patch transform: forward only (no params, no gradient)
+    flops = 2.0 * math.prod(patches) * vcfg.latent_channels
+    cnt.fwd, cnt.train = cnt.fwd + flops, cnt.train + flops
+    z = patches[:3]
+  elif s["patched"]:
     x = cnt.conv(patches, base, kernel=(1, 1, 1), factorized=fz, input_grad=False)
   else:
     x = cnt.conv((t, h, w, 3), base, factorized=fz, input_grad=False)
-  for level, mult in enumerate(mults):
-    for _ in range(vcfg.num_res_blocks):
-      x = cnt.resblock(x, base * mult, fz)
-    if level < len(mults) - 1:
-      temporal = level < vcfg.temporal_downsamples
-      x = cnt.conv(x, base * mult, kernel=(3 if temporal else 1, 3, 3),
-                   strides=(2 if temporal else 1, 2, 2), factorized=fz)
-  x = cnt.mid_block(x, x[-1], vcfg.attention, fz)
-  z = cnt.conv(x, 2 * vcfg.latent_channels, factorized=fz)
-  if s["patched"] and s["stem_only"]:
-    cnt.dense(patches, vcfg.latent_channels, input_grad=False)  # patch shortcut
+  if vcfg.encoder != "dct":
+    for level, mult in enumerate(mults):
+      for _ in range(vcfg.num_res_blocks):
+        x = cnt.resblock(x, base * mult, fz)
+      if level < len(mults) - 1:
+        temporal = level < vcfg.temporal_downsamples
+        x = cnt.conv(x, base * mult, kernel=(3 if temporal else 1, 3, 3),
+                     strides=(2 if temporal else 1, 2, 2), factorized=fz)
+    x = cnt.mid_block(x, x[-1], vcfg.attention, fz)
+    z = cnt.conv(x, 2 * vcfg.latent_channels, factorized=fz)
+    if s["patched"] and s["stem_only"]:
+      cnt.dense(patches, vcfg.latent_channels, input_grad=False)  # patch shortcut
   # Decoder, on the sampled latents [T', h, w, C].
   z = z[:3] + (vcfg.latent_channels,)
   top = base * mults[-1]
