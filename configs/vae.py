@@ -13,6 +13,10 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   encoder      learned, or dct: no encoder network, the latents are the c lowest-frequency
                DCT coefficients of each 4x4x4 patch (c=3: the mean-pooled thumbnail) and only
                the decoder trains (tiny variant; see VAEConfig.encoder).
+  latent_norm  how the saved latent statistics normalise the DiT's latents: channel (each
+               channel to unit std) or global (one std for all channels, so their relative
+               scales survive: with encoder=dct, fine DCT coefficients stay small, as in
+               pixels, and the DiT draws coarse before fine).
   steps        training steps; batch: global batch size; lr: peak learning rate.
   warmup       linear warm-up steps; final_lr: cosine decay's end, as a fraction of lr.
   sizes        Shapes World clip sizes, TxHxW joined by '+', e.g. 17x64x64+1x64x64.
@@ -64,8 +68,10 @@ PRESETS = {
                   warmup=30, final_lr=0.02, edge=0.5, eval_every=0),
 }
 
+LATENT_NORMS = ("channel", "global")
 _DEFAULTS = dict(
-    preset="", variant="tiny", ft=0, s=0, c=0, encoder="learned", steps=2000, batch=8,
+    preset="", variant="tiny", ft=0, s=0, c=0, encoder="learned", latent_norm="channel",
+    steps=2000, batch=8,
     lr=1e-3, warmup=100, final_lr=0.1, sizes="17x64x64", level="full", data_dir="data/tfds", num_train=4096,
     gan=0.0, gan_start=0, edge=0.1, kl=1e-6, scale_eq=0.0, smooth=0.0, seed=0, eval_every=500,
     video_folder="", rules="dp", runlocal=False)
@@ -88,6 +94,9 @@ def get_config(arg=None):
   config.seed = arg.seed
   common.add_mesh(config, arg.rules)
 
+  if arg.latent_norm not in LATENT_NORMS:
+    raise ValueError(f"Config argument latent_norm={arg.latent_norm!r}; allowed: "
+                     f"{', '.join(LATENT_NORMS)}.")
   config.model = {"variant": arg.variant, "encoder": arg.encoder}
   for key, field in (("ft", "temporal_factor"), ("s", "spatial_factor"),
                      ("c", "latent_channels")):
@@ -117,7 +126,7 @@ def get_config(arg=None):
                   "eval_every": arg.eval_every, "checkpoint_every": 500,
                   "keep_checkpoints": 2, "progress": True}
   config.eval = {"split": "validation", "num_clips": 64, "batch_size": 8, "grid_clips": 4,
-                 "latent_stats_clips": 256}
+                 "latent_stats_clips": 256, "latent_norm": arg.latent_norm}
 
   if arg.runlocal:  # seconds on a laptop or in a test
     config.model.update({"latent_channels": min(arg.c or 8, 8), "base_channels": 8,

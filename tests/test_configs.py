@@ -50,6 +50,8 @@ def test_vae_config_errors_before_compile():
     vae_task.validate(cfg)
   with pytest.raises(ValueError, match="encoder='pca'; expected one of"):
     vae_task.validate(vae_config.get_config("encoder=pca"))
+  with pytest.raises(ValueError, match="latent_norm='pixel'; allowed: channel, global"):
+    vae_config.get_config("latent_norm=pixel")
 
 
 @pytest.mark.parametrize("preset", sorted(vae_config.PRESETS))

@@ -54,6 +54,21 @@ def test_train_resume_equals_uninterrupted(tmp_path):
   ckpt.close()
 
 
+def test_latent_statistics_channel_and_global(tmp_path):
+  """`latent_norm=global` gives every channel the RMS of the per-channel stds; same means."""
+  cfg = _config(tmp_path)
+  state = vae_task.init_state(cfg, jax.random.key(0))
+  channel = vae_task.checkpoint_extra(cfg, state)
+  with cfg.unlocked():
+    cfg.eval.latent_norm = "global"
+  glob = vae_task.checkpoint_extra(cfg, state)
+  std = np.asarray(channel["latent_std"])
+  assert std.std() > 0.05 * std.mean()  # the channels differ, so the two norms differ
+  np.testing.assert_allclose(glob["latent_std"], np.sqrt(np.mean(std ** 2)), rtol=1e-6)
+  np.testing.assert_allclose(glob["latent_mean"], channel["latent_mean"], rtol=1e-6)
+  assert (channel["latent_norm"], glob["latent_norm"]) == ("channel", "global")
+
+
 def test_nan_guard_fails_fast(tmp_path, monkeypatch):
   cfg = _config(tmp_path, steps=3)
   real = vae_task.make_train_step

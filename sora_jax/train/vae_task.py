@@ -251,7 +251,11 @@ def _write_grid(workdir: str, step: int, grid: np.ndarray, writer) -> None:
 
 # ------------------------------------------------------------------------ latent statistics
 def checkpoint_extra(config, state: VAEState) -> dict[str, Any]:
-  """Per-channel mean and std of the latents on training clips (the DiT normalises by them)."""
+  """Mean and std of the latents on training clips, per channel (the DiT normalises by them).
+
+  With `eval.latent_norm == "global"` every channel gets the same std, the root mean square
+  of the channels' stds: the normalised latents keep their relative channel scales.
+  """
   vcfg = vae_config(config)
   params = jax.device_get(state.params["vae"])
   ds = pipeline.make_pixel_dataset(config.data, split="train", batch_size=config.eval.batch_size,
@@ -269,7 +273,10 @@ def checkpoint_extra(config, state: VAEState) -> dict[str, Any]:
       break
   mean = total / count
   std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
-  return {"latent_mean": mean.tolist(), "latent_std": std.tolist(), "num_clips": clips}
+  if config.eval.latent_norm == "global":
+    std = np.full_like(std, np.sqrt(np.mean(std ** 2)))
+  return {"latent_mean": mean.tolist(), "latent_std": std.tolist(), "num_clips": clips,
+          "latent_norm": config.eval.latent_norm}
 
 
 @functools.partial(jax.jit, static_argnums=0)
