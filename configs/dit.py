@@ -22,6 +22,8 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   patch        latent patch 'PTxPHxPW', e.g. 1x2x2.
   cfg_drop     caption drop rate for classifier-free guidance.
   t_mean, t_std  logit-normal training timestep distribution (before the token shift).
+  loss_weight  v (the velocity error) or x0 (the x0 error, = t^2 times it); see
+               dit_task.LOSS_WEIGHTS.
   prediction   what the network predicts: x0 (default; the clean latents, turned into the
                velocity) or v (see DiTConfig.prediction in sora_jax/models/dit.py).
   pos_embed    none (default: RoPE only), fractional (also sin-cos features of each
@@ -52,7 +54,7 @@ _DEFAULTS = dict(
     cfg_drop=0.1, ema=0.999, caption="detailed", sizes="17x64x64+1x64x64", level="full",
     data_dir="data/tfds", num_train=4096, peak_flops=0.0, seed=0, eval_every=2000,
     rules="fsdp", attention="", prediction="x0", pos_embed="none", adaln="per_block",
-    t_mean=1.0, t_std=1.0, workers=0, runlocal=False)
+    t_mean=1.0, t_std=1.0, loss_weight="v", workers=0, runlocal=False)
 
 
 def _patch(text: str) -> tuple[int, int, int]:
@@ -99,7 +101,7 @@ def get_config(arg=None):
   # loss weights small t heavily): sampling decides colour, place and motion at t > 0.8,
   # which logit-normal(0, 1) almost never trains (P(t > 0.9) = 1.4%; 11% at mean 1).
   config.flow = {"cfg_drop": arg.cfg_drop, "t_mean": arg.t_mean, "t_std": arg.t_std,
-                 "base_tokens": 256}
+                 "base_tokens": 256, "loss_weight": arg.loss_weight}
   # Training task mixture (sora_jax/diffusion/tasks.py): which latent frames of a clip are
   # given clean. One model then samples t2v/t2i, i2v, extension, interpolation and loops.
   config.tasks = {"t2v": 0.6, "i2v": 0.1, "extend_forward": 0.1, "extend_backward": 0.1,

@@ -65,6 +65,13 @@ def test_dit_workers_need_precomputed_latents():
     dit_config.get_config("workers=2")
 
 
+def test_dit_loss_weight_is_checked():
+  from sora_jax.train import dit_task  # pylint: disable=g-import-not-at-top
+  assert dit_config.get_config("loss_weight=x0").flow.loss_weight == "x0"
+  with pytest.raises(ValueError, match="loss_weight='eps'; allowed: v, x0"):
+    dit_task.validate(dit_config.get_config("loss_weight=eps"))
+
+
 def test_demo_config():
   cfg = demo_config.get_config("quick=True")
   assert cfg.vae.task == "vae"

@@ -77,6 +77,21 @@ def test_loss_is_mean_of_clip_means():
                              np.mean(clips), rtol=1e-5)
 
 
+def test_t_squared_weight_turns_the_velocity_error_into_the_x0_error():
+  """loss_weight=x0: with v_hat = (x_t - x0_hat) / t, t^2 (v_hat - v)^2 = (x0_hat - x0)^2."""
+  rng = np.random.default_rng(1)
+  x0, eps, x0_hat = (rng.normal(size=(2, 6, 4)) for _ in range(3))
+  seg = np.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
+  t = rng.uniform(0.1, 1.0, size=(2, 6))
+  xt, target = flow.add_noise(jnp.asarray(x0), jnp.asarray(eps), jnp.asarray(t))
+  v_hat = (xt - x0_hat) / t[..., None]
+  mse = ((x0_hat - x0) ** 2).mean(-1)
+  clips = [mse[0, :3].mean(), mse[0, 3:5].mean(), mse[1].mean()]
+  loss = flow.flow_loss(v_hat, target, jnp.asarray(seg), token_weight=jnp.asarray(t ** 2))
+  np.testing.assert_allclose(loss, np.mean(clips), rtol=1e-4)
+  assert abs(float(flow.flow_loss(v_hat, target, jnp.asarray(seg))) - np.mean(clips)) > 0.1
+
+
 def test_text_dropout_rate():
   n, rate = 40_000, 0.1
   ids = jnp.tile(jnp.arange(1, 7, dtype=jnp.int32), (n, 1))

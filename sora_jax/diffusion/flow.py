@@ -84,7 +84,8 @@ def add_noise(x0: jax.Array, eps: jax.Array, t: jax.Array) -> tuple[jax.Array, j
 
 
 def flow_loss(v_pred: jax.Array, v_target: jax.Array, segment_ids: jax.Array,
-              loss_mask: jax.Array | None = None) -> jax.Array:
+              loss_mask: jax.Array | None = None,
+              token_weight: jax.Array | None = None) -> jax.Array:
   """Per-clip-normalised velocity MSE.
 
   Args:
@@ -92,11 +93,15 @@ def flow_loss(v_pred: jax.Array, v_target: jax.Array, segment_ids: jax.Array,
     segment_ids: [B, N] int, 0 = padding (excluded).
     loss_mask: [B, N] bool or None; False tokens (e.g. clean conditioning frames) are
       excluded, and each clip's mean is over its remaining tokens.
+    token_weight: [B, N] float or None: multiplies each token's MSE (e.g. t^2, which turns
+      the velocity error into the x0 error, since x0 - x0_hat = t (v_hat - v)).
 
   Returns:
     Scalar float32: mean over clips of (mean over a clip's tokens of mean_D (v - v*)^2).
   """
   mse = jnp.mean(jnp.square(v_pred.astype(jnp.float32) - v_target.astype(jnp.float32)), -1)
+  if token_weight is not None:
+    mse = mse * token_weight.astype(jnp.float32)
   keep = segment_ids > 0
   if loss_mask is not None:
     keep = keep & loss_mask.astype(bool)

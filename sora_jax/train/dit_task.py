@@ -61,6 +61,10 @@ from sora_jax.train import optim
 # another job); re-measure on your machine and set train.peak_flops.
 CPU_PEAK_FLOPS = 7.5e10
 NUM_T_BUCKETS = 4
+# What the loss weighs per token: "v" the velocity error (default; for x0-prediction the x0
+# error / t^2, which stresses small t), "x0" the x0 error (stresses large t, where sampling
+# decides layout).
+LOSS_WEIGHTS = ("v", "x0")
 
 
 @flax.struct.dataclass
@@ -154,6 +158,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.caption not in latents_lib.CAPTION_KEYS:
     raise ValueError(f"config.data.caption={config.data.caption!r}; expected one of "
                      f"{sorted(latents_lib.CAPTION_KEYS)}.")
+  if config.flow.get("loss_weight", "v") not in LOSS_WEIGHTS:
+    raise ValueError(f"config.flow.loss_weight={config.flow.loss_weight!r}; allowed: "
+                     f"{', '.join(LOSS_WEIGHTS)}.")
   if not 0 <= config.flow.cfg_drop <= 1 or not 0 <= config.ema < 1:
     raise ValueError(f"config.flow.cfg_drop={config.flow.cfg_drop} must be in [0, 1] and "
                      f"config.ema={config.ema} in [0, 1).")
@@ -423,7 +430,10 @@ def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay, mixture=(("t2v", 1.0)
   def loss_fn(params, batch, xt, target, t, ids, mask, given):
     v = _predict(dcfg, tcfg, params, xt, batch["positions"], batch["segment_ids"], t, ids,
                  mask)
-    return flow.flow_loss(v, target, batch["segment_ids"], ~given), v
+    weight = None
+    if f.get("loss_weight", "v") == "x0":  # the x0 error (x0-prediction clamps t the same)
+      weight = jnp.square(jnp.maximum(t, dit_lib.X0_MIN_T))
+    return flow.flow_loss(v, target, batch["segment_ids"], ~given, weight), v
 
   def step_fn(state: DiTState, batch: dict[str, jax.Array], rng: jax.Array):
     t_rng, eps_rng, drop_rng, task_rng = jax.random.split(rng, 4)
