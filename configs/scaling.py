@@ -58,7 +58,9 @@ from configs import dit
 
 # The 1x run of each ladder. Widths are heads x head_dim; steps are the 1x steps; level is
 # the Shapes World level trained on and evaluated (basic: one object, a scale at which
-# CPU-sized models reach a measurable adherence).
+# CPU-sized models reach a measurable adherence). Every rung trains configs/dit.py's recipe
+# (x0-prediction) with the base's pos_embed; until 2026-11-23 the shape overrides replaced
+# both (v-prediction, RoPE only), and the recorded scaling_cpu.json ladder was trained so.
 BASES = {
     # 2-core CPU (shared), float32, 8 x 128 tokens, text tiny. Measured with the random
     # tiny VAE (latents on the fly): 1x trained in 89 s (0.18-0.26 s/step), 4x in 255 s;
@@ -72,13 +74,15 @@ BASES = {
     "tiny_cpu": dict(width=64, depth=2, head_dim=32, text="tiny", steps=340, batch=8,
                      seq_len=128, max_clips=4, text_len=48, patch="1x4x4", lr=1e-3,
                      sizes="17x64x64+1x64x64", num_train=2048, dtype="float32",
-                     attention="xla", computes="1+4+16", level="basic"),
+                     attention="xla", computes="1+4+16", level="basic",
+                     pos_embed="fractional_thw"),
     # One GPU/TPU: DiT-S (384 x 12, head dim 64) for 20k steps of 64 x 1024 tokens at 1x.
     # Not measured here; size the ladder to your budget with `computes`.
     "gpu": dict(width=384, depth=12, head_dim=64, text="S", steps=20000, batch=64,
                 seq_len=1024, max_clips=16, text_len=48, patch="1x2x2", lr=3e-4,
                 sizes="17x64x64+1x64x64", num_train=65536, dtype="bfloat16",
-                attention="auto", computes="1+4+16+64", level="full", workers=8),
+                attention="auto", computes="1+4+16+64", level="full", workers=8,
+                pos_embed="fractional_thw"),
     # One GPU, minutes: the CPU demo's DiT recipe (width 128 x 4, x0-prediction, tiny text,
     # basic level, 2 clips of 320 tokens a row) at 8x its batch, bfloat16 with cuDNN
     # attention, on 16384 clips. 1x is ~450x the FLOPs of tiny_cpu's 1x. Sized for a
@@ -86,7 +90,8 @@ BASES = {
     "gpu_basic": dict(width=128, depth=4, head_dim=32, text="tiny", steps=1000, batch=32,
                       seq_len=640, max_clips=8, text_len=32, patch="1x2x2", lr=1e-3,
                       sizes="17x64x64+1x64x64", num_train=16384, dtype="bfloat16",
-                      attention="auto", computes="1+4+16", level="basic", workers=8),
+                      attention="auto", computes="1+4+16", level="basic", workers=8,
+                      pos_embed="fractional_thw"),
     # Tests: seconds per rung.
     "runlocal": dict(width=32, depth=1, head_dim=16, text="tiny", steps=4, batch=8,
                      seq_len=64, max_clips=4, text_len=32, patch="1x2x2", lr=1e-3,
@@ -188,11 +193,11 @@ def get_config(arg=None):
       data_dir=arg.data_dir,
       workers=base.get("workers", 0) if arg.latents != "on_the_fly" else 0,
       num_train=base["num_train"], peak_flops=arg.peak_flops, seed=arg.seed, eval_every=0,
-      runlocal=arg.runlocal).items()))
-  with config.unlocked():
-    config.model.overrides = {"width": shape["width"], "depth": shape["depth"],
-                              "num_heads": shape["num_heads"], "dtype": base["dtype"],
-                              "attention_backend": base["attention"]}
+      pos_embed=base.get("pos_embed", "none"), runlocal=arg.runlocal).items()))
+  with config.unlocked():  # update: keep configs/dit.py's prediction, pos_embed and adaln
+    config.model.overrides.update({"width": shape["width"], "depth": shape["depth"],
+                                   "num_heads": shape["num_heads"], "dtype": base["dtype"],
+                                   "attention_backend": base["attention"]})
     config.train.steps = steps  # runlocal caps the steps at 4; the ladder sets them
     config.optim.warmup_steps = max(1, round(0.05 * steps))
     config.train.checkpoint_every = steps  # one checkpoint, at the end
