@@ -29,6 +29,9 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   pos_embed    none (default: RoPE only), fractional (also sin-cos features of each
                token's place in its frame) or fractional_thw (and of its time in its clip);
                see DiTConfig.pos_embed.
+  self_cond    self-conditioning: the DiT also reads its previous x0 estimate (trained on
+               half the steps; samplers pass each step's estimate to the next); see
+               DiTConfig.self_condition.
   adaln        per_block (default: DiT's adaLN-Zero) or single (PixArt-alpha's adaLN-single:
                one shared modulation layer, ~1/4 fewer block matmuls); see DiTConfig.adaln.
   ema          EMA decay of the params (evaluation uses the EMA).
@@ -54,6 +57,7 @@ _DEFAULTS = dict(
     cfg_drop=0.1, ema=0.999, caption="detailed", sizes="17x64x64+1x64x64", level="full",
     data_dir="data/tfds", num_train=4096, peak_flops=0.0, seed=0, eval_every=2000,
     rules="fsdp", attention="", prediction="x0", pos_embed="none", adaln="per_block",
+    self_cond=False,
     t_mean=1.0, t_std=1.0, loss_weight="v", workers=0, runlocal=False)
 
 
@@ -77,7 +81,7 @@ def get_config(arg=None):
   # x0-prediction: see `prediction` in sora_jax/models/dit.py (DiTConfig).
   config.model = {"variant": arg.variant, "patch": _patch(arg.patch),
                   "overrides": {"prediction": arg.prediction, "pos_embed": arg.pos_embed,
-                                "adaln": arg.adaln}}
+                                "adaln": arg.adaln, "self_condition": arg.self_cond}}
   config.text = {"variant": arg.text, "vocab_size": 512, "overrides": {}}
   # '' = trained from the training captions, written to WORKDIR/tokenizer.model.
   config.tokenizer = {"path": "", "vocab_size": 512, "num_clips": 2000}
@@ -117,9 +121,7 @@ def get_config(arg=None):
                  "timesteps": (0.1, 0.3, 0.5, 0.7, 0.9)}
 
   if arg.runlocal:  # seconds on a laptop or in a test
-    config.model.overrides = {"width": 32, "depth": 2, "num_heads": 2,
-                              "prediction": arg.prediction, "pos_embed": arg.pos_embed,
-                              "adaln": arg.adaln}
+    config.model.overrides.update({"width": 32, "depth": 2, "num_heads": 2})
     config.text.update({"variant": "tiny", "vocab_size": 256})
     config.text.overrides = {"width": 32, "depth": 1, "num_heads": 2}
     config.tokenizer.update({"vocab_size": 256, "num_clips": 64})

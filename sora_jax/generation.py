@@ -500,18 +500,23 @@ def _sample_tokens_impl(dcfg, tcfg, method, guidance, params, x_init, positions,
   model = dit_lib.DiT(dcfg)
   reps = 2 if use_cfg else 1
 
-  def velocity(x, t):
+  def velocity(x, t, x0_prev=None):
     jax.debug.callback(_tick)  # the progress bar over model calls (a no-op without one)
     tt = jnp.where(given, 0.0, t).astype(jnp.float32)
     rep = lambda a: jnp.concatenate([a] * reps) if reps > 1 else a
+    extra = {} if x0_prev is None else {"x0_prev": rep(x0_prev)}
     v = model.apply(params["dit"], rep(x), rep(positions), rep(segment_ids), rep(tt), text,
-                    tmask)
+                    tmask, **extra)
     if use_cfg:
-      return samplers.cfg_combine(v[:b], v[b:], guidance)
-    return v
+      v = samplers.cfg_combine(v[:b], v[b:], guidance)
+    if x0_prev is None:
+      return v
+    # Self-conditioning: the next call reads this call's (guided) estimate of x0.
+    return v, dit_lib.x0_from_velocity(x, v, tt, dcfg.prediction)
 
+  state = jnp.zeros(x_init.shape, jnp.float32) if dcfg.self_condition else None
   return samplers.sample(velocity, x_init, ts, method=method, cond=cond,
-                         cond_mask=given[..., None])
+                         cond_mask=given[..., None], state=state)
 
 
 _sample_tokens = jax.jit(_sample_tokens_impl, static_argnums=(0, 1, 2, 3))

@@ -84,10 +84,11 @@ def test_dit_flops_charge_real_tokens_only():
       mask[:1]))) == pytest.approx(f(packed, mask[:1]), rel=1e-6)
 
 
-@pytest.mark.parametrize("adaln", dit_lib.ADALN_KINDS)
-def test_dit_param_count_matches_init(adaln):
+@pytest.mark.parametrize("adaln, self_condition", [
+    *((a, False) for a in dit_lib.ADALN_KINDS), ("per_block", True)])
+def test_dit_param_count_matches_init(adaln, self_condition):
   dcfg = dit_lib.get_dit_config("tiny", width=96, depth=3, num_heads=3, patch=(1, 2, 2),
-                                latent_channels=8, adaln=adaln)
+                                latent_channels=8, adaln=adaln, self_condition=self_condition)
   inputs = dit_lib.dummy_inputs(dcfg, text_dim=64)
   params = jax.eval_shape(lambda: dit_lib.DiT(dcfg).init(
       jax.random.key(0), **{k: jnp.zeros(v.shape, v.dtype) for k, v in inputs.items()}))
@@ -177,8 +178,11 @@ def test_ladder_config_is_a_locked_dit_config():
   assert cfg.train.steps == scaling.ladder_steps(scaling.BASES["tiny_cpu"], 4)
   assert cfg.vae.workdir == "runs/v" and cfg.data.data_dir == "/d"
   assert cfg.train.eval_every == 0 and 0.9 < cfg.ema < 1
-  dit_lib.get_dit_config(cfg.model.variant, patch=tuple(cfg.model.patch), latent_channels=32,
-                         **cfg.model.overrides.to_dict())  # valid DiTConfig fields
+  dcfg = dit_lib.get_dit_config(cfg.model.variant, patch=tuple(cfg.model.patch),
+                                latent_channels=32, **cfg.model.overrides.to_dict())
+  # The demo's recipe: configs/dit.py's x0-prediction survives the ladder's shape overrides.
+  assert (dcfg.prediction, dcfg.pos_embed) == (
+      "x0", scaling.BASES["tiny_cpu"].get("pos_embed", "none"))
   with pytest.raises(AttributeError):
     cfg.train.stepz = 1
   with pytest.raises(AttributeError):

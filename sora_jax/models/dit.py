@@ -110,6 +110,11 @@ class DiTConfig:
       of, and which RoPE (relative) and cross-attention (no positions) cannot give).
     adaln: "per_block" (DiT's adaLN-Zero: a modulation layer in every block) or "single"
       (one shared modulation layer plus a learned table per block; see the module docstring).
+    self_condition: self-conditioning (Chen et al., 2022, "Analog Bits"; RIN): the model
+      also reads its own previous estimate of x0 (`x0_prev`, embedded and added to the
+      patch embedding; zeros = none). Training feeds a stop-gradient first estimate on half
+      the steps; samplers feed each step the last step's estimate, so the model can keep
+      to the layout it began to draw instead of redeciding it every step.
     prediction: what the network's last layer predicts; the model always returns the
       velocity. "v": the velocity itself. "x0": the clean latents x0_hat, returned as
       v = (x_t - x0_hat) / max(t, X0_MIN_T) (JiT: Li & He, 2025, "Back to Basics: Let
@@ -138,6 +143,7 @@ class DiTConfig:
   pooled_text: bool = True
   pos_embed: str = "none"
   adaln: str = "per_block"
+  self_condition: bool = False
   prediction: str = "v"
   scan_layers: bool = True
   remat: str = "none"
@@ -508,7 +514,7 @@ class DiT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions, segment_ids, t, text, text_mask,
-               text_segment_ids=None, fps=None) -> jax.Array:
+               text_segment_ids=None, fps=None, x0_prev=None) -> jax.Array:
     """Predicts the flow velocity of every token.
 
     Args:
@@ -522,6 +528,8 @@ class DiT(nn.Module):
       text_segment_ids: [B, L] int, the segment whose caption each text token belongs to
         (packed rows); None when each row holds one clip.
       fps: [B, N] float frames per second; required iff config.fps_conditioning.
+      x0_prev: [B, N, Din] the previous estimate of the clean tokens (`x0_from_velocity`),
+        only with config.self_condition; None = zeros (no estimate yet).
 
     Returns:
       [B, N, Din] float32 velocity.
@@ -546,6 +554,12 @@ class DiT(nn.Module):
       c = c + jnp.where(has_text[..., None], h, 0.0).astype(dtype)  # 0 without a caption
     x = _dense(cfg.width, (None, "embed"), dtype, param_dtype, "patch_embed")(
         tokens.astype(dtype))
+    if cfg.self_condition:  # as if [x_t, x0_prev] were concatenated before patch_embed
+      prev = jnp.zeros_like(tokens) if x0_prev is None else x0_prev
+      x = x + _dense(cfg.width, (None, "embed"), dtype, param_dtype, "self_cond_embed")(
+          prev.astype(dtype))
+    elif x0_prev is not None:
+      raise ValueError("DiT: x0_prev was given but config.self_condition is False.")
     if cfg.pos_embed != "none":
       frac = fractional_positions(positions, segment_ids, FRACTIONAL_AXES[cfg.pos_embed])
       x = x + fractional_embedding(frac, cfg.width).astype(dtype)
@@ -562,6 +576,20 @@ class DiT(nn.Module):
       t = jnp.maximum(t.astype(jnp.float32), X0_MIN_T)[..., None]
       out = (tokens.astype(jnp.float32) - out) / t
     return out
+
+
+def x0_from_velocity(x_t: jax.Array, v: jax.Array, t: jax.Array, prediction: str
+                     ) -> jax.Array:
+  """The clean-token estimate x0_hat that the DiT's velocity `v` implies at `x_t`.
+
+  Exact for both parametrisations: x_t - t v ("v"; rectified flow's x_t = (1 - t) x0 + t
+  eps), x_t - max(t, X0_MIN_T) v ("x0", undoing the model's own conversion). x_t, v:
+  [B, N, D]; t: [B, N] (or broadcastable).
+  """
+  t = jnp.asarray(t, jnp.float32)
+  if prediction == "x0":
+    t = jnp.maximum(t, X0_MIN_T)
+  return x_t.astype(jnp.float32) - t[..., None] * v.astype(jnp.float32)
 
 
 def dummy_inputs(config: DiTConfig, batch: int = 1, tokens: int = 16, text_len: int = 8,

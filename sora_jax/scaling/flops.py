@@ -70,6 +70,8 @@ def dit_matmul_weights(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]
   no_grad = din * d + TIME_FREQUENCY_DIM * d  # patch_embed, time_embed.in
   if dcfg.fps_conditioning:
     no_grad += TIME_FREQUENCY_DIM * d
+  if dcfg.self_condition:  # self_cond_embed, on the stop-gradient x0 estimate
+    no_grad += din * d
   adaln = 6 * d * d  # per block, or once with adaLN-single
   per_block = 4 * d * d + 2 * d * d + mlp  # self-attn, cross q/out, MLP
   if dcfg.adaln == "per_block":
@@ -107,6 +109,8 @@ def dit_param_count(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]:
     embed += dense(TIME_FREQUENCY_DIM, d) + dense(d, d)
   if dcfg.pooled_text:
     embed += dense(text_dim, d) + dense(d, d)
+  if dcfg.self_condition:
+    embed += dense(din, d)
   return {"blocks": dcfg.depth * block, "total": dcfg.depth * block + embed}
 
 
@@ -119,7 +123,9 @@ def dit_train_flops(dcfg: dit_lib.DiTConfig, tcfg: text_lib.TextEncoderConfig, s
          + 12 * depth * D * (sum_clips n^2 + sum_clips n l)            (attention)
          + 4 * Dt * sum_clips n l                          (pooled caption, if pooled_text)
     text encoder: 6 * depth * (4 Dt^2 + 2 Dt H) * caption tokens + 12 * depth * Dt * sum l^2
-  with W the multiply-adds per token of `dit_matmul_weights`.
+  with W the multiply-adds per token of `dit_matmul_weights`. With self-conditioning, the
+  first estimate (a forward pass, ~1/3 of a step, on half the steps) is not counted: MFU
+  is then understated by about a seventh.
 
   Args:
     dcfg, tcfg: the DiT and text encoder configs.

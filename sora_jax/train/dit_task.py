@@ -390,12 +390,32 @@ def make_train_step(config: ml_collections.ConfigDict):
                         float(config.ema), mixture)
 
 
-def _predict(dcfg, tcfg, params, tokens, positions, segment_ids, t, text_ids, text_mask):
+def _predict(dcfg, tcfg, params, tokens, positions, segment_ids, t, text_ids, text_mask,
+             x0_prev=None):
   """Velocity [B, N, Din] of a packed batch (captions [B, K, L] encoded per row)."""
   emb = text_lib.TextEncoder(tcfg).apply(params["text"], text_ids, text_mask)
   text, tmask, tseg = text_lib.flatten_packed_text(emb, text_mask)
   return dit_lib.DiT(dcfg).apply(params["dit"], tokens, positions, segment_ids, t, text,
-                                 tmask, tseg)
+                                 tmask, tseg, x0_prev=x0_prev)
+
+
+def self_condition(dcfg, tcfg, params, rng, batch, xt, t, ids, mask):
+  """Self-conditioning's input for this step: (x0_prev or None, whether it was estimated).
+
+  On half the steps (a coin per step), a stop-gradient first estimate of x0 from the model
+  itself with no estimate (zeros); on the others zeros, so the model also learns to start
+  from nothing, as the first sampling step does. None without config.self_condition.
+  """
+  if not dcfg.self_condition:
+    return None, jnp.array(False)
+
+  def estimate():
+    v = _predict(dcfg, tcfg, params, xt, batch["positions"], batch["segment_ids"], t, ids,
+                 mask)
+    return jax.lax.stop_gradient(dit_lib.x0_from_velocity(xt, v, t, dcfg.prediction))
+
+  use = jax.random.bernoulli(rng, 0.5)
+  return jax.lax.cond(use, estimate, lambda: jnp.zeros(xt.shape, jnp.float32)), use
 
 
 def _per_clip_mse(v, target, segment_ids, keep):
@@ -427,9 +447,9 @@ def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay, mixture=(("t2v", 1.0)
   o, f = dict(optim_items), dict(fl)
   tx = optim.make_optimizer(o, o.pop("steps"))
 
-  def loss_fn(params, batch, xt, target, t, ids, mask, given):
+  def loss_fn(params, batch, xt, target, t, ids, mask, given, x0_prev):
     v = _predict(dcfg, tcfg, params, xt, batch["positions"], batch["segment_ids"], t, ids,
-                 mask)
+                 mask, x0_prev)
     weight = None
     if f.get("loss_weight", "v") == "x0":  # the x0 error (x0-prediction clamps t the same)
       weight = jnp.square(jnp.maximum(t, dit_lib.X0_MIN_T))
@@ -444,8 +464,11 @@ def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay, mixture=(("t2v", 1.0)
                                    base_tokens=f["base_tokens"] or None)
     xt, target = flow.add_noise(x0, jax.random.normal(eps_rng, x0.shape, x0.dtype), t)
     given, t, xt = condition_tokens(task_rng, batch, mixture, t, xt)
+    # Its own key (fold_in), so runs without self-conditioning keep their random streams.
+    x0_prev, _ = self_condition(dcfg, tcfg, state.params, jax.random.fold_in(rng, 5),
+                                        batch, xt, t, ids, mask)
     (loss, v), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, xt, target, t, ids, mask, given)
+        state.params, batch, xt, target, t, ids, mask, given, x0_prev)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: e + (1 - ema_decay) * (p - e), state.ema_params, params)
