@@ -135,7 +135,7 @@ def get_config(arg=None):
                          "eval_every": 2, "checkpoint_every": 2})
     config.eval.update({"num_clips": 8, "batch_size": 4, "timesteps": (0.1, 0.5, 0.9)})
     config.optim.warmup_steps = 1
-  if arg.attention:  # after runlocal, which replaces the overrides
+  if arg.attention:  # after runlocal, which sets the overrides' sizes
     config.model.overrides.attention_backend = arg.attention
   config.lock()  # a typo in an override fails instead of adding a field
   return config
