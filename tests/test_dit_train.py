@@ -145,6 +145,9 @@ def test_precomputed_latents_match_on_the_fly_and_train(data_dir, tmp_path):
   assert np.isfinite(final["final/val_loss"])
 
 
+# Slow (~25-30 s each): the default suite is at its 15-minute budget; the samplers'
+# state threading itself is checked in test_samplers.py.
+@pytest.mark.slow
 def test_self_conditioning_trains_its_input_on_half_the_steps(data_dir):
   """self_cond=True: on a step whose coin feeds the first estimate, the self_cond_embed
   kernel gets a gradient; on a step that feeds zeros it cannot (its input is zero)."""
@@ -166,6 +169,9 @@ def test_self_conditioning_trains_its_input_on_half_the_steps(data_dir):
   assert all(moved[True]) and not any(moved[False]), moved
 
 
+# Slow (~25-30 s each): the default suite is at its 15-minute budget; the samplers'
+# state threading itself is checked in test_samplers.py.
+@pytest.mark.slow
 def test_self_conditioned_sampling_feeds_each_step_the_last_guided_estimate(data_dir):
   """The generator's sampling loop against a hand-written 3-step Euler loop that passes
   x0_prev = x - t v_guided (x0-prediction) from each model call to the next."""
