@@ -400,22 +400,22 @@ def _predict(dcfg, tcfg, params, tokens, positions, segment_ids, t, text_ids, te
 
 
 def self_condition(dcfg, tcfg, params, rng, batch, xt, t, ids, mask):
-  """Self-conditioning's input for this step: (x0_prev or None, whether it was estimated).
+  """Self-conditioning's input for this step: x0_prev [B, N, Din], or None without it.
 
   On half the steps (a coin per step), a stop-gradient first estimate of x0 from the model
   itself with no estimate (zeros); on the others zeros, so the model also learns to start
-  from nothing, as the first sampling step does. None without config.self_condition.
+  from nothing, as the first sampling step does.
   """
   if not dcfg.self_condition:
-    return None, jnp.array(False)
+    return None
 
   def estimate():
     v = _predict(dcfg, tcfg, params, xt, batch["positions"], batch["segment_ids"], t, ids,
                  mask)
     return jax.lax.stop_gradient(dit_lib.x0_from_velocity(xt, v, t, dcfg.prediction))
 
-  use = jax.random.bernoulli(rng, 0.5)
-  return jax.lax.cond(use, estimate, lambda: jnp.zeros(xt.shape, jnp.float32)), use
+  return jax.lax.cond(jax.random.bernoulli(rng, 0.5), estimate,
+                      lambda: jnp.zeros(xt.shape, jnp.float32))
 
 
 def _per_clip_mse(v, target, segment_ids, keep):
@@ -465,8 +465,8 @@ def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay, mixture=(("t2v", 1.0)
     xt, target = flow.add_noise(x0, jax.random.normal(eps_rng, x0.shape, x0.dtype), t)
     given, t, xt = condition_tokens(task_rng, batch, mixture, t, xt)
     # Its own key (fold_in), so runs without self-conditioning keep their random streams.
-    x0_prev, _ = self_condition(dcfg, tcfg, state.params, jax.random.fold_in(rng, 5),
-                                        batch, xt, t, ids, mask)
+    x0_prev = self_condition(dcfg, tcfg, state.params, jax.random.fold_in(rng, 5), batch,
+                             xt, t, ids, mask)
     (loss, v), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch, xt, target, t, ids, mask, given, x0_prev)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
