@@ -71,8 +71,8 @@ PRESETS = {
 LATENT_NORMS = ("channel", "global")
 _DEFAULTS = dict(
     preset="", variant="tiny", ft=0, s=0, c=0, encoder="learned", latent_norm="channel",
-    steps=2000, batch=8,
-    lr=1e-3, warmup=100, final_lr=0.1, sizes="17x64x64", level="full", data_dir="data/tfds", num_train=4096,
+    steps=2000, batch=8, lr=1e-3, warmup=100, final_lr=0.1, sizes="17x64x64", level="full",
+    data_dir="data/tfds", num_train=4096,
     gan=0.0, gan_start=0, edge=0.1, kl=1e-6, scale_eq=0.0, smooth=0.0, seed=0, eval_every=500,
     video_folder="", rules="dp", runlocal=False)
 
