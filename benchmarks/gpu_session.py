@@ -1,6 +1,8 @@
 """What one lent GPU runs for this repo's GPU figures, in two commands that fit a short lease.
 
   python benchmarks/gpu_session.py pipeline --out_dir D [--budget_s 540] [--vae_s 170]
+  python benchmarks/gpu_session.py pipeline --out_dir D --vae_workdir runs/demo/vae \
+      --levels basic --attention_s 110     # a carried VAE: no VAE training
   python benchmarks/gpu_session.py benchmarks --out_dir D
 
 `pipeline` (issues 3, 6 and 7 on a GPU): builds Shapes World at both levels with 16384
@@ -13,7 +15,13 @@ evaluation), adding the next rung only while its projected time (the 1x rung's s
 per step scaled by the rung's FLOPs per step, plus the 1x rung's start-up and evaluation)
 fits what is left of `--budget_s`; then `sora_jax.scaling.report`. D gets summary.json, the
 report, its plot and contact sheet, the VAE's last reconstruction sheet and its last
-checkpoint with its config and metrics (vae.tar.gz), and the log.
+checkpoint with its config and metrics (vae.tar.gz), each rung's last checkpoint, config,
+metrics and logs (ladder.tar.gz), and the log. With `--vae_workdir` (a finished VAE run
+carried to the machine, e.g. the demo's dct10) the VAE is not trained and only `--levels`
+are built; `--attention_s` runs context_attention.py --gpu while the data set builds.
+2026-11-23: the ladder's rungs take ~60 ms a step whatever their size, so 1x alone fits a
+10-minute call with the carried VAE (latents and 1x in 176 s); launch/sweep.py resumes
+finished rungs, so further rungs can follow in calls made while the machine is warm.
 
 `benchmarks` (issues 3, 4 and 5): train_step.py B and L in bf16 with cuDNN attention beside
 the PyTorch peer on the same GPU; context_attention.py --gpu (8k-32k tokens); vae.py with
@@ -82,19 +90,24 @@ def _sec_per_step(workdir: str) -> tuple[int, float] | None:
 
 
 # ------------------------------------------------------------------------------- pipeline
-def build_data(log: str) -> float:
-  t0 = time.time()
+def start_data(log: str, levels: str = "full,basic") -> list[subprocess.Popen]:
+  """Starts building Shapes World at `levels` (one process each) on the CPUs."""
   procs = []
   for level, sizes in (("full", "((17, 64, 64),)"), ("basic", "((17, 64, 64), (1, 64, 64))")):
+    if level not in levels.split(","):
+      continue
     code = ("from data_pipelines.shapes_world import builder; builder.build(builder.make_config("
             f"{level!r}, {sizes}, num_examples={{'train': {NUM_TRAIN}, 'validation': 64, "
             "'test': 64, 'compositional': 64}), 'data/tfds')")
     procs.append(subprocess.Popen([PY, "-c", code], cwd=ROOT, stdout=open(log, "a"),
                                   stderr=subprocess.STDOUT, env=CHILD_ENV))
+  return procs
+
+
+def wait_data(procs: list[subprocess.Popen], log: str) -> None:
   for p in procs:
     if p.wait():
       raise SystemExit(f"Shapes World build failed (rc {p.returncode}); see {log}.")
-  return time.time() - t0
 
 
 def train_vae(seconds: float, log: str) -> dict:
@@ -142,21 +155,28 @@ def train_vae(seconds: float, log: str) -> dict:
           "final": result}
 
 
+def _log_tail(path: str, lines: int = 60) -> None:
+  """The end of a failed run's log, printed (the machine and its files may not come back)."""
+  if os.path.exists(path):
+    _log(f"the last {lines} lines of {path}:\n" + "".join(open(path).readlines()[-lines:]))
+
+
 def _rung_dir(compute) -> str:
   return f"{RUNS}/ladder/compute={compute}"
 
 
-def run_ladder(deadline: float, log: str) -> dict:
+def run_ladder(deadline: float, log: str, vae_workdir: str) -> dict:
   sys.path.insert(0, ROOT)
   from configs import scaling  # pylint: disable=g-import-not-at-top
   base = scaling.BASES["gpu_basic"]
-  spec = f"configs/scaling.py:base=gpu_basic,vae_workdir={RUNS}/vae,data_dir=data/tfds{SMOKE}"
+  spec = f"configs/scaling.py:base=gpu_basic,vae_workdir={vae_workdir},data_dir=data/tfds{SMOKE}"
   sweep = [PY, "launch/sweep.py", "--workdir_root", f"{RUNS}/ladder",
            "--precompute_latents", f"{RUNS}/latents"]
   done, skipped = [], []
   t0 = time.time()
   rc, wall = _run(sweep + [spec + ",computes=1"], deadline - time.time(), log)
   if rc:
+    _log_tail(os.path.join(ROOT, _rung_dir(1), "launch.log"))
     return {"rc": rc, "computes": done}
   done.append(1)
   rows = [r for r in _metrics(_rung_dir(1)) if "train/sec_per_step" in r]
@@ -174,6 +194,7 @@ def run_ladder(deadline: float, log: str) -> dict:
     rc, _ = _run(sweep + [spec + f",computes={'+'.join(map(str, done + [compute]))}"],
                  deadline - time.time(), log)
     if rc:
+      _log_tail(os.path.join(ROOT, _rung_dir(compute), "launch.log"))
       skipped.append({"compute": compute, "rc": rc})
       break
     done.append(compute)
@@ -186,8 +207,19 @@ def pipeline(args) -> dict:
   deadline = t_start + args.budget_s
   log = os.path.join(args.out_dir, "pipeline.log")
   summary = {"stage": "pipeline", "budget_s": args.budget_s}
-  summary["data_s"] = build_data(log)
+  data = start_data(log, args.levels)  # on the CPUs, while attention uses the GPU
+  if args.attention_s > 0:
+    summary["attention"] = _benchmark(
+        "attention", [PY, "benchmarks/context_attention.py", "--gpu", "--reps", "3"],
+        args.attention_s, args.out_dir, log)
+  wait_data(data, log)
+  summary["data_s"] = time.time() - t_start
   _log(f"data built in {summary['data_s']:.0f} s")
+  if args.vae_workdir:  # a finished VAE run (e.g. the demo's dct10), not trained here
+    summary["vae"] = {"rc": 0, "workdir": args.vae_workdir, "final": json.load(
+        open(os.path.join(ROOT, args.vae_workdir, "final_metrics.json")))}
+    summary["ladder"] = run_ladder(deadline - 40, log, args.vae_workdir)
+    return _report(summary, args, deadline, t_start, log)
   summary["vae"] = train_vae(args.vae_s, log)
   _log(f"VAE: {json.dumps(summary['vae'])}")
   vae_dir = os.path.join(ROOT, RUNS, "vae")
@@ -203,11 +235,24 @@ def pipeline(args) -> dict:
         tar.add(path, arcname=os.path.join("vae", os.path.relpath(path, vae_dir)))
   if summary["vae"]["rc"]:
     return summary
-  summary["ladder"] = run_ladder(deadline - 40, log)
+  summary["ladder"] = run_ladder(deadline - 40, log, f"{RUNS}/vae")
+  return _report(summary, args, deadline, t_start, log)
+
+
+def _report(summary: dict, args, deadline: float, t_start: float, log: str) -> dict:
   rc, _ = _run([PY, "-m", "sora_jax.scaling.report", "--root", f"{RUNS}/ladder",
                 "--out", os.path.join(args.out_dir, "scaling_gpu.json"),
                 "--contact_sheet", "4"], max(deadline - time.time(), 60), log)
   summary["report_rc"] = rc
+  with tarfile.open(os.path.join(args.out_dir, "ladder.tar.gz"), "w:gz") as tar:
+    for rung in sorted(glob.glob(os.path.join(ROOT, RUNS, "ladder", "compute=*"))):
+      steps = sorted(glob.glob(os.path.join(rung, "checkpoints", "[0-9]*")),
+                     key=lambda p: int(os.path.basename(p)))
+      for path in steps[-1:] + [os.path.join(rung, n) for n in
+                                ("config.json", "metrics.jsonl", "adherence.json",
+                                            "launch.log")]:
+        if os.path.exists(path):  # each rung's last checkpoint, for evaluating elsewhere
+          tar.add(path, arcname=os.path.relpath(path, os.path.join(ROOT, RUNS)))
   summary["wall_s"] = time.time() - t_start
   return summary
 
@@ -229,23 +274,25 @@ def benchmarks(args) -> dict:
   for name, cmd, limit in steps:
     if args.only and name not in args.only.split(","):
       continue
-    out = os.path.join(args.out_dir, f"{name}.json")
-    _log(" ".join(cmd))
-    t0 = time.time()
-    try:
-      proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit,
-                            env=CHILD_ENV)
-      rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as e:  # keep what it printed (rows go to stderr)
-      text = lambda x: x.decode() if isinstance(x, bytes) else (x or "")
-      rc, stdout, stderr = 124, text(e.stdout), text(e.stderr)
-    with open(out, "w") as f:
-      f.write(stdout)
-    with open(log, "a") as f:
-      f.write(f"==== {name} rc {rc}\n{stderr[-6000:]}\n")
-    summary[name] = {"rc": rc, "seconds": round(time.time() - t0, 1)}
-    _log(f"  -> rc {rc} in {time.time() - t0:.0f} s")
+    summary[name] = _benchmark(name, cmd, limit, args.out_dir, log)
   return summary
+
+
+def _benchmark(name: str, cmd: list[str], limit: float, out_dir: str, log: str) -> dict:
+  """Runs one benchmark script: its stdout (JSON) to out_dir/name.json, stderr (rows as they
+  are measured) to the log, written as they come so a timeout keeps them."""
+  _log(" ".join(cmd))
+  t0 = time.time()
+  with open(os.path.join(out_dir, f"{name}.json"), "w") as out, open(log, "a") as err:
+    err.write(f"==== {name}\n")
+    err.flush()
+    try:
+      rc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=err, timeout=limit,
+                          env=dict(CHILD_ENV, PYTHONUNBUFFERED="1")).returncode
+    except subprocess.TimeoutExpired:
+      rc = 124
+  _log(f"  -> rc {rc} in {time.time() - t0:.0f} s")
+  return {"rc": rc, "seconds": round(time.time() - t0, 1)}
 
 
 def main():
@@ -256,6 +303,13 @@ def main():
                       help="pipeline: wall seconds for everything")
   parser.add_argument("--vae_s", type=float, default=170,
                       help="pipeline: wall seconds for the VAE's training")
+  parser.add_argument("--vae_workdir", default="",
+                      help="pipeline: a finished VAE run to encode with (no VAE training)")
+  parser.add_argument("--levels", default="full,basic",
+                      help="pipeline: Shapes World levels to build")
+  parser.add_argument("--attention_s", type=float, default=0,
+                      help="pipeline: seconds for context_attention.py --gpu while the data "
+                      "builds (0 = not run)")
   parser.add_argument("--only", default="",
                       help="benchmarks: comma-separated subset of train_step,attention,vae,aot")
   parser.add_argument("--smoke", action="store_true",

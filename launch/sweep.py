@@ -52,6 +52,7 @@ import argparse
 import concurrent.futures
 import importlib.util
 import json
+import multiprocessing
 import os
 import re
 import shlex
@@ -192,7 +193,6 @@ def precompute_latents(runs: list[dict], latents_dir: str) -> list[dict]:
   Returns:
     The runs with `latents=latents_dir` in their config argument.
   """
-  from data_pipelines import latents as latents_lib  # pylint: disable=g-import-not-at-top
   configs = []
   for run in runs:
     path, _, arg = run["config"].partition(":")
@@ -210,18 +210,17 @@ def precompute_latents(runs: list[dict], latents_dir: str) -> list[dict]:
   if not cfg.vae.workdir:
     raise ValueError("--precompute_latents needs the runs' VAE: set vae_workdir=... in the "
                      "config argument (a finished VAE run).")
-  vae = None
-  data = {**cfg.data.to_dict(), "latents": "on_the_fly"}
-  for split in ("train", cfg.eval.split):
-    split_dir = os.path.join(latents_dir, split)
-    if os.path.exists(os.path.join(split_dir, latents_lib.METADATA_FILE)):
-      print(f"[sweep] latents: {split_dir} exists; kept.", flush=True)
-      continue
-    vae = vae or latents_lib.load_vae(cfg.vae.workdir)
-    print(f"[sweep] latents: encoding the {split} split with {vae.description} into "
-          f"{split_dir}", flush=True)
-    meta = latents_lib.write_latents(latents_lib.pixel_source(data, split), vae, split_dir)
-    print(f"[sweep] latents: {meta['num_records']} records in {split_dir}", flush=True)
+  # In a child process: on an accelerator, this process's JAX would hold the device's memory
+  # (XLA preallocates 75% of a GPU) while every run trains, and the runs would run out of it.
+  from data_pipelines import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  child = multiprocessing.get_context("spawn").Process(
+      target=latents_lib.encode_splits,
+      args=(cfg.data.to_dict(), cfg.vae.workdir, ("train", cfg.eval.split), latents_dir))
+  child.start()
+  child.join()
+  if child.exitcode:
+    raise SystemExit(f"[sweep] latents: encoding into {latents_dir} failed (exit code "
+                     f"{child.exitcode}; its error is above).")
   return [dict(run, config=_set_arg(run["config"], "latents", latents_dir)) for run in runs]
 
 
