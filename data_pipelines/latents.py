@@ -372,21 +372,21 @@ def encode_splits(data_cfg: dict[str, Any], vae_workdir: str, splits: Sequence[s
                   latents_dir: str) -> None:
   """Encodes each split of `data_cfg`'s pixel data not already in latents_dir/SPLIT.
 
-  launch/sweep.py runs this in a child process, so the accelerator memory it takes is
-  released before the runs train.
+  The demo's latents stage and launch/sweep.py's --precompute_latents (in a child process,
+  so the accelerator memory it takes is released before the runs train) run this.
   """
   vae = None
   data_cfg = {**data_cfg, "latents": "on_the_fly"}
   for split in splits:
     split_dir = os.path.join(latents_dir, split)
     if os.path.exists(os.path.join(split_dir, METADATA_FILE)):
-      print(f"[sweep] latents: {split_dir} exists; kept.", flush=True)
+      print(f"[latents] {split_dir} exists; kept.", flush=True)
       continue
     vae = vae or load_vae(vae_workdir)
-    print(f"[sweep] latents: encoding the {split} split with {vae.description} into "
-          f"{split_dir}", flush=True)
+    print(f"[latents] encoding the {split} split with {vae.description} into {split_dir}",
+          flush=True)
     meta = write_latents(pixel_source(data_cfg, split), vae, split_dir)
-    print(f"[sweep] latents: {meta['num_records']} records in {split_dir}", flush=True)
+    print(f"[latents] {meta['num_records']} records in {split_dir}", flush=True)
 
 
 # ------------------------------------------------------------------------ command

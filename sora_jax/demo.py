@@ -51,15 +51,10 @@ def _stage_latents(config, workdir: str) -> dict:
   """Encodes the DiT's training and evaluation clips once with the trained VAE."""
   from data_pipelines import latents  # pylint: disable=g-import-not-at-top
   cfg = _dit_config(config, workdir)
-  vae = latents.load_vae(cfg.vae.workdir)
-  data = dict(cfg.data.to_dict(), latents="on_the_fly")
-  out = {}
-  for split in ("train", cfg.eval.split):
-    split_dir = os.path.join(cfg.data.latents, split)
-    if not os.path.exists(os.path.join(split_dir, latents.METADATA_FILE)):
-      latents.write_latents(latents.pixel_source(data, split), vae, split_dir)
-    out[split] = latents.LatentRecords(split_dir).metadata["num_records"]
-  return {"num_records": out}
+  splits = ("train", cfg.eval.split)
+  latents.encode_splits(cfg.data.to_dict(), cfg.vae.workdir, splits, cfg.data.latents)
+  return {"num_records": {split: latents.LatentRecords(os.path.join(
+      cfg.data.latents, split)).metadata["num_records"] for split in splits}}
 
 
 def _stage_dit(config, workdir: str) -> dict:
