@@ -87,6 +87,9 @@ BASES = {
     # basic level, 2 clips of 320 tokens a row) at 8x its batch, bfloat16 with cuDNN
     # attention, on 16384 clips. 1x is ~450x the FLOPs of tiny_cpu's 1x. Sized for a
     # one-GPU lease of minutes (benchmarks/gpu_session.py), not for a converged model.
+    # Measured on one H100 (2026-11-23, dct10 latents, benchmarks/results/scaling_gpu.json):
+    # ~60 ms a step on every rung from 0.25x to 16x (host-bound); 1x trains in 81 s and
+    # scores `all` 0.21, 16x (256 x 5, 3294 steps) in 241 s and scores 0.69.
     "gpu_basic": dict(width=128, depth=4, head_dim=32, text="tiny", steps=1000, batch=32,
                       seq_len=640, max_clips=8, text_len=32, patch="1x2x2", lr=1e-3,
                       sizes="17x64x64+1x64x64", num_train=16384, dtype="bfloat16",
