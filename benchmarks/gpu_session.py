@@ -216,45 +216,44 @@ def pipeline(args) -> dict:
   summary["data_s"] = time.time() - t_start
   _log(f"data built in {summary['data_s']:.0f} s")
   if args.vae_workdir:  # a finished VAE run (e.g. the demo's dct10), not trained here
-    summary["vae"] = {"rc": 0, "workdir": args.vae_workdir, "final": json.load(
-        open(os.path.join(ROOT, args.vae_workdir, "final_metrics.json")))}
-    summary["ladder"] = run_ladder(deadline - 40, log, args.vae_workdir)
-    return _report(summary, args, deadline, t_start, log)
-  summary["vae"] = train_vae(args.vae_s, log)
-  _log(f"VAE: {json.dumps(summary['vae'])}")
-  vae_dir = os.path.join(ROOT, RUNS, "vae")
-  grids = sorted(glob.glob(os.path.join(vae_dir, "recon", "*.png")))
-  if grids:
-    shutil.copy(grids[-1], os.path.join(args.out_dir, "vae_recon.png"))
-  steps = sorted(glob.glob(os.path.join(vae_dir, "checkpoints", "[0-9]*")),
-                 key=lambda p: int(os.path.basename(p)))
-  with tarfile.open(os.path.join(args.out_dir, "vae.tar.gz"), "w:gz") as tar:
-    for path in steps[-1:] + [os.path.join(vae_dir, n) for n in
-                              ("config.json", "final_metrics.json", "metrics.jsonl")]:
-      if os.path.exists(path):  # the last checkpoint only: a lease's files come back small
-        tar.add(path, arcname=os.path.join("vae", os.path.relpath(path, vae_dir)))
-  if summary["vae"]["rc"]:
-    return summary
-  summary["ladder"] = run_ladder(deadline - 40, log, f"{RUNS}/vae")
-  return _report(summary, args, deadline, t_start, log)
-
-
-def _report(summary: dict, args, deadline: float, t_start: float, log: str) -> dict:
+    vae_workdir = args.vae_workdir
+    summary["vae"] = {"rc": 0, "workdir": vae_workdir, "final": json.load(
+        open(os.path.join(ROOT, vae_workdir, "final_metrics.json")))}
+  else:
+    vae_workdir = f"{RUNS}/vae"
+    summary["vae"] = train_vae(args.vae_s, log)
+    _log(f"VAE: {json.dumps(summary['vae'])}")
+    vae_dir = os.path.join(ROOT, vae_workdir)
+    grids = sorted(glob.glob(os.path.join(vae_dir, "recon", "*.png")))
+    if grids:
+      shutil.copy(grids[-1], os.path.join(args.out_dir, "vae_recon.png"))
+    _pack(os.path.join(args.out_dir, "vae.tar.gz"), [vae_dir], os.path.dirname(vae_dir),
+          ("config.json", "final_metrics.json", "metrics.jsonl"))
+    if summary["vae"]["rc"]:
+      return summary
+  summary["ladder"] = run_ladder(deadline - 40, log, vae_workdir)
   rc, _ = _run([PY, "-m", "sora_jax.scaling.report", "--root", f"{RUNS}/ladder",
                 "--out", os.path.join(args.out_dir, "scaling_gpu.json"),
                 "--contact_sheet", "4"], max(deadline - time.time(), 60), log)
   summary["report_rc"] = rc
-  with tarfile.open(os.path.join(args.out_dir, "ladder.tar.gz"), "w:gz") as tar:
-    for rung in sorted(glob.glob(os.path.join(ROOT, RUNS, "ladder", "compute=*"))):
-      steps = sorted(glob.glob(os.path.join(rung, "checkpoints", "[0-9]*")),
-                     key=lambda p: int(os.path.basename(p)))
-      for path in steps[-1:] + [os.path.join(rung, n) for n in
-                                ("config.json", "metrics.jsonl", "adherence.json",
-                                            "launch.log")]:
-        if os.path.exists(path):  # each rung's last checkpoint, for evaluating elsewhere
-          tar.add(path, arcname=os.path.relpath(path, os.path.join(ROOT, RUNS)))
+  _pack(os.path.join(args.out_dir, "ladder.tar.gz"),
+        sorted(glob.glob(os.path.join(ROOT, RUNS, "ladder", "compute=*"))),
+        os.path.join(ROOT, RUNS), ("config.json", "metrics.jsonl", "adherence.json",
+                                   "launch.log"))
   summary["wall_s"] = time.time() - t_start
   return summary
+
+
+def _pack(path: str, run_dirs: list[str], root: str, names: tuple[str, ...]) -> None:
+  """Each run's last checkpoint and its `names` files into the tarball at `path` (a lease's
+  files come back small), named relative to `root`."""
+  with tarfile.open(path, "w:gz") as tar:
+    for run in run_dirs:
+      steps = sorted(glob.glob(os.path.join(run, "checkpoints", "[0-9]*")),
+                     key=lambda p: int(os.path.basename(p)))
+      for item in steps[-1:] + [os.path.join(run, n) for n in names]:
+        if os.path.exists(item):
+          tar.add(item, arcname=os.path.relpath(item, root))
 
 
 # ----------------------------------------------------------------------------- benchmarks
