@@ -17,8 +17,14 @@ Task checks (`--task_clips` generator clips of the first split as inputs):
   extend_all              evaluator `all` of the extended clips (given frames included, so
                           lenient: half the frames are the ground truth) against their caption
   loop_seam_psnr          a loop's last frame vs its first
-  interpolate_start_psnr, interpolate_end_psnr   the bridge's first frame vs the first
-                          video's last, its last vs the second video's first
+  interpolate_start_psnr, interpolate_end_psnr   a bridge between the start and the end of
+                          one ground-truth clip (its first frame as the video to leave, its
+                          last latent frame's pixel frames as the video to reach): the
+                          bridge's first frame vs the frame before it, its last vs the frame
+                          after it; a bridge as smooth as the real motion scores like
+                          `consecutive_psnr`
+  interpolate_middle_psnr the bridge vs the clip's real middle frames (Shapes World motion
+                          is determined by the caption, so the true middle is the target)
   edit_color              SDEdit (strength 0.7) to another object colour: the new colour's
                           evaluator rate
 Prints the JSON and writes it to `OUT_DIR/eval.json`.
@@ -107,7 +113,7 @@ def task_checks(gen: generation.Generator, split: str, level: str, num: int, fra
   """Conditioning-task checks on `num` ground-truth clips (see the module docstring)."""
   clips = [sw_generator.make_clip(split, i, frames, height, width, level) for i in range(num)]
   out: dict[str, float] = {"consecutive_psnr": _consecutive_psnr([c.video for c in clips])}
-  i2v, seam, ext_all, loop_seam, starts, ends, edits = [], [], [], [], [], [], []
+  i2v, seam, ext_all, loop_seam, starts, ends, middles, edits = ([] for _ in range(8))
   t_lat = gen.latent_shape(frames, height, width)[0]
   if t_lat < 2:
     raise ValueError(f"Task checks need videos of >= 2 latent frames; {frames} frames "
@@ -121,10 +127,12 @@ def task_checks(gen: generation.Generator, split: str, level: str, num: int, fra
     seam.append(generation.psnr(ext[n - 1], ext[n]))
     ext_all.append(evaluator.score_clip(ext, c.caption)["all"])
     if t_lat >= 3:  # a bridge needs a latent frame between its two given ends
-      other = clips[(i + 1) % len(clips)]
-      mid = gen.bridge(c.caption, c.video, other.video, frames, 1, 1, s)
-      starts.append(generation.psnr(mid[0], c.video[-1]))
-      ends.append(generation.psnr(mid[-1], other.video[0]))
+      start, end = gen.overlap_frames(1)  # pixel frames of 1 given latent frame at each end
+      a, b = c.video[:start], c.video[frames - end:]
+      mid = gen.bridge(c.caption, a, b, frames, 1, 1, s)
+      starts.append(generation.psnr(mid[0], a[-1]))
+      ends.append(generation.psnr(mid[-1], b[0]))
+      middles.append(generation.psnr(mid, c.video[start:frames - end]))
       loop = gen.loop(c.caption, frames, height, width, s)
       loop_seam.append(generation.psnr(loop[-1], loop[0]))
     new_prompt = _other_color_prompt(c.caption)
@@ -134,6 +142,7 @@ def task_checks(gen: generation.Generator, split: str, level: str, num: int, fra
   out.update(i2v_first_frame_psnr=mean(i2v), extend_seam_psnr=mean(seam),
              extend_all=mean(ext_all), loop_seam_psnr=mean(loop_seam),
              interpolate_start_psnr=mean(starts), interpolate_end_psnr=mean(ends),
+             interpolate_middle_psnr=mean(middles),
              edit_color=mean(edits), n=len(clips))
   return out
 

@@ -156,7 +156,7 @@ def test_batch_mode_manifest_and_evaluate(gen, tmp_path):
                                  32, batch=2, task_clips=1)
   assert result["splits"]["test"]["n"] == 2 and "all" in result["splits"]["test"]
   for key in ("i2v_first_frame_psnr", "extend_seam_psnr", "loop_seam_psnr",
-              "interpolate_start_psnr", "edit_color"):
+              "interpolate_start_psnr", "interpolate_middle_psnr", "edit_color"):
     assert result["tasks"][key] is not None, key
   assert json.load(open(tmp_path / "eval" / "eval.json")) == result
 
