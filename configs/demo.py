@@ -13,12 +13,13 @@ CPU, set-up included.
 Arguments:
   quick       a few-minute smoke run (tiny data, a few steps) instead of the real demo.
   quality     the longer `quality` recipe: the demo's stages with the DiT trained 5x longer
-              (QUALITY_ARGS: 4500 steps, 88 minutes here; EMA 0.999, a checkpoint every 900 steps,
-              all kept so adherence can be measured along the run). Copy or link a finished
-              demo's vae/ and latents/ and its report.json's first three stages into the
-              workdir to skip them.
+              (QUALITY_ARGS: 4500 steps, ~90 minutes here; EMA 0.999, a checkpoint every 900
+              steps, all kept so adherence can be measured along the run) on the dct21
+              latent (its own VAE, ~6 minutes: dct10 caps `all` at 0.75, below the quality
+              target of 0.8). A finished run of the same VAE preset can be linked in as
+              vae/ and latents/, with its report.json's first three stages, to skip them.
   data_dir    where the tfds data sets are built.
-  vae_preset  the VAE recipe (configs/vae.py PRESETS), default dct10.
+  vae_preset  the VAE recipe (configs/vae.py PRESETS); '' = dct10 (dct21 with quality).
   dit_steps   DiT training steps (0 = the recipe's).
   eval_n      basic-level test prompts sampled and scored.
 """
@@ -38,14 +39,14 @@ from configs import vae as vae_configs
 DIT_ARGS = dict(variant="XS", text="tiny", level="basic", sizes="17x64x64+1x64x64",
                 seq_len=640, max_clips=8, text_len=32, batch=4, steps=900, lr=1e-3,
                 warmup=100, ema=0.995, eval_every=0, num_train=4096, pos_embed="fractional_thw")
-# The `quality` recipe: the same model and data, 5x the steps.
+# The `quality` recipe: the same model and data, 5x the steps, on the dct21 latent.
 QUALITY_ARGS = dict(steps=4500, warmup=200, ema=0.999)
 QUALITY_CHECKPOINT_EVERY = 900
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, quick=False, quality=False, data_dir="data/tfds",
-                         vae_preset="dct10", dit_steps=0, eval_n=100)
+                         vae_preset="", dit_steps=0, eval_n=100)
   if arg.quick and arg.quality:
     raise ValueError("Config arguments quick=True and quality=True exclude each other; "
                      "pick one.")
@@ -54,7 +55,8 @@ def get_config(arg=None):
   config.check_clips = 8 if arg.quick else 64  # evaluator check on exported clips
   # dct10: ~5 minutes here, 27.6 dB, a fixed DCT encoder whose smooth latent the DiT
   # draws colours on far better than tiny10's learned one (0.62 vs 0.27; adherence.json).
-  vae_arg = f"preset={arg.vae_preset},data_dir={arg.data_dir}"
+  vae_preset = arg.vae_preset or ("dct21" if arg.quality else "dct10")
+  vae_arg = f"preset={vae_preset},data_dir={arg.data_dir}"
   if arg.quick:
     vae_arg += ",runlocal=True,sizes=9x32x32"
   config.vae = vae_configs.get_config(vae_arg)

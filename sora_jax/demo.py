@@ -131,7 +131,22 @@ STAGES = (("shapes_world_check", _stage_check_evaluator), ("vae", _stage_vae),
           ("evaluate", _stage_evaluate))
 
 
+def check_resume(config, workdir: str) -> None:
+  """A workdir holding a VAE of another model (e.g. another vae_preset) is an error."""
+  path = os.path.join(workdir, "vae", "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f).get("model", {})
+  asked = json.loads(config.vae.model.to_json_best_effort())
+  if saved != asked:
+    raise ValueError(f"{workdir!r} holds a VAE trained with model {saved}, but this config "
+                     f"asks for {asked}; use another --workdir, or the vae_preset that VAE "
+                     "was trained with (configs/demo.py). Nothing was changed.")
+
+
 def run(config, workdir: str) -> dict:
+  check_resume(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   report_path = os.path.join(workdir, "report.json")
   report = {"stages": {}}

@@ -80,6 +80,9 @@ def test_demo_config():
   demo, quality = demo_config.get_config(), demo_config.get_config("quality=True")
   assert quality.dit.train.steps == 5 * demo.dit.train.steps
   assert quality.dit.ema == 0.999 and quality.dit.model == demo.dit.model
+  # dct10 (C = 12) caps `all` below the quality target; quality trains on dct21 (C = 21)
+  assert demo.vae.model.latent_channels == 12 and quality.vae.model.latent_channels == 21
+  assert demo_config.get_config("quality=True,vae_preset=dct10").vae.model.latent_channels == 12
   # every checkpoint kept: adherence along the run
   assert quality.dit.train.keep_checkpoints * quality.dit.train.checkpoint_every >= (
       quality.dit.train.steps)

@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 from configs import demo as demo_config
 from sora_jax import demo
 
@@ -42,3 +44,16 @@ def test_quick_demo_runs_every_stage_and_resumes(tmp_path):
   lines = [json.loads(l) for l in open(os.path.join(workdir, "vae", "metrics.jsonl"))]
   trained = [l["step"] for l in lines if "train/loss" in l]
   assert trained == sorted(set(trained))
+
+
+def test_demo_refuses_a_workdir_with_another_vae(tmp_path):
+  workdir = tmp_path / "demo"
+  (workdir / "vae").mkdir(parents=True)
+  demo_cfg = demo_config.get_config(f"data_dir={tmp_path / 'data'}")
+  with open(workdir / "vae" / "config.json", "w") as f:
+    json.dump({"model": json.loads(demo_cfg.vae.model.to_json_best_effort())}, f)
+  demo.check_resume(demo_cfg, str(workdir))  # the same VAE: resumes
+  quality = demo_config.get_config(f"quality=True,data_dir={tmp_path / 'data'}")
+  with pytest.raises(ValueError, match="holds a VAE trained with model .*latent_channels"):
+    demo.run(quality, str(workdir))  # dct21 asked, dct10 there: before any stage runs
+  assert sorted(os.listdir(workdir)) == ["vae"]
