@@ -30,9 +30,6 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   smooth       latent smoothness weight: penalises each latent channel's share of spatial
                variance above a 3x3 blur's pass band (vae_losses.latent_roughness), so an
                object is written as a smooth blob, not as spikes the DiT fragments.
-  coarse       encoder=dct only: > 0 turns the last 3 of the c channels into a coarse map,
-               the patch mean colours blurred over each latent frame by a Gaussian of this
-               std in latent cells (see VAEConfig.coarse_sigma).
   gan          hinge-GAN weight (0 = off); gan_start: its first step.
   eval_every   steps between mid-run evaluations (0 = only the final one).
   rules        sharding rule preset (sora_jax/sharding/rules.py): dp, or vae_spatial
@@ -80,8 +77,8 @@ _DEFAULTS = dict(
     preset="", variant="tiny", ft=0, s=0, c=0, encoder="learned", latent_norm="channel",
     steps=2000, batch=8, lr=1e-3, warmup=100, final_lr=0.1, sizes="17x64x64", level="full",
     data_dir="data/tfds", num_train=4096,
-    gan=0.0, gan_start=0, edge=0.1, kl=1e-6, scale_eq=0.0, smooth=0.0, coarse=0.0, seed=0,
-    eval_every=500, video_folder="", rules="dp", runlocal=False)
+    gan=0.0, gan_start=0, edge=0.1, kl=1e-6, scale_eq=0.0, smooth=0.0, seed=0, eval_every=500,
+    video_folder="", rules="dp", runlocal=False)
 
 
 def _preset_defaults(arg):
@@ -106,7 +103,7 @@ def get_config(arg=None):
                      f"{', '.join(LATENT_NORMS)}.")
   config.model = {"variant": arg.variant, "encoder": arg.encoder}
   for key, field in (("ft", "temporal_factor"), ("s", "spatial_factor"),
-                     ("c", "latent_channels"), ("coarse", "coarse_sigma")):
+                     ("c", "latent_channels")):
     if arg[key]:
       config.model[field] = arg[key]
   config.loss = {"recon": "l1", "kl_weight": arg.kl, "edge_weight": arg.edge,

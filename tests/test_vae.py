@@ -277,33 +277,6 @@ def test_dct_encoder_is_the_patch_transform():
     vae.get_vae_config('tiny', encoder='pca')
 
 
-def test_dct_encoder_coarse_map():
-  """coarse_sigma > 0: the first C - 3 channels are the plain DCT latent, the last 3 the mean
-  colours blurred over each latent frame (a weighted mean, peaking where the object is);
-  the untrained decoder ignores the map; bad configs fail by name."""
-  common = dict(base_channels=8, norm_groups=4, encoder='dct')
-  cfg = vae.get_vae_config('tiny', latent_channels=15, coarse_sigma=1.5, **common)
-  plain = vae.get_vae_config('tiny', latent_channels=12, **common)
-  params = vae.init_params(cfg, _key(0))
-  video = -np.ones((1, 5, 32, 32, 3), np.float32)
-  video[:, :, 8:16, 20:28, 0] = 1.0  # a red square on black, rows 2-3, cols 5-6 in cells
-  video = jnp.asarray(video)
-  z = np.asarray(vae.encode(params, video, cfg).mean)
-  assert z.shape == (1, 2, 8, 8, 15)
-  plain_z = vae.encode(vae.init_params(plain, _key(0)), video, plain).mean
-  np.testing.assert_allclose(z[..., :12], plain_z, atol=1e-5)
-  dc, coarse = z[..., :3], z[..., 12:]
-  assert coarse.min() >= dc.min() - 1e-5 and coarse.max() <= dc.max() + 1e-5  # a mean
-  assert coarse[0, 1, :, :, 0].std() < dc[0, 1, :, :, 0].std()  # smoother
-  peak = np.unravel_index(np.argmax(coarse[0, 1, :, :, 0]), (8, 8))
-  assert 2 <= peak[0] <= 3 and 5 <= peak[1] <= 6
-  no_map = jnp.asarray(np.concatenate([z[..., :12], 0 * coarse], -1))
-  np.testing.assert_allclose(vae.decode(params, jnp.asarray(z), cfg),
-                             vae.decode(params, no_map, cfg), atol=1e-5)
-  with pytest.raises(ValueError, match="coarse_sigma=2.0; expected 0, or > 0 with encoder='dct'"):
-    vae.get_vae_config('tiny', latent_channels=15, coarse_sigma=2.0)
-
-
 # ----------------------------------------------------------------------------- spatial tiling
 
 

@@ -79,9 +79,6 @@ class VAEConfig:
       lowest-frequency 3D-DCT coefficients of each stem patch, only the decoder learns; C = 3
       is the clip's mean-pooled thumbnail, the smoothest latent a DiT can be given). 'dct'
       needs a stem-only variant (patch_size = spatial_factor, patch_frames = temporal_factor).
-    coarse_sigma: 'dct' only; > 0 makes the last 3 of the C channels a coarse map: the
-      patch mean colours blurred over each latent frame by a Gaussian of this std (latent
-      cells). See `vae_blocks.Encoder.coarse_sigma`.
     dtype: compute dtype name ('float32', 'bfloat16'); params are always float32.
     range_tolerance: how far outside [-1, 1] an input may stray before it is rejected.
   """
@@ -98,7 +95,6 @@ class VAEConfig:
   patch_frames: int = 1
   factorized: bool = False
   encoder: str = 'learned'
-  coarse_sigma: float = 0.0
   dtype: str = 'float32'
   range_tolerance: float = 1e-3
 
@@ -129,11 +125,6 @@ class VAEConfig:
                        f'== temporal_factor (got {self.patch_size}, {self.spatial_factor}, '
                        f'{self.patch_frames}, {self.temporal_factor}) and latent_channels <= '
                        f'{patch_values} (got {self.latent_channels}).')
-    if self.coarse_sigma < 0 or (self.coarse_sigma > 0 and (
-        self.encoder != 'dct' or self.latent_channels < 6)):
-      raise ValueError(f'coarse_sigma={self.coarse_sigma}; expected 0, or > 0 with '
-                       f"encoder='dct' (got {self.encoder!r}) and latent_channels >= 6 (3 DCT "
-                       f'+ 3 coarse; got {self.latent_channels}).')
     for mult in set(self.level_mults):
       if (self.base_channels * mult) % self.norm_groups:
         raise ValueError(f'norm_groups={self.norm_groups} does not divide the '
@@ -217,10 +208,8 @@ class VideoVAE(nn.Module):
                   patch_frames=c.patch_frames, patch_size=c.patch_size,
                   factorized=c.factorized, dtype=jnp.dtype(c.dtype))
     self.encoder = vae_blocks.Encoder(latent_channels=c.latent_channels,
-                                      fixed=c.encoder == 'dct', coarse_sigma=c.coarse_sigma,
-                                      **common)
-    self.decoder = vae_blocks.Decoder(coarse_channels=3 if c.coarse_sigma > 0 else 0,
-                                      **common)
+                                      fixed=c.encoder == 'dct', **common)
+    self.decoder = vae_blocks.Decoder(**common)
 
   def encode(self, video: jax.Array) -> jax.Array:
     """video: [B, T, H, W, 3] -> moments [B, T', h, w, 2C]."""

@@ -283,27 +283,14 @@ def dct_patch_basis(frames: int, size: int, channels: int, n: int) -> np.ndarray
   return np.concatenate([basis, np.zeros((max(0, n - len(basis)), basis.shape[1]))])[:n]
 
 
-def _dct_init(frames: int, size: int, transpose: bool, zero_last: int = 0):
-  """Dense kernel init: the DCT basis [C, D] (decoder) or its transpose [D, C] (encoder);
-  the last `zero_last` latent channels (a coarse map, not DCT coefficients) start at 0."""
+def _dct_init(frames: int, size: int, transpose: bool):
+  """Dense kernel init: the DCT basis [C, D] (decoder) or its transpose [D, C] (encoder)."""
   def init(key, shape, dtype=jnp.float32):
     del key
     n = shape[0] if not transpose else shape[1]
-    basis = dct_patch_basis(frames, size, 3, n - zero_last)
-    basis = np.concatenate([basis, np.zeros((zero_last, basis.shape[1]))])
+    basis = dct_patch_basis(frames, size, 3, n)
     return jnp.asarray(basis.T if transpose else basis, dtype)
   return init
-
-
-def blur_hw(x: jax.Array, sigma: float) -> jax.Array:
-  """x: [B, T, h, w, C] blurred over (h, w) by a Gaussian of std `sigma` (in cells); each
-  output is a weighted mean of its frame (weights renormalised at the borders)."""
-  def weights(n: int) -> jax.Array:
-    d = np.arange(n)[:, None] - np.arange(n)[None]
-    w = np.exp(-0.5 * (d / sigma) ** 2)
-    return jnp.asarray(w / w.sum(axis=1, keepdims=True), x.dtype)
-  x = jnp.einsum('ij,btjwc->btiwc', weights(x.shape[2]), x)
-  return jnp.einsum('ij,bthjc->bthic', weights(x.shape[3]), x)
 
 
 FIXED_LOGVAR = -30.0  # `Posterior.from_moments`'s floor: a fixed encoder's point posterior
@@ -333,10 +320,6 @@ class Encoder(nn.Module):
     fixed: no learned encoder: the latents are the `latent_channels` lowest-frequency DCT
       coefficients of each patch (`dct_patch_basis`; the first 3 are the patch's mean colour
       times sqrt(patch size)), with logvar at `FIXED_LOGVAR`. Needs a stem-only patch.
-    coarse_sigma: with `fixed`, > 0 makes the last 3 channels the mean colours blurred over
-      each latent frame (`blur_hw`, this std in latent cells) and the first C - 3 the DCT
-      coefficients: a map of roughly where the object is, which the DiT can settle from
-      high noise before it places the sharp coefficients (the decoder learns to use it).
     dtype: compute dtype.
   """
   base_channels: int
@@ -351,7 +334,6 @@ class Encoder(nn.Module):
   factorized: bool = False
   logvar_offset: float = -6.0
   fixed: bool = False
-  coarse_sigma: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -362,12 +344,8 @@ class Encoder(nn.Module):
     patched = self.patch_frames > 1 or self.patch_size > 1
     shortcut = patched and stem_only(self.level_mults, self.temporal_downsamples)
     if self.fixed:  # the mean is the patch DCT itself: no params, a point posterior
-      coarse = 3 if self.coarse_sigma > 0 else 0
-      basis = dct_patch_basis(self.patch_frames, self.patch_size, 3,
-                              self.latent_channels - coarse)
+      basis = dct_patch_basis(self.patch_frames, self.patch_size, 3, self.latent_channels)
       mean = to_depth(h, self.patch_frames, self.patch_size) @ jnp.asarray(basis.T, self.dtype)
-      if coarse:
-        mean = jnp.concatenate([mean, blur_hw(mean[..., :3], self.coarse_sigma)], axis=-1)
       logvar = jnp.full_like(mean, FIXED_LOGVAR)
       return constrain(jnp.concatenate([mean, logvar], axis=-1).astype(jnp.float32))
     if patched:
@@ -405,8 +383,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-  """Latents -> video, mirroring `Encoder` (same attributes, minus `latent_channels`;
-  `coarse_channels`: how many last latent channels are the Encoder's coarse map).
+  """Latents -> video, mirroring `Encoder` (same attributes, minus `latent_channels`).
 
   Returns `ft` frames for latent frame 0 (one per later-frame slot); the caller keeps the last.
   With a patch head, the last conv is per-frame (kernel 1x3x3): it only has to lay out the
@@ -422,7 +399,6 @@ class Decoder(nn.Module):
   patch_frames: int = 1
   patch_size: int = 1
   factorized: bool = False
-  coarse_channels: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -449,7 +425,6 @@ class Decoder(nn.Module):
     else:
       out = 3 * pf * ps * ps
       shortcut = nn.Dense(out, dtype=self.dtype, param_dtype=jnp.float32,  # the Encoder's
-                          kernel_init=_dct_init(pf, ps, False, self.coarse_channels),
-                          name='patch_shortcut')(z)
+                          kernel_init=_dct_init(pf, ps, False), name='patch_shortcut')(z)
       h = from_depth(conv(out, kernel=(1, 3, 3), zero_init=True)(h) + shortcut, pf, ps)
     return constrain(h.astype(jnp.float32))
