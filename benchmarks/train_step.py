@@ -4,6 +4,7 @@
   python benchmarks/train_step.py --cases ref128 --steps 5
   python benchmarks/train_step.py --cases B,L --dtype bfloat16 --attention auto --peer  # GPU
   python benchmarks/train_step.py --cases ref128 --adaln single   # PixArt-alpha's adaLN-single
+  python benchmarks/train_step.py --cases demo --remat save_attention  # or --unrolled
 
 DiT only (random init, float32, no text encoder: random caption embeddings of 32 tokens),
 one clip of N tokens per row, AdamW update included. FLOPs are `dit_task.train_flops`
@@ -57,6 +58,8 @@ CASES = {
     "S": (dict(variant="S"), (4, 16, 16), 2),             # 256 tokens (batch 2: CPU time)
     "ref128": (dict(variant="tiny", width=128, depth=4, num_heads=2), (4, 16, 16), 4),
     "ref256": (dict(variant="tiny", width=256, depth=6, num_heads=4), (8, 16, 16), 4),
+    # The CPU demo's DiT (configs/demo.py: XS, rows of 640 tokens, batch 4), unpacked.
+    "demo": (dict(variant="XS"), (10, 16, 16), 4),                # 640 tokens
     # GPU cases: 2048 tokens a clip (17x256x256 video at 4x8x8 compression, patch 1x2x2).
     "B": (dict(variant="B"), (8, 32, 32), 8),
     "L": (dict(variant="L"), (8, 32, 32), 4),
@@ -91,13 +94,14 @@ def _inputs(dcfg, grid, batch):
 
 
 def case_config(name: str, dtype: str = "float32", attention: str = "xla",
-                adaln: str = "per_block"):
+                adaln: str = "per_block", remat: str = "none", scan_layers: bool = True):
   """(DiTConfig, latent grid, batch) of case `name`."""
   overrides, grid, batch = CASES[name]
   overrides = dict(overrides)
   dcfg = dit_lib.get_dit_config(overrides.pop("variant"), latent_channels=CHANNELS,
                                 patch=(1, 2, 2), dtype=dtype, attention_backend=attention,
-                                adaln=adaln, **overrides)
+                                adaln=adaln, remat=remat, scan_layers=scan_layers,
+                                **overrides)
   return dcfg, grid, batch
 
 
@@ -114,8 +118,9 @@ def peer_case(name: str, steps: int, dtype: str, gpu: bool) -> dict:
 
 
 def bench_case(name: str, steps: int, peak: float, dtype: str, attention: str,
-               adaln: str = "per_block") -> dict:
-  dcfg, grid, batch = case_config(name, dtype, attention, adaln)
+               adaln: str = "per_block", remat: str = "none",
+               scan_layers: bool = True) -> dict:
+  dcfg, grid, batch = case_config(name, dtype, attention, adaln, remat, scan_layers)
   model, tx = dit_lib.DiT(dcfg), optax.adamw(1e-4)
   b = _inputs(dcfg, grid, batch)
   params = model.init(jax.random.key(0), b["tokens"], b["positions"], b["segment_ids"],
@@ -152,7 +157,7 @@ def bench_case(name: str, steps: int, peak: float, dtype: str, attention: str,
   n_params = sum(x.size for x in jax.tree.leaves(params))
   return {"case": name, "params": int(n_params), "width": dcfg.width, "depth": dcfg.depth, "heads": dcfg.num_heads,
           "tokens_per_row": tokens // batch, "batch": batch, "dtype": dtype,
-          "attention": attention, "adaln": adaln,
+          "attention": attention, "adaln": adaln, "remat": remat, "scan_layers": scan_layers,
           "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
           "step_s_all": [round(t, 4) for t in times], "tokens_per_s": round(tokens / step_s, 1),
           "train_flops": flops, "flops_per_s": flops / step_s, "mfu": flops / step_s / peak,
@@ -175,6 +180,10 @@ def main():
                       help="attention backend (models/attention.py)")
   parser.add_argument("--adaln", default="per_block", choices=dit_lib.ADALN_KINDS,
                       help="adaLN kind of our DiT (DiTConfig.adaln)")
+  parser.add_argument("--remat", default="none", choices=tuple(dit_lib.REMAT_POLICIES),
+                      help="what each block keeps for the backward pass (DiTConfig.remat)")
+  parser.add_argument("--unrolled", action="store_true",
+                      help="unroll the blocks instead of nn.scan (DiTConfig.scan_layers=False)")
   args = parser.parse_args()
   gpu = jax.default_backend() == "gpu"
   cases = (args.cases or ",".join(GPU_CASES if gpu else CPU_CASES)).split(",")
@@ -193,7 +202,8 @@ def main():
   results = []
   for c in cases:
     try:
-      row = bench_case(c, args.steps, peak, args.dtype, args.attention, args.adaln)
+      row = bench_case(c, args.steps, peak, args.dtype, args.attention, args.adaln,
+                       args.remat, not args.unrolled)
     except Exception as e:  # pylint: disable=broad-except
       row = {"case": c, "error": f"{type(e).__name__}: {str(e)[:500]}"}  # e.g. out of memory
     if args.peer:
