@@ -36,7 +36,7 @@ from configs import vae as vae_configs
 # (relative) and text cross-attention (no positions) cannot express. With (h, w) only, the
 # 5x run never learnt motion (0.09-0.13 from step 1800 to 4500); with t too, the 900-step
 # DiT's motion rose from 0.09 to 0.23 and region from 0.25 to 0.50 (adherence.json).
-# remat=save_attention: the same math, ~15% less time a step here (configs/dit.py).
+# remat=save_attention: the same gradients, less time a step (configs/dit.py `remat`).
 DIT_ARGS = dict(variant="XS", text="tiny", level="basic", sizes="17x64x64+1x64x64",
                 seq_len=640, max_clips=8, text_len=32, batch=4, steps=900, lr=1e-3,
                 warmup=100, ema=0.995, eval_every=0, num_train=4096, pos_embed="fractional_thw",

@@ -37,8 +37,9 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   remat        what each block keeps for the backward pass, the rest recomputed (the same
                gradients; sora_jax/models/dit.py REMAT_POLICIES): none (default), full,
                dots_saveable, dots_with_no_batch_dims_saveable or save_attention (only the
-               attention outputs: the demo's step is ~15% faster on the 2-core CPU, as it no
-               longer writes and reads each block's [B, H, N, N] attention weights).
+               attention outputs: the demo's step takes 22% less time on the 2-core CPU, as it
+               no longer writes and reads each block's [B, H, N, N] attention weights;
+               benchmarks/results/train_step.json).
   ema          EMA decay of the params (evaluation uses the EMA).
   caption      'detailed' or 'short': which caption to train on.
   sizes, level, data_dir, num_train   the Shapes World pixel data (on-the-fly encoding).
