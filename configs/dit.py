@@ -41,6 +41,8 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
                no longer writes and reads each block's [B, H, N, N] attention weights;
                benchmarks/results/train_step.json).
   ema          EMA decay of the params (evaluation uses the EMA).
+  ema_debias   bias-correct the EMA as Adam does (default True): it averages only the steps
+               taken, so early checkpoints are not mostly the initial weights.
   caption      'detailed' or 'short': which caption to train on.
   sizes, level, data_dir, num_train   the Shapes World pixel data (on-the-fly encoding).
   peak_flops   peak FLOP/s for MFU (0 = the measured CPU default on CPU, no MFU elsewhere).
@@ -60,7 +62,7 @@ from configs import common
 _DEFAULTS = dict(
     variant="S", text="S", steps=20000, batch=32, lr=3e-4, warmup=500, vae_workdir="",
     latents="on_the_fly", seq_len=1024, max_clips=16, text_len=48, patch="1x2x2",
-    cfg_drop=0.1, ema=0.999, caption="detailed", sizes="17x64x64+1x64x64", level="full",
+    cfg_drop=0.1, ema=0.999, ema_debias=True, caption="detailed", sizes="17x64x64+1x64x64", level="full",
     data_dir="data/tfds", num_train=4096, peak_flops=0.0, seed=0, eval_every=2000,
     rules="fsdp", attention="", prediction="x0", pos_embed="none", adaln="per_block",
     self_cond=False, t_mean=1.0, t_std=1.0, loss_weight="v", workers=0, remat="none",
@@ -118,6 +120,7 @@ def get_config(arg=None):
   config.tasks = {"t2v": 0.6, "i2v": 0.1, "extend_forward": 0.1, "extend_backward": 0.1,
                   "interpolate": 0.1}
   config.ema = arg.ema
+  config.ema_debias = arg.ema_debias
   config.optim = {"lr": arg.lr, "warmup_steps": arg.warmup, "final_lr_frac": 0.1,
                   "b1": 0.9, "b2": 0.99, "weight_decay": 0.0, "grad_clip": 1.0}
 

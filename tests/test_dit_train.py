@@ -219,3 +219,28 @@ def test_self_conditioned_sampling_feeds_each_step_the_last_guided_estimate(data
 
   np.testing.assert_allclose(out, euler(feed=True), rtol=0, atol=1e-4)
   assert np.abs(out - euler(feed=False)).max() > 1e-2  # the estimates do change the sample
+
+
+@pytest.mark.parametrize("decay", [0.9, 0.999])
+def test_debiased_ema_is_the_weighted_average_of_the_steps_taken(decay):
+  """The step-dependent decay (ema_debias) gives, after n updates, exactly
+  sum_i (1 - d) d^(n - i) p_i / (1 - d^n) over the params p_1..p_n, whatever the initial
+  EMA (the step's decays are float32: rtol 1e-6); the plain EMA keeps d^n of its initial
+  value."""
+  rng = np.random.default_rng(0)
+  params = rng.normal(size=(6, 3))
+  for debias in (True, False):
+    ema = np.full(3, 100.0)  # an initial value that must vanish when debiased (float64 here:
+    # only the decays come from the step's float32)
+    for i, p in enumerate(params):
+      d = float(dit_task.ema_decay_at(decay, jax.numpy.asarray(i), debias))
+      ema = ema + (1 - d) * (p - ema)
+    n = len(params)
+    weights = (1 - decay) * decay ** np.arange(n - 1, -1, -1)
+    if debias:
+      expected = weights @ params / (1 - decay**n)
+    else:
+      expected = weights @ params + decay**n * 100.0
+    np.testing.assert_allclose(ema, expected, rtol=1e-6)
+  assert float(dit_task.ema_decay_at(decay, jax.numpy.asarray(0), True)) == 0.0
+  assert np.isclose(float(dit_task.ema_decay_at(decay, jax.numpy.asarray(10**6), True)), decay)
