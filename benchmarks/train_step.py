@@ -58,7 +58,8 @@ CASES = {
     "S": (dict(variant="S"), (4, 16, 16), 2),             # 256 tokens (batch 2: CPU time)
     "ref128": (dict(variant="tiny", width=128, depth=4, num_heads=2), (4, 16, 16), 4),
     "ref256": (dict(variant="tiny", width=256, depth=6, num_heads=4), (8, 16, 16), 4),
-    # The CPU demo's DiT (configs/demo.py: XS, rows of 640 tokens, batch 4), unpacked.
+    # The CPU demo's DiT shape (configs/demo.py: XS, rows of 640 tokens), unpacked, at the
+    # batch of 4 rows it trained at until 2026-11-23 (it now trains 1 row a step).
     "demo": (dict(variant="XS"), (10, 16, 16), 4),                # 640 tokens
     # GPU cases: 2048 tokens a clip (17x256x256 video at 4x8x8 compression, patch 1x2x2).
     "B": (dict(variant="B"), (8, 32, 32), 8),

@@ -12,15 +12,18 @@ CPU, set-up included.
 
 Arguments:
   quick       a few-minute smoke run (tiny data, a few steps) instead of the real demo.
-  quality     the longer `quality` recipe: the demo's stages with the DiT trained 5x longer
-              (QUALITY_ARGS: 4500 steps, ~90 minutes here; EMA 0.999, a checkpoint every 900
-              steps, all kept so adherence can be measured along the run) on the dct21
+  quality     the longer `quality` recipe: the demo's stages with the DiT trained on 5x the
+              demo's tokens (QUALITY_ARGS: 4500 steps of 4 rows, ~90 minutes here, as
+              measured in benchmarks/results/adherence.json; EMA 0.999, a checkpoint every
+              900 steps, all kept so adherence can be measured along the run) on the dct21
               latent (its own VAE, ~6 minutes: dct10 caps `all` at 0.75, below the quality
               target of 0.8). A finished run of the same VAE preset can be linked in as
               vae/ and latents/, with its report.json's first three stages, to skip them.
   data_dir    where the tfds data sets are built.
   vae_preset  the VAE recipe (configs/vae.py PRESETS); '' = dct10 (dct21 with quality).
   dit_steps   DiT training steps (0 = the recipe's).
+  dit_batch   DiT rows a step (0 = the recipe's), e.g. quality=True,dit_batch=1,dit_steps=18000
+              for the quality recipe's tokens at the demo's batch (not yet measured).
   eval_n      basic-level test prompts sampled and scored.
 """
 import ml_collections
@@ -36,19 +39,24 @@ from configs import vae as vae_configs
 # (relative) and text cross-attention (no positions) cannot express. With (h, w) only, the
 # 5x run never learnt motion (0.09-0.13 from step 1800 to 4500); with t too, the 900-step
 # DiT's motion rose from 0.09 to 0.23 and region from 0.25 to 0.50 (adherence.json).
+# One row a step (2 clips of 320 tokens, or a clip and images) for 3600 steps: the same
+# tokens as 4 rows x 900 steps in 26% more time, but 4x the updates. On the same latents
+# that lifted colour from 0.59-0.63 to 0.86 and `all` from 0.03-0.04 to 0.08, validation
+# loss 0.494 -> 0.333 (adherence.json, 2026-11-23); motion (0.16) did not move.
 # remat=save_attention: the same gradients, less time a step (configs/dit.py `remat`).
 DIT_ARGS = dict(variant="XS", text="tiny", level="basic", sizes="17x64x64+1x64x64",
-                seq_len=640, max_clips=8, text_len=32, batch=4, steps=900, lr=1e-3,
+                seq_len=640, max_clips=8, text_len=32, batch=1, steps=3600, lr=1e-3,
                 warmup=100, ema=0.995, eval_every=0, num_train=4096, pos_embed="fractional_thw",
                 remat="save_attention")
-# The `quality` recipe: the same model and data, 5x the steps, on the dct21 latent.
-QUALITY_ARGS = dict(steps=4500, warmup=200, ema=0.999)
+# The `quality` recipe: the same model and data on the dct21 latent, 5x the demo's tokens,
+# as measured (4 rows a step; batch 1 for 18000 steps, the same tokens, is untested there).
+QUALITY_ARGS = dict(batch=4, steps=4500, warmup=200, ema=0.999)
 QUALITY_CHECKPOINT_EVERY = 900
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, quick=False, quality=False, data_dir="data/tfds",
-                         vae_preset="", dit_steps=0, eval_n=100)
+                         vae_preset="", dit_steps=0, dit_batch=0, eval_n=100)
   if arg.quick and arg.quality:
     raise ValueError("Config arguments quick=True and quality=True exclude each other; "
                      "pick one.")
@@ -69,13 +77,15 @@ def get_config(arg=None):
     dit_args.update(QUALITY_ARGS)
   if arg.dit_steps:
     dit_args["steps"] = arg.dit_steps
+  if arg.dit_batch:
+    dit_args["batch"] = arg.dit_batch
   if arg.quick:
     dit_args.update(runlocal=True, level="basic")
   dit_arg = ",".join(f"{k}={v}" for k, v in dit_args.items())
   config.dit = dit_configs.get_config(dit_arg)  # the demo fills in the two paths
   config.dit.unlock()
   config.dit.train.progress = True
-  config.dit.train.checkpoint_every = 300  # an interrupted demo loses <= 300 steps
+  config.dit.train.checkpoint_every = 600  # an interrupted demo loses <= ~2 minutes
   if arg.quality:  # keep every checkpoint: adherence along the run
     config.dit.train.checkpoint_every = QUALITY_CHECKPOINT_EVERY
     config.dit.train.keep_checkpoints = -(-config.dit.train.steps // QUALITY_CHECKPOINT_EVERY)
