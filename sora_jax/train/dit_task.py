@@ -390,7 +390,7 @@ def make_train_step(config: ml_collections.ConfigDict):
   fl = tuple(sorted(config.flow.items()))
   mixture = tuple(sorted((k, float(v)) for k, v in config.tasks.items()))
   return _train_step_fn(dit_config(config), text_config(config), fl, optim_items,
-                        float(config.ema), mixture, bool(config.get("ema_debias", False)))
+                        float(config.ema), mixture, bool(config.ema_debias))
 
 
 def _predict(dcfg, tcfg, params, tokens, positions, segment_ids, t, text_ids, text_mask,
@@ -461,8 +461,7 @@ def ema_decay_at(decay: float, step: jax.Array, debias: bool) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=8)
-def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay, mixture=(("t2v", 1.0),),
-                   ema_debias=False):
+def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay, mixture, ema_debias):
   o, f = dict(optim_items), dict(fl)
   tx = optim.make_optimizer(o, o.pop("steps"))
 
