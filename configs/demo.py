@@ -43,6 +43,10 @@ from configs import vae as vae_configs
 # tokens as 4 rows x 900 steps in 26% more time, but 4x the updates. On the same latents
 # that lifted colour from 0.59-0.63 to 0.86 and `all` from 0.03-0.04 to 0.08, validation
 # loss 0.494 -> 0.333 (adherence.json, 2026-11-23); motion (0.16) did not move.
+# Motion was the text encoder's: with RoPE alone its outputs stayed a bag of words, so "from
+# left to right" and "from right to left" were one caption to the DiT, which moved objects
+# sideways in a random direction. Its absolute position table (configs/dit.py text_pos,
+# default rope+learned) took motion from 0.16 to 0.68, colour to 0.93 (2026-11-24).
 # remat=save_attention: the same gradients, less time a step (configs/dit.py `remat`).
 DIT_ARGS = dict(variant="XS", text="tiny", level="basic", sizes="17x64x64+1x64x64",
                 seq_len=640, max_clips=8, text_len=32, batch=1, steps=3600, lr=1e-3,

@@ -10,6 +10,11 @@
 Arguments (after the colon, comma-separated key=value; unknown keys are an error):
   variant      DiT size preset (sora_jax/models/dit.py VARIANTS): tiny, XS, S, B, L, XL.
   text         text encoder preset (sora_jax/models/text.py VARIANTS): tiny, S, B, L.
+  text_pos     its positions: rope+learned (default), rope or learned (see
+               TextEncoderConfig.position). The absolute table carries word order to the
+               DiT: on the demo's recipe RoPE alone left "from left to right" and "from
+               right to left" one bag of words, motion 0.16; with the table, 0.68
+               (benchmarks/results/adherence.json, 2026-11-24).
   steps, batch, lr, warmup   training steps, global batch (packed sequences), peak LR, warm-up.
   vae_workdir  a finished VAE run ('' = a randomly initialised tiny VAE, loudly logged).
   latents      'on_the_fly' (encode pixel clips while training) or a directory written by
@@ -60,8 +65,8 @@ import ml_collections
 from configs import common
 
 _DEFAULTS = dict(
-    variant="S", text="S", steps=20000, batch=32, lr=3e-4, warmup=500, vae_workdir="",
-    latents="on_the_fly", seq_len=1024, max_clips=16, text_len=48, patch="1x2x2",
+    variant="S", text="S", text_pos="rope+learned", steps=20000, batch=32, lr=3e-4, warmup=500,
+    vae_workdir="", latents="on_the_fly", seq_len=1024, max_clips=16, text_len=48, patch="1x2x2",
     cfg_drop=0.1, ema=0.999, ema_debias=True, caption="detailed", sizes="17x64x64+1x64x64",
     level="full", data_dir="data/tfds", num_train=4096, peak_flops=0.0, seed=0, eval_every=2000,
     rules="fsdp", attention="", prediction="x0", pos_embed="none", adaln="per_block",
@@ -91,7 +96,8 @@ def get_config(arg=None):
                   "overrides": {"prediction": arg.prediction, "pos_embed": arg.pos_embed,
                                 "adaln": arg.adaln, "self_condition": arg.self_cond,
                                 "remat": arg.remat}}
-  config.text = {"variant": arg.text, "vocab_size": 512, "overrides": {}}
+  config.text = {"variant": arg.text, "vocab_size": 512,
+                 "overrides": {"position": arg.text_pos}}
   # '' = trained from the training captions, written to WORKDIR/tokenizer.model.
   config.tokenizer = {"path": "", "vocab_size": 512, "num_clips": 2000}
   # The tiny VAE used only when vae_workdir is empty (random init; tests and runlocal).
@@ -133,7 +139,7 @@ def get_config(arg=None):
   if arg.runlocal:  # seconds on a laptop or in a test
     config.model.overrides.update({"width": 32, "depth": 2, "num_heads": 2})
     config.text.update({"variant": "tiny", "vocab_size": 256})
-    config.text.overrides = {"width": 32, "depth": 1, "num_heads": 2}
+    config.text.overrides.update({"width": 32, "depth": 1, "num_heads": 2})
     config.tokenizer.update({"vocab_size": 256, "num_clips": 64})
     config.data.name.sizes = [[5, 32, 32], [1, 32, 32]]
     config.data.name.num_examples = {"train": 16, "validation": 8, "test": 8,
