@@ -4,7 +4,7 @@
   python benchmarks/train_step.py --cases ref128 --steps 5
   python benchmarks/train_step.py --cases B,L --dtype bfloat16 --attention auto --peer  # GPU
   python benchmarks/train_step.py --cases ref128 --adaln single   # PixArt-alpha's adaLN-single
-  python benchmarks/train_step.py --cases demo --remat save_attention  # or --unrolled
+  python benchmarks/train_step.py --cases demo320 --remat save_attention  # or --unrolled
 
 DiT only (random init, float32, no text encoder: random caption embeddings of 32 tokens),
 one clip of N tokens per row, AdamW update included. FLOPs are `dit_task.train_flops`
@@ -58,9 +58,10 @@ CASES = {
     "S": (dict(variant="S"), (4, 16, 16), 2),             # 256 tokens (batch 2: CPU time)
     "ref128": (dict(variant="tiny", width=128, depth=4, num_heads=2), (4, 16, 16), 4),
     "ref256": (dict(variant="tiny", width=256, depth=6, num_heads=4), (8, 16, 16), 4),
-    # The CPU demo's DiT shape (configs/demo.py: XS, rows of 640 tokens), unpacked, at the
-    # batch of 4 rows it trained at until 2026-11-23 (it now trains 1 row a step).
+    # The CPU demo's DiT shape until 2026-11-23 (XS, 4 rows of 640 tokens), unpacked, and
+    # its shape since 2026-11-24 (configs/demo.py: 2 rows of 320 tokens, one clip each).
     "demo": (dict(variant="XS"), (10, 16, 16), 4),                # 640 tokens
+    "demo320": (dict(variant="XS"), (5, 16, 16), 2),              # 320 tokens
     # GPU cases: 2048 tokens a clip (17x256x256 video at 4x8x8 compression, patch 1x2x2).
     "B": (dict(variant="B"), (8, 32, 32), 8),
     "L": (dict(variant="L"), (8, 32, 32), 4),

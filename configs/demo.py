@@ -12,18 +12,18 @@ CPU, set-up included.
 
 Arguments:
   quick       a few-minute smoke run (tiny data, a few steps) instead of the real demo.
-  quality     the longer `quality` recipe: the demo's stages with the DiT trained on 5x the
-              demo's tokens (QUALITY_ARGS: 4500 steps of 4 rows, ~90 minutes here, as
-              measured in benchmarks/results/adherence.json; EMA 0.999, a checkpoint every
-              900 steps, all kept so adherence can be measured along the run) on the dct21
-              latent (its own VAE, ~6 minutes: dct10 caps `all` at 0.75, below the quality
-              target of 0.8). A finished run of the same VAE preset can be linked in as
-              vae/ and latents/, with its report.json's first three stages, to skip them.
+  quality     the longer `quality` recipe: the demo's stages with the DiT trained for 5x the
+              demo's steps (QUALITY_ARGS, ~65 minutes of DiT here; EMA 0.999, a checkpoint
+              every 2700 steps, all kept so adherence can be measured along the run) on the
+              dct21 latent (its own VAE, ~6 minutes: dct10 caps `all` at 0.75, below the
+              quality target of 0.8). A finished run of the same VAE preset and sizes can be
+              linked in as vae/ and latents/, with its report.json's first three stages, to
+              skip them.
   data_dir    where the tfds data sets are built.
   vae_preset  the VAE recipe (configs/vae.py PRESETS); '' = dct10 (dct21 with quality).
   dit_steps   DiT training steps (0 = the recipe's).
-  dit_batch   DiT rows a step (0 = the recipe's), e.g. quality=True,dit_batch=1,dit_steps=18000
-              for the quality recipe's tokens at the demo's batch (not yet measured).
+  dit_batch   DiT rows a step (0 = the recipe's), e.g. dit_batch=4,dit_steps=2700 for the
+              demo's tokens in fewer, larger steps.
   eval_n      basic-level test prompts sampled and scored.
 """
 import ml_collections
@@ -33,29 +33,35 @@ from configs import dit as dit_configs
 from configs import vae as vae_configs
 
 # The demo DiT recipe (measured in benchmarks/results/adherence.json): width 128, 4 blocks,
-# a tiny text encoder, basic-level 64x64x17 clips and 64x64 images, packed 2 clips a row.
+# a tiny text encoder, basic-level 64x64x17 clips and 64x64 images.
 # Fractional (absolute) positions besides RoPE, of (t, h, w): a caption's region is an
 # absolute place and its motion a function of the time in the clip, which RoPE alone
 # (relative) and text cross-attention (no positions) cannot express. With (h, w) only, the
 # 5x run never learnt motion (0.09-0.13 from step 1800 to 4500); with t too, the 900-step
 # DiT's motion rose from 0.09 to 0.23 and region from 0.25 to 0.50 (adherence.json).
-# One row a step (2 clips of 320 tokens, or a clip and images) for 3600 steps: the same
-# tokens as 4 rows x 900 steps in 26% more time, but 4x the updates. On the same latents
-# that lifted colour from 0.59-0.63 to 0.86 and `all` from 0.03-0.04 to 0.08, validation
-# loss 0.494 -> 0.333 (adherence.json, 2026-11-23); motion (0.16) did not move.
-# Motion was the text encoder's: with RoPE alone its outputs stayed a bag of words, so "from
-# left to right" and "from right to left" were one caption to the DiT, which moved objects
-# sideways in a random direction. Its absolute position table (configs/dit.py text_pos,
-# default rope+learned) took motion from 0.16 to 0.68, colour to 0.93 (2026-11-24).
+# Small steps: 1 row of 640 tokens a step for 3600 steps instead of 4 rows for 900 (the
+# same tokens, 4x the updates) lifted colour from 0.59-0.63 to 0.86 (2026-11-23).
+# Word order: the text encoder's absolute position table (configs/dit.py text_pos, default
+# rope+learned) took motion from 0.16 to 0.68: with RoPE alone "from left to right" and
+# "from right to left" were one bag of words to the DiT (2026-11-24).
+# Rows of 320 tokens (one clip, or five images), 2 a step: the same tokens and updates as
+# 1 row of 640, but half the self-attention work (a 640-token row attends over both of its
+# clips, masked) and cross-attention over 5 caption slots instead of 8: 0.14 s a step
+# against 0.22 here, so 5400 steps fit where 3600 did. Three clips to one image (sizes):
+# every clip weighs the same in the loss, so at 1:1 half of it went to still images.
+# Together: motion 0.68 -> 0.86, `all` 0.17 -> 0.27, colour 0.90 (adherence.json,
+# 2026-11-24).
 # remat=save_attention: the same gradients, less time a step (configs/dit.py `remat`).
-DIT_ARGS = dict(variant="XS", text="tiny", level="basic", sizes="17x64x64+1x64x64",
-                seq_len=640, max_clips=8, text_len=32, batch=1, steps=3600, lr=1e-3,
-                warmup=100, ema=0.995, eval_every=0, num_train=4096, pos_embed="fractional_thw",
+DIT_ARGS = dict(variant="XS", text="tiny", level="basic",
+                sizes="17x64x64+17x64x64+17x64x64+1x64x64", seq_len=320, max_clips=5,
+                text_len=32, batch=2, steps=5400, lr=1e-3, warmup=100, ema=0.995,
+                eval_every=0, num_train=4096, pos_embed="fractional_thw",
                 remat="save_attention")
-# The `quality` recipe: the same model and data on the dct21 latent, 5x the demo's tokens,
-# as measured (4 rows a step; batch 1 for 18000 steps, the same tokens, is untested there).
-QUALITY_ARGS = dict(batch=4, steps=4500, warmup=200, ema=0.999)
-QUALITY_CHECKPOINT_EVERY = 900
+# The `quality` recipe: the same model and data on the dct21 latent (dct10 caps `all` at
+# 0.75), 5x the demo's steps (~65 minutes of DiT here; not yet measured in this form: the
+# measured one, 4 rows of 640 tokens for 4500 steps, is adherence.json's 2026-11-23 row).
+QUALITY_ARGS = dict(steps=5 * DIT_ARGS["steps"], warmup=200, ema=0.999)
+QUALITY_CHECKPOINT_EVERY = 2700
 
 
 def get_config(arg=None):

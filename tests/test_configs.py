@@ -80,8 +80,9 @@ def test_demo_config():
   demo, quality = demo_config.get_config(), demo_config.get_config("quality=True")
   tokens = lambda c: c.dit.train.steps * c.dit.train.batch_size * c.dit.packing.seq_len
   assert tokens(quality) == 5 * tokens(demo)  # the quality recipe: 5x the demo's tokens
-  longer = demo_config.get_config("quality=True,dit_batch=1,dit_steps=18000")
-  assert tokens(longer) == tokens(quality) and longer.dit.train.batch_size == 1
+  assert quality.dit.train.batch_size == demo.dit.train.batch_size  # 5x the steps
+  wider = demo_config.get_config("dit_batch=4,dit_steps=2700")
+  assert tokens(wider) == tokens(demo) and wider.dit.train.batch_size == 4
   assert quality.dit.ema == 0.999 and quality.dit.model == demo.dit.model
   # dct10 (C = 12) caps `all` below the quality target; quality trains on dct21 (C = 21)
   assert demo.vae.model.latent_channels == 12 and quality.vae.model.latent_channels == 21
