@@ -19,7 +19,7 @@ def _run(*args):
 def test_train_step_unknown_case_is_one_clear_error():
   out = _run("benchmarks/train_step.py", "--cases", "ref128,bogus")
   assert out.returncode == 2, out.stderr
-  assert "unknown case(s) ['bogus']; known: ['B', 'L', 'S', 'demo', 'ref128', 'ref256', 'tiny']" in out.stderr
+  assert "unknown case(s) ['bogus']; known: ['B', 'L', 'S', 'demo', 'demo320', 'ref128', 'ref256', 'tiny']" in out.stderr
   assert "Traceback" not in out.stderr
 
 
