@@ -13,8 +13,8 @@ CPU, set-up included.
 Arguments:
   quick       a few-minute smoke run (tiny data, a few steps) instead of the real demo.
   quality     the longer `quality` recipe: the demo's stages with the DiT trained for 5x the
-              demo's steps (QUALITY_ARGS, ~65 minutes of DiT here; EMA 0.999, a checkpoint
-              every 2700 steps, all kept so adherence can be measured along the run) on the
+              demo's steps (QUALITY_ARGS, ~85 minutes of DiT here; EMA 0.999, a checkpoint
+              every 3600 steps, all kept so adherence can be measured along the run) on the
               dct21 latent (its own VAE, ~6 minutes: dct10 caps `all` at 0.75, below the
               quality target of 0.8). A finished run of the same VAE preset and sizes can be
               linked in as vae/ and latents/, with its report.json's first three stages, to
@@ -22,7 +22,7 @@ Arguments:
   data_dir    where the tfds data sets are built.
   vae_preset  the VAE recipe (configs/vae.py PRESETS); '' = dct10 (dct21 with quality).
   dit_steps   DiT training steps (0 = the recipe's).
-  dit_batch   DiT rows a step (0 = the recipe's), e.g. dit_batch=4,dit_steps=2700 for the
+  dit_batch   DiT rows a step (0 = the recipe's), e.g. dit_batch=4,dit_steps=3600 for the
               demo's tokens in fewer, larger steps.
   eval_n      basic-level test prompts sampled and scored.
 """
@@ -47,21 +47,21 @@ from configs import vae as vae_configs
 # Rows of 320 tokens (one clip, or five images), 2 a step: the same tokens and updates as
 # 1 row of 640, but half the self-attention work (a 640-token row attends over both of its
 # clips, masked) and cross-attention over 5 caption slots instead of 8: 0.14 s a step
-# against 0.22 here, so 5400 steps fit where 3600 did. Three clips to one image (sizes):
-# every clip weighs the same in the loss, so at 1:1 half of it went to still images.
-# Together: motion 0.68 -> 0.86, `all` 0.17 -> 0.27, colour 0.90 (adherence.json,
-# 2026-11-24).
+# against 0.22 here. Three clips to one image (sizes): every clip weighs the same in the
+# loss, so at 1:1 half of it went to still images. Together, at 5400 steps: motion 0.68 ->
+# 0.86, `all` 0.17 -> 0.27, colour 0.90; at 7200 steps (~17 minutes here): colour 0.96,
+# motion 0.92, region 0.75, shape 0.37, `all` 0.29 (adherence.json, 2026-11-24).
 # remat=save_attention: the same gradients, less time a step (configs/dit.py `remat`).
 DIT_ARGS = dict(variant="XS", text="tiny", level="basic",
                 sizes="17x64x64+17x64x64+17x64x64+1x64x64", seq_len=320, max_clips=5,
-                text_len=32, batch=2, steps=5400, lr=1e-3, warmup=100, ema=0.995,
+                text_len=32, batch=2, steps=7200, lr=1e-3, warmup=100, ema=0.995,
                 eval_every=0, num_train=4096, pos_embed="fractional_thw",
                 remat="save_attention")
 # The `quality` recipe: the same model and data on the dct21 latent (dct10 caps `all` at
-# 0.75), 5x the demo's steps (~65 minutes of DiT here; not yet measured in this form: the
+# 0.75), 5x the demo's steps (~85 minutes of DiT here; not yet measured in this form: the
 # measured one, 4 rows of 640 tokens for 4500 steps, is adherence.json's 2026-11-23 row).
 QUALITY_ARGS = dict(steps=5 * DIT_ARGS["steps"], warmup=200, ema=0.999)
-QUALITY_CHECKPOINT_EVERY = 2700
+QUALITY_CHECKPOINT_EVERY = 3600
 
 
 def get_config(arg=None):

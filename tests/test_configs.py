@@ -81,7 +81,7 @@ def test_demo_config():
   tokens = lambda c: c.dit.train.steps * c.dit.train.batch_size * c.dit.packing.seq_len
   assert tokens(quality) == 5 * tokens(demo)  # the quality recipe: 5x the demo's tokens
   assert quality.dit.train.batch_size == demo.dit.train.batch_size  # 5x the steps
-  wider = demo_config.get_config("dit_batch=4,dit_steps=2700")
+  wider = demo_config.get_config("dit_batch=4,dit_steps=3600")
   assert tokens(wider) == tokens(demo) and wider.dit.train.batch_size == 4
   assert quality.dit.ema == 0.999 and quality.dit.model == demo.dit.model
   # dct10 (C = 12) caps `all` below the quality target; quality trains on dct21 (C = 21)
