@@ -3,9 +3,10 @@
 A pre-norm transformer encoder (Vaswani et al., 2017; pre-norm as in Xiong et al., 2020)
 over sentencepiece ids (`sora_jax.text.tokenizer`): token embedding, positions by 1D RoPE
 (Su et al., 2021), a learned table of absolute places (as GPT-2 and CLIP) or both, blocks
-of masked self-attention (QK RMSNorm) and a GELU MLP, a final LayerNorm. Padding (id 0, mask False) is never attended and its outputs
-are zeroed. A frozen external encoder can replace it: the DiT only sees `[B, L, Dt]`
-embeddings and a mask (`dit.TextProjection` maps any Dt to the DiT width).
+of masked self-attention (QK RMSNorm) and a GELU MLP, a final LayerNorm. Padding (id 0,
+mask False) is never attended and its outputs are zeroed. A frozen external encoder can
+replace it: the DiT only sees `[B, L, Dt]` embeddings and a mask (`dit.TextProjection` maps
+any Dt to the DiT width).
 
 Packed rows (NaViT, Dehghani et al., 2023) carry one caption per clip, `ids [B, K, L]`.
 The encoder treats every caption on its own (leading axes are flattened), and
