@@ -67,11 +67,11 @@ from configs import common
 _DEFAULTS = dict(
     variant="S", text="S", text_pos="rope+learned", steps=20000, batch=32, lr=3e-4,
     warmup=500, vae_workdir="", latents="on_the_fly", seq_len=1024, max_clips=16, text_len=48,
-    patch="1x2x2", cfg_drop=0.1, ema=0.999, ema_debias=True, caption="detailed", sizes="17x64x64+1x64x64",
-    level="full", data_dir="data/tfds", num_train=4096, peak_flops=0.0, seed=0, eval_every=2000,
-    rules="fsdp", attention="", prediction="x0", pos_embed="none", adaln="per_block",
-    self_cond=False, t_mean=1.0, t_std=1.0, loss_weight="v", workers=0, remat="none",
-    runlocal=False)
+    patch="1x2x2", cfg_drop=0.1, ema=0.999, ema_debias=True, caption="detailed",
+    sizes="17x64x64+1x64x64", level="full", data_dir="data/tfds", num_train=4096,
+    peak_flops=0.0, seed=0, eval_every=2000, rules="fsdp", attention="", prediction="x0",
+    pos_embed="none", adaln="per_block", self_cond=False, t_mean=1.0, t_std=1.0,
+    loss_weight="v", workers=0, remat="none", runlocal=False)
 
 
 def _patch(text: str) -> tuple[int, int, int]:
