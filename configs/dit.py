@@ -30,7 +30,8 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   loss_weight  v (the velocity error) or x0 (the x0 error, = t^2 times it); see
                dit_task.LOSS_WEIGHTS.
   prediction   what the network predicts: x0 (default; the clean latents, turned into the
-               velocity) or v (see DiTConfig.prediction in sora_jax/models/dit.py).
+               velocity), v, or edm (x0 through EDM's skip: c_skip x_t + c_out F); see
+               DiTConfig.prediction in sora_jax/models/dit.py.
   pos_embed    none (default: RoPE only), fractional (also sin-cos features of each
                token's place in its frame) or fractional_thw (and of its time in its clip);
                see DiTConfig.pos_embed.
@@ -45,6 +46,10 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
                attention outputs: the demo's step takes 22% less time on the 2-core CPU, as it
                no longer writes and reads each block's [B, H, N, N] attention weights;
                benchmarks/results/train_step.json).
+  sample_shift  the run's default sampling timestep shift, which the sample and evaluate
+               CLIs and the demo use unless given --shift (0 = the training rule,
+               sqrt(tokens / base_tokens)); a larger shift makes fewer solver calls near the
+               data, where a small DiT's x0 estimate is worst.
   ema          EMA decay of the params (evaluation uses the EMA).
   ema_debias   bias-correct the EMA as Adam does (default True): it averages only the steps
                taken, so early checkpoints are not mostly the initial weights.
@@ -71,7 +76,7 @@ _DEFAULTS = dict(
     sizes="17x64x64+1x64x64", level="full", data_dir="data/tfds", num_train=4096,
     peak_flops=0.0, seed=0, eval_every=2000, rules="fsdp", attention="", prediction="x0",
     pos_embed="none", adaln="per_block", self_cond=False, t_mean=1.0, t_std=1.0,
-    loss_weight="v", workers=0, remat="none", runlocal=False)
+    loss_weight="v", sample_shift=0.0, workers=0, remat="none", runlocal=False)
 
 
 def _patch(text: str) -> tuple[int, int, int]:
@@ -120,7 +125,8 @@ def get_config(arg=None):
   # loss weights small t heavily): sampling decides colour, place and motion at t > 0.8,
   # which logit-normal(0, 1) almost never trains (P(t > 0.9) = 1.4%; 11% at mean 1).
   config.flow = {"cfg_drop": arg.cfg_drop, "t_mean": arg.t_mean, "t_std": arg.t_std,
-                 "base_tokens": 256, "loss_weight": arg.loss_weight}
+                 "base_tokens": 256, "loss_weight": arg.loss_weight,
+                 "sample_shift": arg.sample_shift}
   # Training task mixture (sora_jax/diffusion/tasks.py): which latent frames of a clip are
   # given clean. One model then samples t2v/t2i, i2v, extension, interpolation and loops.
   config.tasks = {"t2v": 0.6, "i2v": 0.1, "extend_forward": 0.1, "extend_backward": 0.1,

@@ -64,7 +64,10 @@ def define_flags():
   flags.DEFINE_integer("steps", 32, "Solver steps.")
   flags.DEFINE_string("sampler", "dpmpp_2m", "ODE solver.")
   flags.DEFINE_float("guidance", 4.0, "Classifier-free guidance scale.")
-  flags.DEFINE_float("shift", 0.0, "Timestep shift (0 = the training rule by token count).")
+  flags.DEFINE_float("shift", 0.0, "Timestep shift (0 = the run's sample_shift, else the "
+                     "training rule by token count).")
+  flags.DEFINE_string("guidance_interval", "0,1", "lo,hi: guidance only at steps with "
+                      "lo < t <= hi (t = 1 is noise); the conditional prediction elsewhere.")
   flags.DEFINE_integer("batch", 16, "Clips sampled together.")
   flags.DEFINE_integer("task_clips", 4, "Clips per task check (0 = no task checks).")
   flags.DEFINE_string("out_dir", "", "Where samples and eval.json go ('' = WORKDIR/eval, "
@@ -155,7 +158,9 @@ def evaluate(gen: generation.Generator, out_dir: str, splits: Sequence[str], n: 
   result = {"workdir": gen.workdir, "step": gen.step, "level": level,
             "size": [frames, height, width], "seed": seed,
             "sampling": {"steps": gen.options.steps, "method": gen.options.method,
-                         "guidance": gen.options.guidance}, "splits": {}}
+                         "guidance": gen.options.guidance, "shift": gen.options.shift or gen.sample_shift,
+                         "guidance_interval": list(gen.options.guidance_interval)},
+            "splits": {}}
   for split in splits:
     rows = split_prompts(split, n, level, frames, height, width)
     d = os.path.join(out_dir, split)
@@ -190,9 +195,14 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.n < 1:
     raise app.UsageError(f"--n={FLAGS.n}; expected >= 1.")
   if FLAGS.shift < 0:
-    raise app.UsageError(f"--shift={FLAGS.shift}; expected > 0 (or 0 = the training rule).")
+    raise app.UsageError(f"--shift={FLAGS.shift}; expected > 0 (or 0 = the run's default).")
+  try:
+    interval = generation.parse_guidance_interval(FLAGS.guidance_interval)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   options = generation.SamplingOptions(steps=FLAGS.steps, method=FLAGS.sampler,
-                                       guidance=FLAGS.guidance, shift=FLAGS.shift or None)
+                                       guidance=FLAGS.guidance, shift=FLAGS.shift or None,
+                                       guidance_interval=interval)
   gen = generation.Generator(FLAGS.workdir, step=FLAGS.step, options=options)
   gen.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
   default_dir = "eval" if FLAGS.step is None else f"eval_step{FLAGS.step}"

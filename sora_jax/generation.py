@@ -73,14 +73,30 @@ class SamplingOptions:
     steps: solver steps.
     method: a `samplers` method ("euler", "heun", "dpmpp_2m").
     guidance: classifier-free guidance scale (1 = no guidance, one model call per step).
-    shift: timestep shift; None = the training rule sqrt(tokens / base_tokens).
+    shift: timestep shift; None = the run's `flow.sample_shift` if set (configs/dit.py),
+      else the training rule sqrt(tokens / base_tokens).
     negative_prompt: the unconditional branch's caption ('' = the empty caption).
+    guidance_interval: (lo, hi): guidance only at steps with lo < t <= hi, the
+      conditional prediction alone elsewhere (`samplers.interval_scale`); (0, 1) = always.
   """
   steps: int = 32
   method: str = "dpmpp_2m"
   guidance: float = 4.0
   shift: float | None = None
   negative_prompt: str = ""
+  guidance_interval: tuple[float, float] = (0.0, 1.0)
+
+  def __post_init__(self):
+    object.__setattr__(self, "guidance_interval",
+                       samplers.check_guidance_interval(self.guidance_interval))
+
+
+def parse_guidance_interval(text: str) -> tuple[float, float]:
+  """'lo,hi' (a CLI flag) -> (lo, hi); one clear error naming the text otherwise."""
+  try:
+    return samplers.check_guidance_interval(text.split(","))
+  except ValueError as e:
+    raise ValueError(f"--guidance_interval={text!r}: {e}") from None
 
 
 def run_files(workdir: str, step: int | None = None
@@ -175,6 +191,7 @@ class Generator:
         **t.get("overrides", {}))
     self.text_len = int(packing["text_len"])
     self.base_tokens = config["flow"].get("base_tokens") or None
+    self.sample_shift = config["flow"].get("sample_shift") or None  # the run's default
     tok_path = extra.get("tokenizer", "tokenizer.model")
     tok_path = tok_path if os.path.isabs(tok_path) else os.path.join(workdir, tok_path)
     self.tokenizer = tok_lib.Tokenizer.load(tok_path)
@@ -206,7 +223,7 @@ class Generator:
         params, rules_lib.state_shardings(mesh, abstract, self.rules, specs))
     # A fresh jit: jax's trace cache does not see flax's rules (see sharding/rules.py).
     self._sample_fn = jax.jit(rules_lib.with_rules(_sample_tokens_impl, self.rules),
-                              static_argnums=(0, 1, 2, 3))
+                              static_argnums=(0, 1, 2, 3, 4))
 
   def _check_mesh_sizes(self, rows: int, tokens: int) -> None:
     """One clear error when a batch or a clip's tokens do not split over the mesh."""
@@ -299,7 +316,7 @@ class Generator:
     if t_start < 1.0:
       clean = np.stack([np.asarray(dit_lib.patchify(c, patch)[0]) for c in init_latents])
       x_init = np.asarray(samplers.edit_start(clean, tokens, t_start))
-    shift = opts.shift
+    shift = opts.shift or self.sample_shift
     if shift is None:
       shift = float(flow.token_count_shift(n, self.base_tokens))
     ts = samplers.timesteps(opts.steps, shift, t_start)
@@ -309,7 +326,8 @@ class Generator:
     _BAR[0] = tqdm(total=calls, desc="sampling steps", unit="call", leave=False,
                    disable=not self.progress)
     args = (self.dit_config, self.text_config, opts.method, float(opts.guidance),
-            self.params, jnp.asarray(x_init), jnp.asarray(np.broadcast_to(positions, (b, n, 3))),
+            tuple(opts.guidance_interval), self.params, jnp.asarray(x_init),
+            jnp.asarray(np.broadcast_to(positions, (b, n, 3))),
             jnp.asarray(given_tok), jnp.asarray(cond_tok), jnp.asarray(ids),
             jnp.asarray(mask), jnp.asarray(neg_ids), jnp.asarray(neg_mask), ts)
     if self.mesh is None:
@@ -483,8 +501,8 @@ def _tick() -> None:
     _BAR[0].update(1)
 
 
-def _sample_tokens_impl(dcfg, tcfg, method, guidance, params, x_init, positions, given,
-                        cond, ids, mask, neg_ids, neg_mask, ts):
+def _sample_tokens_impl(dcfg, tcfg, method, guidance, interval, params, x_init, positions,
+                        given, cond, ids, mask, neg_ids, neg_mask, ts):
   """The jitted sampling loop over a batch of same-size clips: tokens [B, N, Din]."""
   b, n, _ = x_init.shape
   segment_ids = jnp.ones((b, n), jnp.int32)
@@ -508,7 +526,7 @@ def _sample_tokens_impl(dcfg, tcfg, method, guidance, params, x_init, positions,
     v = model.apply(params["dit"], rep(x), rep(positions), rep(segment_ids), rep(tt), text,
                     tmask, **extra)
     if use_cfg:
-      v = samplers.cfg_combine(v[:b], v[b:], guidance)
+      v = samplers.cfg_combine(v[:b], v[b:], samplers.interval_scale(guidance, t, interval))
     if x0_prev is None:
       return v
     # Self-conditioning: the next call reads this call's (guided) estimate of x0.
@@ -519,7 +537,7 @@ def _sample_tokens_impl(dcfg, tcfg, method, guidance, params, x_init, positions,
                          cond_mask=given[..., None], state=state)
 
 
-_sample_tokens = jax.jit(_sample_tokens_impl, static_argnums=(0, 1, 2, 3))
+_sample_tokens = jax.jit(_sample_tokens_impl, static_argnums=(0, 1, 2, 3, 4))
 
 
 PSNR_CAP_DB = 60.0  # identical frames (a static object) would be +inf

@@ -64,7 +64,10 @@ def define_flags():
   flags.DEFINE_integer("steps", 32, "Solver steps.")
   flags.DEFINE_enum("sampler", "dpmpp_2m", samplers.METHODS, "ODE solver.")
   flags.DEFINE_float("guidance", 4.0, "Classifier-free guidance scale (1 = none).")
-  flags.DEFINE_float("shift", 0.0, "Timestep shift (0 = the training rule by token count).")
+  flags.DEFINE_float("shift", 0.0, "Timestep shift (0 = the run's sample_shift, else the "
+                     "training rule by token count).")
+  flags.DEFINE_string("guidance_interval", "0,1", "lo,hi: guidance only at steps with "
+                      "lo < t <= hi (t = 1 is noise); the conditional prediction elsewhere.")
   flags.DEFINE_string("out", None, "Output .mp4 (a .gif is written beside it).")
   flags.DEFINE_bool("npy", False, "Also write .npy (uint8 [T, H, W, 3]).")
   flags.DEFINE_string("prompts_file", None, "Batch mode: prompts (txt or jsonl).")
@@ -221,9 +224,14 @@ def run_task(gen, task: str, prompt: str, inputs: dict[str, np.ndarray], *, fram
 
 def _options():
   from sora_jax import generation  # pylint: disable=g-import-not-at-top
+  try:
+    interval = generation.parse_guidance_interval(FLAGS.guidance_interval)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   return generation.SamplingOptions(
       steps=FLAGS.steps, method=FLAGS.sampler, guidance=FLAGS.guidance,
-      shift=FLAGS.shift or None, negative_prompt=FLAGS.negative_prompt)
+      shift=FLAGS.shift or None, negative_prompt=FLAGS.negative_prompt,
+      guidance_interval=interval)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -196,8 +196,8 @@ def test_self_conditioned_sampling_feeds_each_step_the_last_guided_estimate(data
   mask = ids > 0
   ts = samplers.timesteps(3)
   given, cond = np.zeros((1, n), bool), np.zeros_like(x)
-  out = generation._sample_tokens(dcfg, tcfg, "euler", 3.0, params, x, pos, given, cond, ids,
-                                  mask, np.zeros_like(ids), np.zeros_like(mask), ts)
+  out = generation._sample_tokens(dcfg, tcfg, "euler", 3.0, (0.0, 1.0), params, x, pos, given,
+                                  cond, ids, mask, np.zeros_like(ids), np.zeros_like(mask), ts)
   model, encoder = dit_lib.DiT(dcfg), text_lib.TextEncoder(tcfg)
   apply = jax.jit(model.apply)
   text = np.concatenate([encoder.apply(params["text"], ids, mask),

@@ -1,5 +1,6 @@
 """Sampling every task from a trained (runlocal) DiT run: exact conditioning, determinism,
 bounded long-video memory, the sample and evaluate CLIs and their bad-input errors."""
+import dataclasses
 import json
 import os
 import shutil
@@ -103,6 +104,47 @@ def test_generator_on_a_mesh_gives_the_one_device_sample(run):
   assert mesh_lib.parse_sizes("fsdp=2, context=4") == {"fsdp": 2, "context": 4}
   with pytest.raises(ValueError, match=r"--mesh='fsdp=2,ctx=4': 'ctx=4' is not axis=size"):
     mesh_lib.parse_sizes("fsdp=2,ctx=4")
+
+
+def test_guidance_interval_guides_only_the_steps_inside_it(run):
+  """3 unshifted Euler steps at t = 1, 2/3, 1/3: an interval holding none of them samples exactly as
+  guidance 1; (0.5, 1] guides the first two only, so it differs from both."""
+  g = generation.Generator(run, options=OPTS)
+  leaves, treedef = jax.tree.flatten(g.params)  # as above: a model that does something
+  rng = np.random.default_rng(1)
+  g.params = jax.tree.unflatten(treedef, [
+      jax.device_put(np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(np.float32))
+      for x in leaves])
+  shape = g.latent_shape(9, 32, 32)
+
+  def sample(guidance, interval=(0.0, 1.0)):
+    opts = generation.SamplingOptions(steps=3, method="euler", guidance=guidance, shift=1.0,
+                                      guidance_interval=interval)
+    return g.sample_latents([PROMPT], shape, [5], options=opts)
+
+  plain, guided = sample(1.0), sample(3.0)
+  assert float(np.abs(guided - plain).max()) > 1e-2
+  np.testing.assert_allclose(sample(3.0, (0.0, 0.2)), plain, rtol=1e-5, atol=1e-5)
+  part = sample(3.0, (0.5, 1.0))
+  assert float(np.abs(part - plain).max()) > 1e-3
+  assert float(np.abs(part - guided).max()) > 1e-3
+  with pytest.raises(ValueError, match=r"--guidance_interval='0.5': .* not two numbers"):
+    generation.parse_guidance_interval("0.5")
+  with pytest.raises(ValueError, match=r"\(0.6, 0.2\); expected 0 <= lo < hi <= 1"):
+    generation.SamplingOptions(guidance_interval=(0.6, 0.2))
+
+
+def test_the_runs_sample_shift_is_the_default(run):
+  """configs/dit.py sample_shift is the shift of options without one; --shift overrides."""
+  assert dit_config.get_config("sample_shift=3").flow.sample_shift == 3.0
+  g = generation.Generator(run, options=OPTS)
+  assert g.sample_shift is None  # the runlocal run keeps the training rule
+  shape = g.latent_shape(9, 32, 32)
+  three = g.sample_latents([PROMPT], shape, [5], options=dataclasses.replace(OPTS, shift=3.0))
+  g.sample_shift = 3.0
+  np.testing.assert_array_equal(g.sample_latents([PROMPT], shape, [5]), three)
+  other = g.sample_latents([PROMPT], shape, [5], options=dataclasses.replace(OPTS, shift=0.5))
+  assert float(np.abs(other - three).max()) > 1e-4
 
 
 def test_every_task_returns_the_promised_frames(gen):

@@ -272,3 +272,15 @@ def test_bad_inputs_raise():
     samplers.sample(gaussian_velocity, Z, ts, cond=Z, cond_mask=jnp.ones((64, 1)))
   with pytest.raises(ValueError, match="broadcast"):
     samplers.sample(gaussian_velocity, Z, ts, cond=Z, cond_mask=jnp.ones((3,), bool))
+
+
+def test_guidance_interval_scale():
+  """The scale inside (lo, hi], 1 outside; the full interval keeps a concrete scale."""
+  assert samplers.interval_scale(4.0, 0.5, (0.0, 1.0)) == 4.0
+  got = [float(samplers.interval_scale(4.0, t, (0.3, 0.9))) for t in (1.0, 0.9, 0.5, 0.3, 0.1)]
+  assert got == [1.0, 4.0, 4.0, 1.0, 1.0]
+  jitted = jax.jit(lambda t: samplers.interval_scale(4.0, t, (0.3, 1.0)))
+  assert [float(jitted(t)) for t in (0.31, 0.3)] == [4.0, 1.0]
+  for bad in ((0.5, 0.5), (-0.1, 1.0), (0.2, 1.5), (0.2,), "ab"):
+    with pytest.raises(ValueError, match="guidance interval"):
+      samplers.check_guidance_interval(bad)

@@ -21,7 +21,9 @@ dx/dt = v(x, t) from t = 1 (or t_start) down to t = 0 on a decreasing grid `ts`.
   order where no finite h_prev exists (the first step, and the second one too when the grid
   starts at t = 1, since then h_prev = inf) and on a step to t = 0 (h = inf), which returns
   D, as k-diffusion does. One call a step, 2nd order overall.
-* Classifier-free guidance (Ho & Salimans, 2022, arXiv:2207.12598): v = v_u + s (v_c - v_u).
+* Classifier-free guidance (Ho & Salimans, 2022, arXiv:2207.12598): v = v_u + s (v_c - v_u),
+  optionally only inside a t interval (Kynkaanniemi et al., 2024, arXiv:2404.07724): near
+  the data, where x_t already fixes x0, guidance only adds the two branches' disagreement.
 * SDEdit (Meng et al., 2021, arXiv:2108.01073): noise a clean video to t_start with
   `edit_start` and integrate from there with `timesteps(..., t_start=t_start)`.
 
@@ -282,6 +284,30 @@ def cfg_combine(v_cond: jax.Array, v_uncond: jax.Array, scale) -> jax.Array:
   if _is_one(scale):
     return v_cond
   return v_uncond + scale * (v_cond - v_uncond)
+
+
+def check_guidance_interval(interval) -> tuple[float, float]:
+  """(lo, hi) with 0 <= lo < hi <= 1, as floats; a clear error otherwise."""
+  try:
+    lo, hi = (float(v) for v in interval)
+  except (TypeError, ValueError):
+    raise ValueError(f"guidance interval {interval!r} is not two numbers (lo, hi).") from None
+  if not 0.0 <= lo < hi <= 1.0:
+    raise ValueError(f"guidance interval {interval!r}; expected 0 <= lo < hi <= 1.")
+  return lo, hi
+
+
+def interval_scale(scale, t, interval: tuple[float, float]):
+  """The guidance scale at time t: `scale` where lo < t <= hi, else 1 (no guidance).
+
+  The full interval (0, 1) returns `scale` itself (concrete stays concrete); otherwise a
+  traced scalar, so a jitted sampling loop runs both branches at every step.
+  """
+  lo, hi = check_guidance_interval(interval)
+  if lo == 0.0 and hi == 1.0:
+    return scale
+  t = jnp.asarray(t, jnp.float32)
+  return jnp.where((t > lo) & (t <= hi), jnp.asarray(scale, jnp.float32), 1.0)
 
 
 def cfg_velocity(cond_fn: VelocityFn, uncond_fn: VelocityFn, scale) -> VelocityFn:

@@ -122,6 +122,9 @@ class DiTConfig:
       through its width, which matters when a token holds about as many values as the
       width (e.g. 2x2 patches of 32 channels into width 128), where v-prediction learns
       far more slowly.
+      "edm": x0 through EDM's preconditioning, x0_hat = c_skip(t) x_t + c_out(t) F
+      (`edm_coefficients`): x0-prediction at t = 1, but near the data x0_hat -> x_t, so the
+      network only corrects x_t instead of having to copy it through its width.
     scan_layers: `nn.scan` over blocks (params get a leading "layers" axis); False unrolls.
     remat: a key of REMAT_POLICIES.
     attention_backend: see `attention.BACKENDS`.
@@ -176,7 +179,8 @@ class DiTConfig:
     return math.prod(self.patch) * self.latent_channels
 
 
-PREDICTIONS = ("v", "x0")
+PREDICTIONS = ("v", "x0", "edm")
+X0_PREDICTIONS = ("x0", "edm")  # the network's output is turned into x0_hat, then v
 FRACTIONAL_AXES = {"fractional": (1, 2), "fractional_thw": (0, 1, 2)}  # of (t, h, w)
 POS_EMBEDS = ("none",) + tuple(FRACTIONAL_AXES)
 ADALN_KINDS = ("per_block", "single")
@@ -572,10 +576,26 @@ class DiT(nn.Module):
       x, _ = block(x, block_c, positions, segment_ids, text, text_mask, text_segment_ids)
     out = FinalLayer(cfg.token_dim, dtype, param_dtype, name="final")(x, c)
     out = out.astype(jnp.float32)
-    if cfg.prediction == "x0":  # the velocity that x0_hat implies at x_t
-      t = jnp.maximum(t.astype(jnp.float32), X0_MIN_T)[..., None]
-      out = (tokens.astype(jnp.float32) - out) / t
+    if cfg.prediction in X0_PREDICTIONS:  # the velocity that x0_hat implies at x_t
+      t = t.astype(jnp.float32)[..., None]
+      x_t = tokens.astype(jnp.float32)
+      if cfg.prediction == "edm":
+        c_skip, c_out = edm_coefficients(t)
+        out = c_skip * x_t + c_out * out
+      out = (x_t - out) / jnp.maximum(t, X0_MIN_T)
     return out
+
+
+def edm_coefficients(t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """EDM's preconditioning (Karras et al., 2022, arXiv:2206.00364, Table 1) for
+  x_t = (1 - t) x0 + t eps with unit-variance x0: x0_hat = c_skip x_t + c_out F.
+
+  c_skip = (1 - t) / r^2 (x0's least-squares estimate from x_t alone), c_out = t / r, with
+  r^2 = (1 - t)^2 + t^2, so F's target has unit variance at every t. At t = 1 it is plain
+  x0-prediction; as t -> 0 x0_hat -> x_t, so the network's error is scaled by ~t.
+  """
+  r2 = jnp.square(1.0 - t) + jnp.square(t)
+  return (1.0 - t) / r2, t / jnp.sqrt(r2)
 
 
 def x0_from_velocity(x_t: jax.Array, v: jax.Array, t: jax.Array, prediction: str
@@ -587,7 +607,7 @@ def x0_from_velocity(x_t: jax.Array, v: jax.Array, t: jax.Array, prediction: str
   [B, N, D]; t: [B, N] (or broadcastable).
   """
   t = jnp.asarray(t, jnp.float32)
-  if prediction == "x0":
+  if prediction in X0_PREDICTIONS:
     t = jnp.maximum(t, X0_MIN_T)
   return x_t.astype(jnp.float32) - t[..., None] * v.astype(jnp.float32)
 
