@@ -158,7 +158,8 @@ def evaluate(gen: generation.Generator, out_dir: str, splits: Sequence[str], n: 
   result = {"workdir": gen.workdir, "step": gen.step, "level": level,
             "size": [frames, height, width], "seed": seed,
             "sampling": {"steps": gen.options.steps, "method": gen.options.method,
-                         "guidance": gen.options.guidance, "shift": gen.options.shift or gen.sample_shift,
+                         "guidance": gen.options.guidance,
+                         "shift": gen.options.shift or gen.sample_shift,  # None: by tokens
                          "guidance_interval": list(gen.options.guidance_interval)},
             "splits": {}}
   for split in splits:
