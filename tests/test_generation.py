@@ -76,18 +76,23 @@ def test_same_seed_same_sample_and_batch_independent(gen):
   assert not np.array_equal(a, gen.t2v(PROMPT, 5, 32, 32, seed=4))
 
 
+def _perturbed(params, seed: int):
+  """(treedef, numpy leaves + 0.05 N(0, 1)): a 4-step run predicts ~0 (zero-initialised
+  output layers), so comparisons of samples perturb it into a model that does something."""
+  leaves, treedef = jax.tree.flatten(params)
+  rng = np.random.default_rng(seed)
+  return treedef, [np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
+                   for x in leaves]
+
+
 def test_generator_on_a_mesh_gives_the_one_device_sample(run):
   """fsdp x ring context parallelism on 8 devices: the same latents as on one device."""
   one_dev = generation.Generator(run, options=OPTS)
   mesh = mesh_lib.make_mesh({"fsdp": 2, "context": 4})
   sharded = generation.Generator(run, options=OPTS, mesh=mesh)
   assert (sharded.rules, sharded.dit_config.attention_backend) == ("fsdp_context", "ring")
-  # A 4-step run predicts ~0 (zero-initialised output layers): perturb every parameter
-  # alike on both, so the comparison is of a model that does something.
-  leaves, treedef = jax.tree.flatten(one_dev.params)
-  rng = np.random.default_rng(0)
-  new = [np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
-         for x in leaves]
+  # Perturb every parameter alike on both (`_perturbed`).
+  treedef, new = _perturbed(one_dev.params, 0)
   one_dev.params = jax.tree.unflatten(treedef, [jax.device_put(x) for x in new])
   sharded.params = jax.tree.unflatten(treedef, [
       jax.device_put(x, old.sharding) for x, old in zip(new, jax.tree.leaves(sharded.params))])
@@ -110,11 +115,8 @@ def test_guidance_interval_guides_only_the_steps_inside_it(run):
   """3 unshifted Euler steps at t = 1, 2/3, 1/3: an interval holding none of them samples exactly as
   guidance 1; (0.5, 1] guides the first two only, so it differs from both."""
   g = generation.Generator(run, options=OPTS)
-  leaves, treedef = jax.tree.flatten(g.params)  # as above: a model that does something
-  rng = np.random.default_rng(1)
-  g.params = jax.tree.unflatten(treedef, [
-      jax.device_put(np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(np.float32))
-      for x in leaves])
+  treedef, new = _perturbed(g.params, 1)
+  g.params = jax.tree.unflatten(treedef, [jax.device_put(x) for x in new])
   shape = g.latent_shape(9, 32, 32)
 
   def sample(guidance, interval=(0.0, 1.0)):
