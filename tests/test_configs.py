@@ -81,12 +81,14 @@ def test_demo_config():
   tokens = lambda c: c.dit.train.steps * c.dit.train.batch_size * c.dit.packing.seq_len
   assert tokens(quality) == 5 * tokens(demo)  # the quality recipe: 5x the demo's tokens
   assert quality.dit.train.batch_size == demo.dit.train.batch_size  # 5x the steps
-  wider = demo_config.get_config("dit_batch=4,dit_steps=3600")
+  wider = demo_config.get_config("dit_batch=4,dit_steps=3000")
   assert tokens(wider) == tokens(demo) and wider.dit.train.batch_size == 4
   assert quality.dit.ema == 0.999 and quality.dit.model == demo.dit.model
   # dct10 (C = 12) caps `all` below the quality target; quality trains on dct21 (C = 21)
   assert demo.vae.model.latent_channels == 12 and quality.vae.model.latent_channels == 21
   assert demo_config.get_config("quality=True,vae_preset=dct10").vae.model.latent_channels == 12
+  # the demo's VAE trains fewer steps than the preset (its budget); quality keeps the preset's
+  assert demo.vae.train.steps == demo_config.DEMO_VAE_STEPS < quality.vae.train.steps
   # every checkpoint kept: adherence along the run
   assert quality.dit.train.keep_checkpoints * quality.dit.train.checkpoint_every >= (
       quality.dit.train.steps)
