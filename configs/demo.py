@@ -57,7 +57,7 @@ from configs import vae as vae_configs
 # than x_t itself (latent MSE 0.015 against 0.005 at t = 0.05). `all` 0.29 -> 0.38 and 0.24
 # -> 0.27 on two seeds of the test prompts, 0.24 -> 0.27 on validation prompts (2026-11-24).
 # 6000 steps, not 7200: on a slower instance of this machine kind (0.2 s a step) the whole
-# demo took 32-33 minutes at 7200, over its 30-minute budget. `all` 0.29 / 0.30 on two seeds
+# demo took 32.2 minutes at 7200, over its 30-minute budget. `all` 0.29 / 0.30 on two seeds
 # of the test prompts against 7200's 0.38 / 0.27; with the 300-step VAE below 0.30 / 0.32
 # against 0.40 / 0.28 (adherence.json, 2026-11-24).
 DIT_ARGS = dict(variant="XS", text="tiny", level="basic",
