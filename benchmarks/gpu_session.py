@@ -23,6 +23,12 @@ are built; `--attention_s` runs context_attention.py --gpu while the data set bu
 10-minute call with the carried VAE (latents and 1x in 176 s); launch/sweep.py resumes
 finished rungs, so further rungs can follow in calls made while the machine is warm.
 
+2026-11-24: `--base gpu_demo --computes 64` with the dct21 VAE carried (runs/d21/vae): data,
+latents and the 64x rung (224 x 14, 5979 steps at 14.9 steps/s) in one 9-minute call. A
+lease lapses 30 s after a call returns, with everything on the machine: for runs longer
+than one call, start this script under `setsid nohup` and poll it in calls made at once.
+The image has no imageio-ffmpeg, so the ladder evaluates with --nomp4 (scores read .npy).
+
 `benchmarks` (issues 3, 4 and 5): train_step.py B and L in bf16 with cuDNN attention beside
 the PyTorch peer on the same GPU; context_attention.py --gpu (8k-32k tokens); vae.py with
 720p x 33 clips; launch/aot_compile.py for an H100 target from its XLA target config.
@@ -90,10 +96,15 @@ def _sec_per_step(workdir: str) -> tuple[int, float] | None:
 
 
 # ------------------------------------------------------------------------------- pipeline
-def start_data(log: str, levels: str = "full,basic") -> list[subprocess.Popen]:
-  """Starts building Shapes World at `levels` (one process each) on the CPUs."""
+def start_data(log: str, levels: str = "full,basic",
+               basic_sizes: str = "17x64x64+1x64x64") -> list[subprocess.Popen]:
+  """Starts building Shapes World at `levels` (one process each) on the CPUs; the basic level
+  at the ladder base's `sizes` (the data set the rungs read)."""
+  sys.path.insert(0, ROOT)
+  from configs import common  # pylint: disable=g-import-not-at-top
   procs = []
-  for level, sizes in (("full", "((17, 64, 64),)"), ("basic", "((17, 64, 64), (1, 64, 64))")):
+  for level, sizes in (("full", "((17, 64, 64),)"),
+                       ("basic", repr(common.parse_sizes(basic_sizes)))):
     if level not in levels.split(","):
       continue
     code = ("from data_pipelines.shapes_world import builder; builder.build(builder.make_config("
@@ -165,15 +176,23 @@ def _rung_dir(compute) -> str:
   return f"{RUNS}/ladder/compute={compute}"
 
 
-def run_ladder(deadline: float, log: str, vae_workdir: str) -> dict:
+def run_ladder(deadline: float, log: str, vae_workdir: str, base_name: str = "gpu_basic",
+               computes: str = "") -> dict:
+  """1x, then each larger rung whose projected time fits; or exactly `computes` ('4+64')."""
   sys.path.insert(0, ROOT)
   from configs import scaling  # pylint: disable=g-import-not-at-top
-  base = scaling.BASES["gpu_basic"]
-  spec = f"configs/scaling.py:base=gpu_basic,vae_workdir={vae_workdir},data_dir=data/tfds{SMOKE}"
+  base = scaling.BASES[base_name]
+  spec = (f"configs/scaling.py:base={base_name},vae_workdir={vae_workdir},data_dir=data/tfds"
+          f"{SMOKE}")
   sweep = [PY, "launch/sweep.py", "--workdir_root", f"{RUNS}/ladder",
            "--precompute_latents", f"{RUNS}/latents"]
   done, skipped = [], []
   t0 = time.time()
+  if computes:  # the rungs asked for, in order, each trained then evaluated (sweep resumes)
+    rc, _ = _run(sweep + [f"{spec},computes={computes}"], deadline - time.time(), log)
+    if rc:
+      _log_tail(os.path.join(ROOT, _rung_dir(computes.split("+")[-1]), "launch.log"))
+    return {"rc": rc, "computes": computes, "wall_s": time.time() - t0}
   rc, wall = _run(sweep + [spec + ",computes=1"], deadline - time.time(), log)
   if rc:
     _log_tail(os.path.join(ROOT, _rung_dir(1), "launch.log"))
@@ -207,7 +226,9 @@ def pipeline(args) -> dict:
   deadline = t_start + args.budget_s
   log = os.path.join(args.out_dir, "pipeline.log")
   summary = {"stage": "pipeline", "budget_s": args.budget_s}
-  data = start_data(log, args.levels)  # on the CPUs, while attention uses the GPU
+  sys.path.insert(0, ROOT)
+  from configs import scaling  # pylint: disable=g-import-not-at-top
+  data = start_data(log, args.levels, scaling.BASES[args.base]["sizes"])  # on the CPUs
   if args.attention_s > 0:
     summary["attention"] = _benchmark(
         "attention", [PY, "benchmarks/context_attention.py", "--gpu", "--reps", "3"],
@@ -231,7 +252,7 @@ def pipeline(args) -> dict:
           ("config.json", "final_metrics.json", "metrics.jsonl"))
     if summary["vae"]["rc"]:
       return summary
-  summary["ladder"] = run_ladder(deadline - 40, log, vae_workdir)
+  summary["ladder"] = run_ladder(deadline - 40, log, vae_workdir, args.base, args.computes)
   rc, _ = _run([PY, "-m", "sora_jax.scaling.report", "--root", f"{RUNS}/ladder",
                 "--out", os.path.join(args.out_dir, "scaling_gpu.json"),
                 "--contact_sheet", "4"], max(deadline - time.time(), 60), log)
@@ -304,6 +325,11 @@ def main():
                       help="pipeline: wall seconds for the VAE's training")
   parser.add_argument("--vae_workdir", default="",
                       help="pipeline: a finished VAE run to encode with (no VAE training)")
+  parser.add_argument("--base", default="gpu_basic", choices=("gpu_basic", "gpu_demo"),
+                      help="pipeline: the ladder's base (configs/scaling.py BASES)")
+  parser.add_argument("--computes", default="",
+                      help="pipeline: exactly these rungs, '+'-separated (default: 1x, then "
+                      "what fits the budget)")
   parser.add_argument("--levels", default="full,basic",
                       help="pipeline: Shapes World levels to build")
   parser.add_argument("--attention_s", type=float, default=0,

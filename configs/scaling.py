@@ -36,7 +36,8 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   base         the 1x run: tiny_cpu (2-core CPU micro-sweep on basic-level Shapes World:
                1x ~ 1.5 min of training), gpu (one accelerator; DiT-S at 1x, bfloat16,
                full level) or gpu_basic (one GPU for minutes: the CPU demo's recipe at 8x
-               its batch, basic level). See BASES.
+               its batch, basic level) or gpu_demo (the same for the demo's current
+               recipe: rows of 320 tokens, 3 clips to an image, shift 8). See BASES.
   params_exp, data_exp   the rule's exponents (params ~ C^params_exp, steps ~ C^data_exp).
   aspect_tol   how far width/depth may stray from the base's, as a factor (>= 1).
   computes     for `sweep` only: the rungs, '+'-separated (default: the base's ladder).
@@ -95,6 +96,15 @@ BASES = {
                       sizes="17x64x64+1x64x64", num_train=16384, dtype="bfloat16",
                       attention="auto", computes="1+4+16", level="basic", workers=8,
                       pos_embed="fractional_thw"),
+    # One GPU, minutes: the CPU demo's current recipe (configs/demo.py DIT_ARGS) at 32x its
+    # batch: rows of 320 tokens (one clip or five images; the same 20480 tokens a step as
+    # gpu_basic), three clips to one image, sampled at timestep shift 8. For the `quality`
+    # latent (vae_workdir= a dct21 run).
+    "gpu_demo": dict(width=128, depth=4, head_dim=32, text="tiny", steps=1000, batch=64,
+                     seq_len=320, max_clips=5, text_len=32, patch="1x2x2", lr=1e-3,
+                     sizes="17x64x64+17x64x64+17x64x64+1x64x64", num_train=16384,
+                     dtype="bfloat16", attention="auto", computes="4+16+64", level="basic",
+                     workers=8, pos_embed="fractional_thw", sample_shift=8.0),
     # Tests: seconds per rung.
     "runlocal": dict(width=32, depth=1, head_dim=16, text="tiny", steps=4, batch=8,
                      seq_len=64, max_clips=4, text_len=32, patch="1x2x2", lr=1e-3,
@@ -115,6 +125,8 @@ EVALS = {
                 seed=0),
     "gpu_basic": dict(split="test", n=100, size="17x64x64", steps=16, guidance=4.0,
                       batch=100, seed=0),
+    "gpu_demo": dict(split="test", n=100, size="17x64x64", steps=16, guidance=4.0,
+                     batch=100, seed=0),
     "runlocal": dict(split="test", n=2, size="5x32x32", steps=2, guidance=4.0, batch=2,
                      seed=0),
 }
@@ -196,7 +208,8 @@ def get_config(arg=None):
       data_dir=arg.data_dir,
       workers=base.get("workers", 0) if arg.latents != "on_the_fly" else 0,
       num_train=base["num_train"], peak_flops=arg.peak_flops, seed=arg.seed, eval_every=0,
-      pos_embed=base.get("pos_embed", "none"), runlocal=arg.runlocal).items()))
+      pos_embed=base.get("pos_embed", "none"), sample_shift=base.get("sample_shift", 0.0),
+      runlocal=arg.runlocal).items()))
   with config.unlocked():  # update: keep configs/dit.py's prediction, pos_embed and adaln
     config.model.overrides.update({"width": shape["width"], "depth": shape["depth"],
                                    "num_heads": shape["num_heads"], "dtype": base["dtype"],
@@ -237,7 +250,8 @@ def evaluation(arg=None) -> dict:
 
   Returns:
     {"split", "n", "seed", "frames", "height", "width", "steps", "guidance", "batch",
-     "task_clips"}: flag name -> value.
+     "task_clips", "mp4"}: flag name -> value (no mp4s: the scores and the contact sheet
+    read the .npy, and a GPU image may lack imageio-ffmpeg).
   """
   parsed = common.parse_arg(arg, **_DEFAULTS)
   _check(parsed)
@@ -245,4 +259,4 @@ def evaluation(arg=None) -> dict:
   ((frames, height, width),) = common.parse_sizes(e["size"], "EVALS size")
   return {"split": e["split"], "n": e["n"], "seed": e["seed"], "frames": frames,
           "height": height, "width": width, "steps": e["steps"], "guidance": e["guidance"],
-          "batch": e["batch"], "task_clips": 0}
+          "batch": e["batch"], "task_clips": 0, "mp4": False}

@@ -157,7 +157,10 @@ def evaluate_args(run: dict) -> list[str]:
   wd = run["workdir"]
   args = ["--workdir", wd]
   for key, value in run["evaluate"].items():
-    args += [f"--{key}", _format_value(value)]
+    if isinstance(value, bool):  # absl booleans: --key / --nokey
+      args.append(f"--{key}" if value else f"--no{key}")
+    else:
+      args += [f"--{key}", _format_value(value)]
   return args + ["--out_dir", _join(wd, "eval"), "--adherence_json", _join(wd, "adherence.json")]
 
 

@@ -5,9 +5,10 @@
 
 For each split: the detailed captions of the split's first `n` scenes (the generator's,
 at the run's level unless `--level`), sampled by the batch sampler (`sample.sample_batch`)
-into `OUT_DIR/<split>/` (npy + mp4 + manifest.jsonl; re-running reuses what exists) and
-scored attribute by attribute (`data_pipelines/shapes_world/evaluator.py`): the rate of
-each attribute, of `all`, and `n`. `compositional` measures unseen colour-shape pairs.
+into `OUT_DIR/<split>/` (npy, mp4 unless --nomp4, manifest.jsonl; re-running reuses what
+exists) and scored attribute by attribute (`data_pipelines/shapes_world/evaluator.py`): the
+rate of each attribute, of `all`, and `n`. `compositional` measures unseen colour-shape
+pairs.
 
 Task checks (`--task_clips` generator clips of the first split as inputs):
   i2v_first_frame_psnr    the sampled first frame vs the given image (dB)
@@ -69,6 +70,8 @@ def define_flags():
   flags.DEFINE_string("guidance_interval", "0,1", "lo,hi: guidance only at steps with "
                       "lo < t <= hi (t = 1 is noise); the conditional prediction elsewhere.")
   flags.DEFINE_integer("batch", 16, "Clips sampled together.")
+  flags.DEFINE_bool("mp4", True, "Also write each sample as mp4 (scores read the .npy; "
+                    "--nomp4 where imageio-ffmpeg is missing, or to save the time).")
   flags.DEFINE_integer("task_clips", 4, "Clips per task check (0 = no task checks).")
   flags.DEFINE_string("out_dir", "", "Where samples and eval.json go ('' = WORKDIR/eval, "
                       "or WORKDIR/eval_step<N> with --step).")
@@ -152,7 +155,7 @@ def task_checks(gen: generation.Generator, split: str, level: str, num: int, fra
 
 def evaluate(gen: generation.Generator, out_dir: str, splits: Sequence[str], n: int,
              level: str, frames: int = 17, height: int = 64, width: int = 64,
-             seed: int = 0, batch: int = 16, task_clips: int = 4) -> dict:
+             seed: int = 0, batch: int = 16, task_clips: int = 4, mp4: bool = True) -> dict:
   """Samples and scores every split (and the task checks); writes OUT_DIR/eval.json."""
   t0 = time.time()
   result = {"workdir": gen.workdir, "step": gen.step, "level": level,
@@ -165,7 +168,8 @@ def evaluate(gen: generation.Generator, out_dir: str, splits: Sequence[str], n: 
   for split in splits:
     rows = split_prompts(split, n, level, frames, height, width)
     d = os.path.join(out_dir, split)
-    manifest = sample_cli.sample_batch(gen, rows, d, frames, height, width, seed, batch)
+    manifest = sample_cli.sample_batch(gen, rows, d, frames, height, width, seed, batch,
+                                       mp4=mp4)
     result["splits"][split] = score_dir(d, manifest)
   result["sample_seconds"] = round(time.time() - t0, 1)
   if task_clips:
@@ -209,7 +213,8 @@ def main(argv: Sequence[str]) -> None:
   default_dir = "eval" if FLAGS.step is None else f"eval_step{FLAGS.step}"
   out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, default_dir)
   result = evaluate(gen, out_dir, splits, FLAGS.n, level, FLAGS.frames, FLAGS.height,
-                    FLAGS.width, FLAGS.seed, FLAGS.batch, FLAGS.task_clips)
+                    FLAGS.width, FLAGS.seed, FLAGS.batch, FLAGS.task_clips,
+                    mp4=FLAGS.mp4)
   print(json.dumps(result, indent=2))
   if FLAGS.adherence_json:  # {"all", "rates", "n", ...}: sora_jax/scaling/report.py
     scaling_report.write_adherence(FLAGS.adherence_json, result, splits[0])

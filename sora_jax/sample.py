@@ -158,8 +158,8 @@ def write_outputs(stem: str, video: np.ndarray, fps: int, npy: bool) -> list[str
 
 def sample_batch(gen, rows: list[dict], out_dir: str, frames: int, height: int, width: int,
                  seed: int, batch: int, fps: int = media.DEFAULT_FPS,
-                 progress: bool = True) -> list[dict]:
-  """Batch mode: samples every row, writes npy + mp4 and `out_dir/manifest.jsonl`.
+                 progress: bool = True, mp4: bool = True) -> list[dict]:
+  """Batch mode: samples every row, writes npy (+ mp4) and `out_dir/manifest.jsonl`.
 
   Returns the manifest rows. Resumes: rows whose .npy exists are not sampled again.
   """
@@ -185,7 +185,7 @@ def sample_batch(gen, rows: list[dict], out_dir: str, frames: int, height: int, 
                              [e["seed"] for e in chunk])
       for e, v in zip(chunk, videos):
         stem = os.path.join(out_dir, e["file"][:-4])
-        media.write_clip(stem, v, npy=True, mp4=True, fps=fps)
+        media.write_clip(stem, v, npy=True, mp4=mp4, fps=fps)
       bar.update(len(chunk))
   bar.close()
   with open(os.path.join(out_dir, "manifest.jsonl"), "w") as f:

@@ -197,8 +197,11 @@ def test_batch_mode_manifest_and_evaluate(gen, tmp_path):
   assert np.load(tmp_path / "out" / "0001.npy").shape == (1, 32, 32, 3)
   assert (tmp_path / "out" / "red.mp4").exists()
   result = evaluate_cli.evaluate(gen, str(tmp_path / "eval"), ["test"], 2, "basic", 9, 32,
-                                 32, batch=2, task_clips=1)
+                                 32, batch=2, task_clips=1, mp4=False)
   assert result["splits"]["test"]["n"] == 2 and "all" in result["splits"]["test"]
+  written = os.listdir(tmp_path / "eval" / "test")  # --nomp4: the scores read the .npy
+  assert sum(f.endswith(".npy") for f in written) == 2 and not any(
+      f.endswith(".mp4") for f in written)
   for key in ("i2v_first_frame_psnr", "extend_seam_psnr", "loop_seam_psnr",
               "interpolate_start_psnr", "interpolate_middle_psnr", "edit_color"):
     assert result["tasks"][key] is not None, key

@@ -150,7 +150,7 @@ def test_hlo_flops_reads_dots_and_convs():
 
 
 # ----------------------------------------------------------------------------- ladder
-@pytest.mark.parametrize("base", ["tiny_cpu", "gpu", "gpu_basic"])
+@pytest.mark.parametrize("base", ["tiny_cpu", "gpu", "gpu_basic", "gpu_demo"])
 def test_ladder_follows_the_rule(base):
   b = scaling.BASES[base]
   computes = [1, 4, 16, 64, 256]
@@ -187,6 +187,9 @@ def test_ladder_config_is_a_locked_dit_config():
     cfg.train.stepz = 1
   with pytest.raises(AttributeError):
     cfg.new_section = {}
+  assert cfg.flow.sample_shift == 0.0  # the training rule's shift, unless the base sets one
+  demo = scaling.get_config("compute=4,base=gpu_demo")
+  assert demo.flow.sample_shift == 8.0 and demo.packing.seq_len == 320
   one = scaling.get_config("base=tiny_cpu,data_dir=/d")
   assert one.eval.to_dict() == cfg.eval.to_dict()  # the same fixed evaluation
   assert one.data.to_dict() == cfg.data.to_dict()  # the same data
@@ -197,6 +200,16 @@ def test_ladder_config_is_a_locked_dit_config():
 
 
 # ----------------------------------------------------------------------------- launcher
+def _flags(words: list[str]) -> dict[str, str]:
+  """--name value pairs of a command line; a lone absl boolean (--nomp4) maps to ''."""
+  out, i = {}, 0
+  while i < len(words) and words[i].startswith("--"):
+    lone = i + 1 == len(words) or words[i + 1].startswith("--")
+    out[words[i]] = "" if lone else words[i + 1]
+    i += 1 if lone else 2
+  return out
+
+
 def _launcher():
   return launch_scripts.load("sweep", "sweep_launcher")
 
@@ -208,7 +221,7 @@ def test_sweep_dry_run_prints_train_then_evaluate_per_rung(capsys, monkeypatch):
                      "--workdir_root", "runs/sc"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   evaluation = ("--split test --n 100 --seed 0 --frames 17 --height 64 --width 64 "
-                "--steps 16 --guidance 4 --batch 20 --task_clips 0")
+                "--steps 16 --guidance 4 --batch 20 --task_clips 0 --nomp4")
   assert lines == [f"python -m sora_jax.main --config configs/scaling.py:compute={c},"
                    f"base=tiny_cpu,vae_workdir=runs/vae --workdir runs/sc/compute={c} && "
                    f"python -m sora_jax.evaluate --workdir runs/sc/compute={c} {evaluation} "
@@ -262,7 +275,7 @@ def test_submission_scripts(tmp_path, monkeypatch):
   remote = shlex.split(words[words.index("--command") + 1])
   assert "TPU_PROCESS_BOUNDS=1,1,1" in remote and "TPU_VISIBLE_CHIPS=0" in remote
   i = remote.index("sora_jax.evaluate")
-  opts = dict(zip(remote[i + 1::2], remote[i + 2::2]))
+  opts = _flags(remote[i + 1:])
   assert opts["--workdir"] == "gs://b/sc/compute=4" and opts["--n"] == "500"
   assert opts["--adherence_json"] == "gs://b/sc/compute=4/adherence.json"
   # SLURM: one sbatch script per run, one task per node, srun, a coordinator address.
@@ -466,7 +479,7 @@ def test_local_sweep_trains_then_evaluates_and_skips_what_is_done(tmp_path, monk
   def fake_call(cmd, stdout, stderr):  # writes what training / evaluation would
     del stdout, stderr
     calls.append(cmd[2])
-    opts = dict(zip(cmd[3::2], cmd[4::2]))
+    opts = _flags(cmd[3:])
     wd = opts["--workdir"]
     if cmd[2] == "sora_jax.main":
       cfg = scaling.get_config(opts["--config"].partition(":")[2])
