@@ -49,6 +49,7 @@ import tarfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # configs/ (read lazily, after main() keeps this process on the CPU)
 PY = sys.executable
 CHILD_ENV = dict(os.environ)  # the children get the GPU; this process stays on the CPU
 NUM_TRAIN = 16384
@@ -100,7 +101,6 @@ def start_data(log: str, levels: str = "full,basic",
                basic_sizes: str = "17x64x64+1x64x64") -> list[subprocess.Popen]:
   """Starts building Shapes World at `levels` (one process each) on the CPUs; the basic level
   at the ladder base's `sizes` (the data set the rungs read)."""
-  sys.path.insert(0, ROOT)
   from configs import common  # pylint: disable=g-import-not-at-top
   procs = []
   for level, sizes in (("full", "((17, 64, 64),)"),
@@ -179,7 +179,6 @@ def _rung_dir(compute) -> str:
 def run_ladder(deadline: float, log: str, vae_workdir: str, base_name: str = "gpu_basic",
                computes: str = "") -> dict:
   """1x, then each larger rung whose projected time fits; or exactly `computes` ('4+64')."""
-  sys.path.insert(0, ROOT)
   from configs import scaling  # pylint: disable=g-import-not-at-top
   base = scaling.BASES[base_name]
   spec = (f"configs/scaling.py:base={base_name},vae_workdir={vae_workdir},data_dir=data/tfds"
@@ -226,7 +225,6 @@ def pipeline(args) -> dict:
   deadline = t_start + args.budget_s
   log = os.path.join(args.out_dir, "pipeline.log")
   summary = {"stage": "pipeline", "budget_s": args.budget_s}
-  sys.path.insert(0, ROOT)
   from configs import scaling  # pylint: disable=g-import-not-at-top
   data = start_data(log, args.levels, scaling.BASES[args.base]["sizes"])  # on the CPUs
   if args.attention_s > 0:

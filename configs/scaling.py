@@ -55,6 +55,7 @@ import math
 import ml_collections
 
 from configs import common
+from configs import demo
 from configs import dit
 
 # The 1x run of each ladder. Widths are heads x head_dim; steps are the 1x steps; level is
@@ -96,15 +97,16 @@ BASES = {
                       sizes="17x64x64+1x64x64", num_train=16384, dtype="bfloat16",
                       attention="auto", computes="1+4+16", level="basic", workers=8,
                       pos_embed="fractional_thw"),
-    # One GPU, minutes: the CPU demo's current recipe (configs/demo.py DIT_ARGS) at 32x its
-    # batch: rows of 320 tokens (one clip or five images; the same 20480 tokens a step as
-    # gpu_basic), three clips to one image, sampled at timestep shift 8. For the `quality`
-    # latent (vae_workdir= a dct21 run).
-    "gpu_demo": dict(width=128, depth=4, head_dim=32, text="tiny", steps=1000, batch=64,
-                     seq_len=320, max_clips=5, text_len=32, patch="1x2x2", lr=1e-3,
-                     sizes="17x64x64+17x64x64+17x64x64+1x64x64", num_train=16384,
-                     dtype="bfloat16", attention="auto", computes="4+16+64", level="basic",
-                     workers=8, pos_embed="fractional_thw", sample_shift=8.0),
+    # One GPU, minutes: the CPU demo's current recipe (configs/demo.py DIT_ARGS, read from
+    # there) at 32x its batch: rows of 320 tokens (one clip or five images; the same 20480
+    # tokens a step as gpu_basic), three clips to one image, sampled at timestep shift 8.
+    # For the `quality` latent (vae_workdir= a dct21 run).
+    "gpu_demo": dict(width=128, depth=4, head_dim=32, steps=1000,
+                     batch=32 * demo.DIT_ARGS["batch"], patch="1x2x2", num_train=16384,
+                     dtype="bfloat16", attention="auto", computes="4+16+64", workers=8,
+                     **{k: demo.DIT_ARGS[k] for k in ("text", "seq_len", "max_clips",
+                                                       "text_len", "lr", "sizes", "level",
+                                                       "pos_embed", "sample_shift")}),
     # Tests: seconds per rung.
     "runlocal": dict(width=32, depth=1, head_dim=16, text="tiny", steps=4, batch=8,
                      seq_len=64, max_clips=4, text_len=32, patch="1x2x2", lr=1e-3,
