@@ -9,6 +9,8 @@
 
 Arguments (after the colon, comma-separated key=value; unknown keys are an error):
   variant      DiT size preset (sora_jax/models/dit.py VARIANTS): tiny, XS, S, B, L, XL.
+  width, depth, heads   override the preset's width, block count and attention heads
+               (0 = the preset's); width must be a multiple of heads.
   text         text encoder preset (sora_jax/models/text.py VARIANTS): tiny, S, B, L.
   text_pos     its positions: rope+learned (default), rope or learned (see
                TextEncoderConfig.position). The absolute table carries word order to the
@@ -70,7 +72,7 @@ import ml_collections
 from configs import common
 
 _DEFAULTS = dict(
-    variant="S", text="S", text_pos="rope+learned", steps=20000, batch=32, lr=3e-4,
+    variant="S", width=0, depth=0, heads=0, text="S", text_pos="rope+learned", steps=20000, batch=32, lr=3e-4,
     warmup=500, vae_workdir="", latents="on_the_fly", seq_len=1024, max_clips=16, text_len=48,
     patch="1x2x2", cfg_drop=0.1, ema=0.999, ema_debias=True, caption="detailed",
     sizes="17x64x64+1x64x64", level="full", data_dir="data/tfds", num_train=4096,
@@ -91,6 +93,9 @@ def _patch(text: str) -> tuple[int, int, int]:
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, **_DEFAULTS)
+  for key in ("width", "depth", "heads"):
+    if arg[key] < 0:
+      raise ValueError(f"Config argument {key}={arg[key]} must be >= 0 (0 = the preset's).")
   config = ml_collections.ConfigDict()
   config.task = "dit"
   config.seed = arg.seed
@@ -101,6 +106,8 @@ def get_config(arg=None):
                   "overrides": {"prediction": arg.prediction, "pos_embed": arg.pos_embed,
                                 "adaln": arg.adaln, "self_condition": arg.self_cond,
                                 "remat": arg.remat}}
+  shape = {"width": arg.width, "depth": arg.depth, "num_heads": arg.heads}
+  config.model.overrides.update({k: v for k, v in shape.items() if v})
   config.text = {"variant": arg.text, "vocab_size": 512,
                  "overrides": {"position": arg.text_pos}}
   # '' = trained from the training captions, written to WORKDIR/tokenizer.model.

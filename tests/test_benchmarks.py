@@ -99,3 +99,32 @@ def test_denoiser_attribute_swaps_change_exactly_one_attribute():
       assert diff == expected, (attr, caption, changed)
       seen.add(attr)
   assert seen == {"color", "shape", "size", "background", "motion", "region"}
+
+
+def test_attribute_probe_confusion_of_a_model_that_ignores_the_word():
+  """benchmarks/attribute_probe.py: ground-truth renders, the same for every swapped word,
+  score exactly the `independent` accuracy, and each satisfies its own caption's shape."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import attribute_probe  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  from data_pipelines.shapes_world import evaluator  # pylint: disable=g-import-not-at-top
+  from data_pipelines.shapes_world import generator  # pylint: disable=g-import-not-at-top
+
+  clips = [generator.make_clip("test", i, 5, 32, 32, "basic") for i in range(40)]
+  clips = [c for c in clips if len(evaluator.parse_prompt(c.caption).objects) == 1][:6]
+  prompts = [c.caption for c in clips]
+  assert prompts == attribute_probe.probe_prompts("shape", "test", len(prompts), "basic",
+                                                  5, 32, 32)
+  out = attribute_probe.confusion({v: [c.video for c in clips] for v in ("circle", "square",
+                                                                          "triangle")},
+                                  prompts, "shape")
+  assert out["n"] == len(prompts) and out["accuracy"] == pytest.approx(out["independent"])
+  own = [evaluator.parse_prompt(p).objects[0].shape for p in prompts]
+  for asked in out["matrix"]:  # every row is the same samples: each satisfies its own shape
+    for shape in out["matrix"][asked]:
+      assert out["matrix"][asked][shape] >= own.count(shape)
+  assert attribute_probe.swap(prompts[0], "shape", "square").count("square") == 1
+  with pytest.raises(ValueError, match="attribute='size'; allowed: shape, color"):
+    attribute_probe.probe_prompts("size", "test", 1, "basic", 5, 32, 32)

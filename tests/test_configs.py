@@ -72,6 +72,18 @@ def test_dit_loss_weight_is_checked():
     dit_task.validate(dit_config.get_config("loss_weight=eps"))
 
 
+def test_dit_shape_overrides():
+  from sora_jax.train import dit_task  # pylint: disable=g-import-not-at-top
+  cfg = dit_config.get_config("variant=XS,width=96,heads=3,runlocal=False")
+  dcfg = dit_task.dit_config(cfg)
+  assert (dcfg.variant, dcfg.width, dcfg.depth, dcfg.num_heads) == ("XS", 96, 4, 3)
+  assert "width" not in dit_config.get_config("variant=XS").model.overrides  # 0 = preset's
+  with pytest.raises(ValueError, match="width=100 is not divisible by num_heads=3"):
+    dit_task.validate(dit_config.get_config("variant=XS,width=100,heads=3"))
+  with pytest.raises(ValueError, match="depth=-1 must be >= 0"):
+    dit_config.get_config("depth=-1")
+
+
 def test_demo_config():
   cfg = demo_config.get_config("quick=True")
   assert cfg.vae.task == "vae"
