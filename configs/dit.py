@@ -72,7 +72,8 @@ import ml_collections
 from configs import common
 
 _DEFAULTS = dict(
-    variant="S", width=0, depth=0, heads=0, text="S", text_pos="rope+learned", steps=20000, batch=32, lr=3e-4,
+    variant="S", width=0, depth=0, heads=0, text="S", text_pos="rope+learned", steps=20000,
+    batch=32, lr=3e-4,
     warmup=500, vae_workdir="", latents="on_the_fly", seq_len=1024, max_clips=16, text_len=48,
     patch="1x2x2", cfg_drop=0.1, ema=0.999, ema_debias=True, caption="detailed",
     sizes="17x64x64+1x64x64", level="full", data_dir="data/tfds", num_train=4096,
