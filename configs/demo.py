@@ -60,9 +60,10 @@ from configs import vae as vae_configs
 # demo took 32.2 minutes at 7200, over its 30-minute budget. `all` 0.29 / 0.30 on two seeds
 # of the test prompts against 7200's 0.38 / 0.27; with the 300-step VAE below 0.30 / 0.32
 # against 0.40 / 0.28 (adherence.json, 2026-11-24).
-# Width 160 (heads 5) for 4700 steps, the same DiT time: colour, size and motion up, shape
-# down, `all` 0.27 / 0.30 (adherence.json). This DiT ignores the shape word
-# (benchmarks/attribute_probe.py): shape is the circle prompts' share at this compute.
+# In the same DiT time, width 160 (heads 5) for 4700 steps: colour, size and motion up,
+# shape down, `all` 0.27 / 0.30; depth 6 for 4150 steps: 0.16 / 0.24 (adherence.json). None
+# of these follows the shape word (benchmarks/attribute_probe.py): at this compute shape is
+# the circle prompts' share.
 DIT_ARGS = dict(variant="XS", text="tiny", level="basic",
                 sizes="17x64x64+17x64x64+17x64x64+1x64x64", seq_len=320, max_clips=5,
                 text_len=32, batch=2, steps=6000, lr=1e-3, warmup=100, ema=0.995,
