@@ -13,7 +13,7 @@ CPU, set-up included.
 Arguments:
   quick       a few-minute smoke run (tiny data, a few steps) instead of the real demo.
   quality     the longer `quality` recipe: the demo's stages with the DiT trained for 5x the
-              demo's steps (QUALITY_ARGS, 72-100 minutes of DiT here; EMA 0.999, a checkpoint
+              demo's steps (QUALITY_ARGS, 93 minutes of DiT here; EMA 0.999, a checkpoint
               every 3000 steps, all kept so adherence can be measured along the run) on the
               dct21 latent (its own VAE, ~6 minutes: dct10 caps `all` at 0.75, below the
               quality target of 0.8). A finished run of the same VAE preset and sizes can be
@@ -70,10 +70,11 @@ DIT_ARGS = dict(variant="XS", text="tiny", level="basic",
                 eval_every=0, num_train=4096, pos_embed="fractional_thw",
                 remat="save_attention", sample_shift=8.0)
 # The `quality` recipe: the same model and data on the dct21 latent (dct10 caps `all` at
-# 0.75), 5x the demo's steps (~72 minutes of DiT at 0.14 s a step, ~100 at 0.2; not yet
-# measured in this form: the measured one, 4 rows of 640 tokens for 4500 steps, is
-# adherence.json's 2026-11-23 row). On a GPU, configs/scaling.py's base gpu_demo (this recipe
-# at 32x the batch) on dct21 scored `all` 0.74 / 0.79 (test / compositional) at its 64x rung.
+# 0.75), 5x the demo's steps: 93 minutes of DiT here (5.4 steps a second), `all` 0.45 / 0.42
+# on two seeds of test prompts, 0.49 compositional, shape 0.51 (adherence.json, 2026-11-24);
+# the first CPU DiT to follow the shape word (benchmarks/attribute_probe.py). On a GPU,
+# configs/scaling.py's base gpu_demo (this recipe at 32x the batch) on dct21 scored `all`
+# 0.74 / 0.79 (test / compositional) at its 64x rung.
 QUALITY_ARGS = dict(steps=5 * DIT_ARGS["steps"], warmup=200, ema=0.999)
 QUALITY_CHECKPOINT_EVERY = 3000
 # The demo's VAE trains its decoder for 300 steps instead of the preset's 450 (~1 minute less
