@@ -29,8 +29,9 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   patch        latent patch 'PTxPHxPW', e.g. 1x2x2.
   cfg_drop     caption drop rate for classifier-free guidance.
   t_mean, t_std  logit-normal training timestep distribution (before the token shift).
-  loss_weight  v (the velocity error) or x0 (the x0 error, = t^2 times it); see
-               dit_task.LOSS_WEIGHTS.
+  loss_weight  v (the velocity error), x0 (the x0 error, = t^2 times it) or contrast (the
+               velocity error, tokens unlike their clip's mean weighted up; contrast_mix
+               in [0, 1] sets how much); see dit_task.LOSS_WEIGHTS.
   prediction   what the network predicts: x0 (default; the clean latents, turned into the
                velocity), v, or edm (x0 through EDM's skip: c_skip x_t + c_out F); see
                DiTConfig.prediction in sora_jax/models/dit.py.
@@ -79,7 +80,7 @@ _DEFAULTS = dict(
     sizes="17x64x64+1x64x64", level="full", data_dir="data/tfds", num_train=4096,
     peak_flops=0.0, seed=0, eval_every=2000, rules="fsdp", attention="", prediction="x0",
     pos_embed="none", adaln="per_block", self_cond=False, t_mean=1.0, t_std=1.0,
-    loss_weight="v", sample_shift=0.0, workers=0, remat="none", runlocal=False)
+    loss_weight="v", contrast_mix=0.5, sample_shift=0.0, workers=0, remat="none", runlocal=False)
 
 
 def _patch(text: str) -> tuple[int, int, int]:
@@ -134,6 +135,7 @@ def get_config(arg=None):
   # which logit-normal(0, 1) almost never trains (P(t > 0.9) = 1.4%; 11% at mean 1).
   config.flow = {"cfg_drop": arg.cfg_drop, "t_mean": arg.t_mean, "t_std": arg.t_std,
                  "base_tokens": 256, "loss_weight": arg.loss_weight,
+                 "contrast_mix": arg.contrast_mix,
                  "sample_shift": arg.sample_shift}
   # Training task mixture (sora_jax/diffusion/tasks.py): which latent frames of a clip are
   # given clean. One model then samples t2v/t2i, i2v, extension, interpolation and loops.

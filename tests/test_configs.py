@@ -68,8 +68,12 @@ def test_dit_workers_need_precomputed_latents():
 def test_dit_loss_weight_is_checked():
   from sora_jax.train import dit_task  # pylint: disable=g-import-not-at-top
   assert dit_config.get_config("loss_weight=x0").flow.loss_weight == "x0"
-  with pytest.raises(ValueError, match="loss_weight='eps'; allowed: v, x0"):
+  with pytest.raises(ValueError, match="loss_weight='eps'; allowed: v, x0, contrast"):
     dit_task.validate(dit_config.get_config("loss_weight=eps"))
+  cfg = dit_config.get_config("loss_weight=contrast,contrast_mix=0.8")
+  assert (cfg.flow.loss_weight, cfg.flow.contrast_mix) == ("contrast", 0.8)
+  with pytest.raises(ValueError, match="contrast_mix=1.5 must be in"):
+    dit_task.validate(dit_config.get_config("loss_weight=contrast,contrast_mix=1.5"))
 
 
 def test_dit_shape_overrides():

@@ -66,8 +66,9 @@ CPU_PEAK_FLOPS = 7.5e10
 NUM_T_BUCKETS = 4
 # What the loss weighs per token: "v" the velocity error (default; for x0-prediction the x0
 # error / t^2, which stresses small t), "x0" the x0 error (stresses large t, where sampling
-# decides layout).
-LOSS_WEIGHTS = ("v", "x0")
+# decides layout), "contrast" the velocity error with each clip's tokens weighted by how
+# unlike the clip's mean token they are (flow.contrast_weight, mix `flow.contrast_mix`).
+LOSS_WEIGHTS = ("v", "x0", "contrast")
 
 
 @flax.struct.dataclass
@@ -164,6 +165,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.flow.get("loss_weight", "v") not in LOSS_WEIGHTS:
     raise ValueError(f"config.flow.loss_weight={config.flow.loss_weight!r}; allowed: "
                      f"{', '.join(LOSS_WEIGHTS)}.")
+  if not 0 <= config.flow.get("contrast_mix", 0.0) <= 1:
+    raise ValueError(f"config.flow.contrast_mix={config.flow.contrast_mix} must be in "
+                     "[0, 1].")
   if not 0 <= config.flow.cfg_drop <= 1 or not 0 <= config.ema < 1:
     raise ValueError(f"config.flow.cfg_drop={config.flow.cfg_drop} must be in [0, 1] and "
                      f"config.ema={config.ema} in [0, 1).")
@@ -471,6 +475,9 @@ def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay, mixture, ema_debias):
     weight = None
     if f.get("loss_weight", "v") == "x0":  # the x0 error (x0-prediction clamps t the same)
       weight = jnp.square(jnp.maximum(t, dit_lib.X0_MIN_T))
+    elif f.get("loss_weight", "v") == "contrast":
+      weight = flow.contrast_weight(batch["tokens"], batch["segment_ids"],
+                                    f.get("contrast_mix", 0.5))
     return flow.flow_loss(v, target, batch["segment_ids"], ~given, weight), v
 
   def step_fn(state: DiTState, batch: dict[str, jax.Array], rng: jax.Array):
