@@ -63,10 +63,10 @@ from configs import vae as vae_configs
 # In the same DiT time, width 160 (heads 5) for 4700 steps: colour, size and motion up,
 # shape down, `all` 0.27 / 0.30; depth 6 for 4150 steps: 0.16 / 0.24 (adherence.json). None
 # of these follows the shape word (benchmarks/attribute_probe.py): at this compute shape is
-# the circle prompts' share. Nor do two shape-targeted trials: the objects' tokens weighted
-# up in the loss (loss_weight=contrast: `all` 0.28 / 0.26) and 90% text-only clips in the
-# task mixture (0.38 / 0.29, probe accuracy 0.28), nor 1 row a step for 12000 steps (0.36 /
-# 0.30, shape 0.40 / 0.37, ~3 minutes more DiT time; adherence.json).
+# the circle prompts' share. Nor did three shape-targeted trials lift shape: the objects'
+# tokens weighted up in the loss (loss_weight=contrast: `all` 0.28 / 0.26), 90% text-only
+# clips in the task mixture (0.38 / 0.29, probe accuracy 0.28), and 1 row a step for 12000
+# steps (0.36 / 0.30, shape 0.40 / 0.37, ~3 minutes more DiT time; adherence.json).
 DIT_ARGS = dict(variant="XS", text="tiny", level="basic",
                 sizes="17x64x64+17x64x64+17x64x64+1x64x64", seq_len=320, max_clips=5,
                 text_len=32, batch=2, steps=6000, lr=1e-3, warmup=100, ema=0.995,

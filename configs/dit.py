@@ -80,7 +80,8 @@ _DEFAULTS = dict(
     sizes="17x64x64+1x64x64", level="full", data_dir="data/tfds", num_train=4096,
     peak_flops=0.0, seed=0, eval_every=2000, rules="fsdp", attention="", prediction="x0",
     pos_embed="none", adaln="per_block", self_cond=False, t_mean=1.0, t_std=1.0,
-    loss_weight="v", contrast_mix=0.5, sample_shift=0.0, workers=0, remat="none", runlocal=False)
+    loss_weight="v", contrast_mix=0.5, sample_shift=0.0, workers=0, remat="none",
+    runlocal=False)
 
 
 def _patch(text: str) -> tuple[int, int, int]:

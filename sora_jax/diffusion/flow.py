@@ -70,8 +70,8 @@ def contrast_weight(x0: jax.Array, segment_ids: jax.Array, mix: float) -> jax.Ar
 
   w = (1 - mix) + mix * d / mean_clip(d), with d = |x0_token - mean of its clip's tokens|^2
   (over features), so each clip's weights average 1. In a clip of a flat background the
-  objects' tokens (their shape, colour and place) get most of the weight instead of ~5%
-  of it. mix = 0 is the plain per-token mean. Padding gets weight 1 - mix (the loss drops
+  objects' few tokens (their shape, colour and place) then carry about half of the loss at
+  mix = 0.5 instead of ~5%. mix = 0 is the plain per-token mean. Padding gets weight 1 - mix (the loss drops
   it anyway).
 
   Args:
