@@ -47,6 +47,12 @@ def token_count_shift(num_tokens, base_tokens: int | None):
   return jnp.sqrt(jnp.asarray(num_tokens, jnp.float32) / base_tokens)
 
 
+def _row_segments(segment_ids: jax.Array) -> tuple[jax.Array, int]:
+  """[B, N] segment ids made unique across rows and flattened: ([B * N] int, how many)."""
+  b, n = segment_ids.shape
+  return (segment_ids + (n + 1) * jnp.arange(b)[:, None]).reshape(-1), b * (n + 1)
+
+
 def segment_sizes(segment_ids: jax.Array, token_mask: jax.Array | None = None) -> jax.Array:
   """For each token, how many (masked-in) tokens of its row share its segment id.
 
@@ -58,10 +64,10 @@ def segment_sizes(segment_ids: jax.Array, token_mask: jax.Array | None = None) -
     float32 [B, N].
   """
   b, n = segment_ids.shape
-  flat = (segment_ids + (n + 1) * jnp.arange(b)[:, None]).reshape(-1)  # unique per row
+  flat, num = _row_segments(segment_ids)
   ones = jnp.ones((b * n,), jnp.float32) if token_mask is None else (
       token_mask.reshape(-1).astype(jnp.float32))
-  counts = jax.ops.segment_sum(ones, flat, num_segments=b * (n + 1))
+  counts = jax.ops.segment_sum(ones, flat, num_segments=num)
   return counts[flat].reshape(b, n)
 
 
@@ -71,8 +77,8 @@ def contrast_weight(x0: jax.Array, segment_ids: jax.Array, mix: float) -> jax.Ar
   w = (1 - mix) + mix * d / mean_clip(d), with d = |x0_token - mean of its clip's tokens|^2
   (over features), so each clip's weights average 1. In a clip of a flat background the
   objects' few tokens (their shape, colour and place) then carry about half of the loss at
-  mix = 0.5 instead of ~5%. mix = 0 is the plain per-token mean. Padding gets weight 1 - mix (the loss drops
-  it anyway).
+  mix = 0.5 instead of ~5%. mix = 0 is the plain per-token mean. Padding gets weight
+  1 - mix (the loss drops it anyway).
 
   Args:
     x0: [B, N, D] clean tokens.
@@ -80,12 +86,16 @@ def contrast_weight(x0: jax.Array, segment_ids: jax.Array, mix: float) -> jax.Ar
     mix: in [0, 1].
   """
   b, n, _ = x0.shape
-  x = x0.astype(jnp.float32)
-  flat = (segment_ids + (n + 1) * jnp.arange(b)[:, None]).reshape(-1)  # unique per row
-  sizes = segment_sizes(segment_ids).reshape(-1, 1)
-  mean = jax.ops.segment_sum(x.reshape(b * n, -1), flat, num_segments=b * (n + 1))
-  d = jnp.sum(jnp.square(x.reshape(b * n, -1) - mean[flat] / sizes), -1)
-  d_mean = jax.ops.segment_sum(d, flat, num_segments=b * (n + 1))[flat] / sizes[:, 0]
+  flat, num = _row_segments(segment_ids)
+  sizes = segment_sizes(segment_ids).reshape(-1)
+
+  def clip_mean(v):  # [B * N, ...] -> each token's mean over its clip
+    return (jax.ops.segment_sum(v, flat, num_segments=num)[flat]
+            / sizes.reshape((-1,) + (1,) * (v.ndim - 1)))
+
+  x = x0.astype(jnp.float32).reshape(b * n, -1)
+  d = jnp.sum(jnp.square(x - clip_mean(x)), -1)
+  d_mean = clip_mean(d)
   rel = jnp.where(d_mean > 0, d / jnp.maximum(d_mean, 1e-12), 1.0)
   return ((1 - mix) + mix * rel).reshape(b, n)
 
