@@ -18,6 +18,8 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
                right to left" one bag of words, motion 0.16; with the table, 0.68
                (benchmarks/results/adherence.json, 2026-11-24).
   steps, batch, lr, warmup   training steps, global batch (packed sequences), peak LR, warm-up.
+  optimizer    adamw (default) or muon (optax.contrib.muon on the hidden matrices at AdamW's
+               update RMS, AdamW on the rest; sora_jax/train/optim.py).
   vae_workdir  a finished VAE run ('' = a randomly initialised tiny VAE, loudly logged).
   latents      'on_the_fly' (encode pixel clips while training) or a directory written by
                `python -m data_pipelines.latents` (holding train/ and validation/).
@@ -76,7 +78,7 @@ _DEFAULTS = dict(
     variant="S", width=0, depth=0, heads=0, text="S", text_pos="rope+learned", steps=20000,
     batch=32, lr=3e-4,
     warmup=500, vae_workdir="", latents="on_the_fly", seq_len=1024, max_clips=16, text_len=48,
-    patch="1x2x2", cfg_drop=0.1, ema=0.999, ema_debias=True, caption="detailed",
+    patch="1x2x2", cfg_drop=0.1, ema=0.999, ema_debias=True, caption="detailed", optimizer="adamw",
     sizes="17x64x64+1x64x64", level="full", data_dir="data/tfds", num_train=4096,
     peak_flops=0.0, seed=0, eval_every=2000, rules="fsdp", attention="", prediction="x0",
     pos_embed="none", adaln="per_block", self_cond=False, t_mean=1.0, t_std=1.0,
@@ -144,8 +146,9 @@ def get_config(arg=None):
                   "interpolate": 0.1}
   config.ema = arg.ema
   config.ema_debias = arg.ema_debias
-  config.optim = {"lr": arg.lr, "warmup_steps": arg.warmup, "final_lr_frac": 0.1,
-                  "b1": 0.9, "b2": 0.99, "weight_decay": 0.0, "grad_clip": 1.0}
+  config.optim = {"name": arg.optimizer, "lr": arg.lr, "warmup_steps": arg.warmup,
+                  "final_lr_frac": 0.1, "b1": 0.9, "b2": 0.99, "weight_decay": 0.0,
+                  "grad_clip": 1.0}
 
   config.train = {"steps": arg.steps, "batch_size": arg.batch, "log_every": 50,
                   "eval_every": arg.eval_every, "checkpoint_every": 1000,

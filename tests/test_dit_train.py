@@ -19,6 +19,7 @@ from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.train import checkpointing
 from sora_jax.train import dit_task
 from sora_jax.train import loop
+from sora_jax.train import optim
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +89,10 @@ def _overfit_batch(cfg, num_clips=8):
   return {k: np.stack([r[k] for r in rows]) for k in dit_task._DEVICE_KEYS}
 
 
-def test_overfit_eight_clips(data_dir):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_overfit_eight_clips(data_dir, optimizer):
   """With fixed noise and timesteps, 150 steps drive the loss below 25% of its start."""
-  cfg = _config(data_dir, ",cfg_drop=0,lr=3e-3,warmup=1", steps=150)
+  cfg = _config(data_dir, f",cfg_drop=0,lr=3e-3,warmup=1,optimizer={optimizer}", steps=150)
   batch = _overfit_batch(cfg)
   state = dit_task.init_state(cfg, jax.random.key(0))
   step = jax.jit(dit_task.make_train_step(cfg))
@@ -112,12 +114,57 @@ def test_adaln_single_state_shards_on_an_fsdp_tensor_mesh(data_dir):
   assert table.spec == P(None, "tensor")  # [layers, 6D]: the 6D over tensor, like an MLP
 
 
+def test_muon_state_shards_like_the_params(data_dir):
+  """Muon's momentum (and its Adam half's moments) sit where their params sit."""
+  cfg = _config(data_dir, ",optimizer=muon,rules=fsdp_tensor")
+  abstract = jax.eval_shape(lambda: dit_task.init_state(cfg, jax.random.key(0)))
+  mesh = mesh_lib.make_mesh({"fsdp": 4, "tensor": 2})
+  shardings = dit_task.state_shardings(cfg, mesh, abstract)
+  params = {jax.tree_util.keystr(p): s.spec
+            for p, s in jax.tree_util.tree_leaves_with_path(shardings.params)}
+  checked = 0
+  for path, s in jax.tree_util.tree_leaves_with_path(shardings.opt_state):
+    key = jax.tree_util.keystr(path)
+    name = key[key.find("['dit']"):] if "['dit']" in key else key[key.find("['text']"):]
+    if name in params:
+      assert s.spec == params[name], (key, s.spec, params[name])
+      checked += params[name] != P()
+  assert checked >= 10  # the sharded kernels' Muon momenta and Adam moments were found
+
+
+def test_muon_orthogonalises_each_layer_and_leaves_the_head_to_adam():
+  """A badly conditioned gradient of a scanned [layers, in, out] kernel (singular values 1 to
+  20, the second layer's 100x the first's) becomes, per layer, an update with near-equal
+  singular values (Muon, each layer on its own); the final linear layer gets Adam's
+  first-step update, of the same size for every entry."""
+  rng = np.random.default_rng(0)
+
+  def conditioned(scale):
+    u, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    v, _ = np.linalg.qr(rng.normal(size=(32, 16)))
+    return scale * (u * np.linspace(1.0, 20.0, 16)) @ v.T
+
+  kernel = np.stack([conditioned(1.0), conditioned(100.0)]).astype(np.float32)
+  g = {"blocks": {"mlp": {"up": {"kernel": kernel}}},
+       "final": {"linear": {"kernel": rng.normal(size=(16, 4)).astype(np.float32)}}}
+  o = {"name": "muon", "lr": 1e-2, "warmup_steps": 0, "final_lr_frac": 1.0, "b1": 0.9,
+       "b2": 0.99, "weight_decay": 0.0, "grad_clip": 1e9}
+  tx = optim.make_optimizer(o, steps=10)
+  params = jax.tree.map(np.zeros_like, g)
+  updates = tx.update(g, tx.init(params), params)[0]
+  s = np.linalg.svd(np.asarray(updates["blocks"]["mlp"]["up"]["kernel"]), compute_uv=False)
+  assert np.all(s.max(-1) / s.min(-1) < 2.0), s  # the gradient's spread is 20
+  head = np.abs(np.asarray(updates["final"]["linear"]["kernel"]))
+  np.testing.assert_allclose(head, head.mean(), rtol=1e-3)
+
+
 @pytest.mark.parametrize("extra, match", [
     (",patch=1x3x3", r"patch \(pt, ph, pw\)=\(1, 3, 3\) does not divide"),
     (",variant=huge", "config.model.variant='huge' is not a DiT variant"),
     (",vae_workdir=/nonexistent/vae", "has no checkpoints/ directory"),
     (",text_len=0", "text_len=0"),
     (",latents=/nonexistent/latents", "No latent records in"),
+    (",optimizer=sgd", r"config.optim.name='sgd'; allowed: adamw, muon"),
 ])
 def test_bad_input_fails_before_any_work(data_dir, tmp_path, extra, match):
   cfg = _config(data_dir, extra)

@@ -36,6 +36,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sora_jax.sharding import mesh as mesh_lib
@@ -105,9 +106,15 @@ def param_specs(module: nn.Module, *args, **kwargs) -> Any:
   return nn.get_partition_spec(boxed)
 
 
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
 def _mirror_specs(abstract_state: Any, specs: Any) -> Any:
   """Logical specs for every leaf: subtrees shaped like `specs` (or one of its top-level
-  entries) get its specs, everything else `P()`."""
+  entries) get its specs, everything else `P()`. A subtree with some leaves masked out
+  (`optax.MaskedNode`, which `optax.partition` keeps for the params another transform
+  updates, as Muon's Adam and Muon halves do) still counts as shaped like them."""
   targets = [specs] + (list(specs.values()) if isinstance(specs, dict) else [])
   by_structure = {}
   for target in targets:
@@ -115,13 +122,16 @@ def _mirror_specs(abstract_state: Any, specs: Any) -> Any:
     if treedef.num_leaves > 1:
       by_structure.setdefault(treedef, target)
 
+  def structure(node):
+    return jax.tree.structure(node, is_leaf=_is_masked)
+
   def matches(node) -> bool:
-    return (not isinstance(node, jax.ShapeDtypeStruct) and
-            jax.tree.structure(node) in by_structure)
+    return not isinstance(node, jax.ShapeDtypeStruct) and structure(node) in by_structure
 
   def assign(node):
     if matches(node):
-      return by_structure[jax.tree.structure(node)]
+      return jax.tree.map(lambda leaf, spec: leaf if _is_masked(leaf) else spec, node,
+                          by_structure[structure(node)], is_leaf=_is_masked)
     return P()
 
   return jax.tree.map(assign, abstract_state, is_leaf=matches)

@@ -168,6 +168,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.flow.get("contrast_mix", 0.0) <= 1:
     raise ValueError(f"config.flow.contrast_mix={config.flow.contrast_mix} must be in "
                      "[0, 1].")
+  if config.optim.get("name", "adamw") not in optim.OPTIMIZERS:
+    raise ValueError(f"config.optim.name={config.optim.name!r}; allowed: "
+                     f"{', '.join(optim.OPTIMIZERS)}.")
   if not 0 <= config.flow.cfg_drop <= 1 or not 0 <= config.ema < 1:
     raise ValueError(f"config.flow.cfg_drop={config.flow.cfg_drop} must be in [0, 1] and "
                      f"config.ema={config.ema} in [0, 1).")
