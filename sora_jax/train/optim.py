@@ -12,25 +12,21 @@ OPTIMIZERS = ("adamw", "muon")
 # Muon's update RMS as a share of the learning rate (Liu et al., 2025, "Muon is Scalable for
 # LLM Training", arXiv:2502.16982): 0.2 matches AdamW's, so the AdamW recipe's LR carries over.
 MUON_RMS = 0.2
-# Matrices that stay with AdamW under Muon, as in Keller Jordan's Muon and Moonlight: lookup
-# tables (token and position embeddings) and the output head (the DiT's final linear layer).
-_MUON_EXCLUDED = ("embedding", "position_embed")
 _ATTENTION = ("attention", "self_attention", "cross_attention")
 
 
 def muon_dims(params: Any) -> Any:
   """Which params Muon orthogonalises, and how: a tree like `params` of MuonDimensionNumbers
-  (None = AdamW). Flax names decide: every `kernel` of rank >= 2 except the final layer's;
-  attention's q/k/v kernels [..., D, H, Dh] reduce over D, its `out` kernel [..., H, Dh, D]
-  over (H, Dh); any leading axes (a scanned stack's layer axis) are batch axes, each layer
-  orthogonalised on its own.
+  (None = AdamW). Flax names decide: every `kernel` of rank >= 2 except the final layer's
+  (the output head stays with AdamW, as in Keller Jordan's Muon and Moonlight; so do lookup
+  tables, named `embedding` or `position_embed`, not `kernel`). Attention's q/k/v kernels
+  [..., D, H, Dh] reduce over D, its `out` kernel [..., H, Dh, D] over (H, Dh); any leading
+  axes (a scanned stack's layer axis) are batch axes, each layer orthogonalised on its own.
   """
   def dims(path, leaf):
     names = [getattr(k, "key", str(k)) for k in path]
     if names[-1] != "kernel" or leaf.ndim < 2 or (len(names) >= 3 and names[-3] == "final"
                                                   and names[-2] == "linear"):
-      return None
-    if any(n in _MUON_EXCLUDED for n in names):
       return None
     attention = len(names) >= 3 and names[-3] in _ATTENTION
     if attention and names[-2] in ("query", "key", "value") and leaf.ndim >= 3:
