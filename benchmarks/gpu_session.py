@@ -3,6 +3,8 @@
   python benchmarks/gpu_session.py pipeline --out_dir D [--budget_s 540] [--vae_s 170]
   python benchmarks/gpu_session.py pipeline --out_dir D --vae_workdir runs/demo/vae \
       --levels basic --attention_s 110     # a carried VAE: no VAE training
+  python benchmarks/gpu_session.py pipeline --out_dir D --vae_workdir runs/d21/vae \
+      --levels basic --base gpu_demo --computes 64 --config_args optimizer=muon
   python benchmarks/gpu_session.py benchmarks --out_dir D
 
 `pipeline` (issues 3, 6 and 7 on a GPU): builds Shapes World at both levels with 16384
@@ -54,6 +56,7 @@ PY = sys.executable
 CHILD_ENV = dict(os.environ)  # the children get the GPU; this process stays on the CPU
 NUM_TRAIN = 16384
 RUNS = "runs/gpu"
+LADDER = "ladder"  # under RUNS; "ladder_<config_args>" with --config_args (own checkpoints)
 SMOKE = ""  # --smoke: config suffix that shrinks every run to seconds (a CPU check of this)
 
 
@@ -173,17 +176,20 @@ def _log_tail(path: str, lines: int = 60) -> None:
 
 
 def _rung_dir(compute) -> str:
-  return f"{RUNS}/ladder/compute={compute}"
+  return f"{RUNS}/{LADDER}/compute={compute}"
 
 
 def run_ladder(deadline: float, log: str, vae_workdir: str, base_name: str = "gpu_basic",
-               computes: str = "") -> dict:
-  """1x, then each larger rung whose projected time fits; or exactly `computes` ('4+64')."""
+               computes: str = "", config_args: str = "") -> dict:
+  """1x, then each larger rung whose projected time fits; or exactly `computes` ('4+64').
+
+  `config_args`: more configs/scaling.py arguments for every rung, e.g. 'optimizer=muon'.
+  """
   from configs import scaling  # pylint: disable=g-import-not-at-top
   base = scaling.BASES[base_name]
   spec = (f"configs/scaling.py:base={base_name},vae_workdir={vae_workdir},data_dir=data/tfds"
-          f"{SMOKE}")
-  sweep = [PY, "launch/sweep.py", "--workdir_root", f"{RUNS}/ladder",
+          f"{',' + config_args if config_args else ''}{SMOKE}")
+  sweep = [PY, "launch/sweep.py", "--workdir_root", f"{RUNS}/{LADDER}",
            "--precompute_latents", f"{RUNS}/latents"]
   done, skipped = [], []
   t0 = time.time()
@@ -250,13 +256,14 @@ def pipeline(args) -> dict:
           ("config.json", "final_metrics.json", "metrics.jsonl"))
     if summary["vae"]["rc"]:
       return summary
-  summary["ladder"] = run_ladder(deadline - 40, log, vae_workdir, args.base, args.computes)
-  rc, _ = _run([PY, "-m", "sora_jax.scaling.report", "--root", f"{RUNS}/ladder",
+  summary["ladder"] = run_ladder(deadline - 40, log, vae_workdir, args.base, args.computes,
+                                 args.config_args)
+  rc, _ = _run([PY, "-m", "sora_jax.scaling.report", "--root", f"{RUNS}/{LADDER}",
                 "--out", os.path.join(args.out_dir, "scaling_gpu.json"),
                 "--contact_sheet", "4"], max(deadline - time.time(), 60), log)
   summary["report_rc"] = rc
   _pack(os.path.join(args.out_dir, "ladder.tar.gz"),
-        sorted(glob.glob(os.path.join(ROOT, RUNS, "ladder", "compute=*"))),
+        sorted(glob.glob(os.path.join(ROOT, RUNS, LADDER, "compute=*"))),
         os.path.join(ROOT, RUNS), ("config.json", "metrics.jsonl", "adherence.json",
                                    "launch.log"))
   summary["wall_s"] = time.time() - t_start
@@ -328,6 +335,9 @@ def main():
   parser.add_argument("--computes", default="",
                       help="pipeline: exactly these rungs, '+'-separated (default: 1x, then "
                       "what fits the budget)")
+  parser.add_argument("--config_args", default="",
+                      help="pipeline: more configs/scaling.py arguments for every rung, "
+                      "comma-separated (e.g. optimizer=muon)")
   parser.add_argument("--levels", default="full,basic",
                       help="pipeline: Shapes World levels to build")
   parser.add_argument("--attention_s", type=float, default=0,
@@ -339,9 +349,11 @@ def main():
                       help="runlocal-sized runs: seconds, for checking this script on a CPU")
   args = parser.parse_args()
   os.environ["JAX_PLATFORMS"] = "cpu"  # this process only reads configs (CHILD_ENV is kept)
+  global SMOKE, NUM_TRAIN, RUNS, LADDER
   if args.smoke:
-    global SMOKE, NUM_TRAIN, RUNS
     SMOKE, NUM_TRAIN, RUNS = ",runlocal=True", 16, "runs/gpu_smoke"
+  if args.config_args:  # other rungs than the plain ladder's: not resumed from its workdirs
+    LADDER = "ladder_" + "".join(c if c.isalnum() else "_" for c in args.config_args)
   os.makedirs(args.out_dir, exist_ok=True)
   summary = pipeline(args) if args.stage == "pipeline" else benchmarks(args)
   with open(os.path.join(args.out_dir, "summary.json"), "w") as f:

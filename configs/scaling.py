@@ -46,6 +46,7 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   data_dir     the Shapes World data set (built on first use), shared by every rung.
   peak_flops   peak FLOP/s for MFU (0 = the CPU default on CPU).
   seed         same on every rung.
+  optimizer    adamw (default) or muon, on every rung (configs/dit.py `optimizer`).
   runlocal     a seconds-long ladder for tests (tiny model, a few steps).
 """
 from __future__ import annotations
@@ -136,7 +137,7 @@ EVALS = {
 _DEFAULTS = dict(
     compute=1.0, base="tiny_cpu", params_exp=0.57, data_exp=0.43, aspect_tol=2.0,
     computes="", vae_workdir="", latents="on_the_fly", data_dir="data/tfds", peak_flops=0.0,
-    seed=0, runlocal=False)
+    seed=0, optimizer="adamw", runlocal=False)
 
 
 def block_params(width: int, depth: int, head_dim: int) -> int:
@@ -211,7 +212,7 @@ def get_config(arg=None):
       workers=base.get("workers", 0) if arg.latents != "on_the_fly" else 0,
       num_train=base["num_train"], peak_flops=arg.peak_flops, seed=arg.seed, eval_every=0,
       pos_embed=base.get("pos_embed", "none"), sample_shift=base.get("sample_shift", 0.0),
-      runlocal=arg.runlocal).items()))
+      optimizer=arg.optimizer, runlocal=arg.runlocal).items()))
   with config.unlocked():  # update: keep configs/dit.py's prediction, pos_embed and adaln
     config.model.overrides.update({"width": shape["width"], "depth": shape["depth"],
                                    "num_heads": shape["num_heads"], "dtype": base["dtype"],

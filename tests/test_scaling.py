@@ -190,6 +190,8 @@ def test_ladder_config_is_a_locked_dit_config():
   assert cfg.flow.sample_shift == 0.0  # the training rule's shift, unless the base sets one
   demo = scaling.get_config("compute=4,base=gpu_demo")
   assert demo.flow.sample_shift == 8.0 and demo.packing.seq_len == 320
+  assert cfg.optim.name == "adamw"  # every rung's optimizer, `optimizer` to change it
+  assert scaling.get_config("compute=64,base=gpu_demo,optimizer=muon").optim.name == "muon"
   one = scaling.get_config("base=tiny_cpu,data_dir=/d")
   assert one.eval.to_dict() == cfg.eval.to_dict()  # the same fixed evaluation
   assert one.data.to_dict() == cfg.data.to_dict()  # the same data
