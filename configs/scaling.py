@@ -192,6 +192,10 @@ def _check(arg) -> dict:
   for key in ("params_exp", "data_exp"):
     if not 0 <= arg[key] <= 1:
       raise ValueError(f"Config argument {key}={arg[key]}; expected a number in [0, 1].")
+  from sora_jax.train import optim  # pylint: disable=g-import-not-at-top
+  if arg.optimizer not in optim.OPTIMIZERS:  # at the sweep's expansion, not each rung's start
+    raise ValueError(f"Config argument optimizer={arg.optimizer!r}; known: "
+                     f"{', '.join(optim.OPTIMIZERS)}.")
   if arg.aspect_tol < 1:
     raise ValueError(f"Config argument aspect_tol={arg.aspect_tol}; expected >= 1.")
   return BASES["runlocal" if arg.runlocal else arg.base]

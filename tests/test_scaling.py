@@ -196,7 +196,8 @@ def test_ladder_config_is_a_locked_dit_config():
   assert one.eval.to_dict() == cfg.eval.to_dict()  # the same fixed evaluation
   assert one.data.to_dict() == cfg.data.to_dict()  # the same data
   for bad, match in (("compute=0", "compute=0.0"), ("base=huge", "base='huge'"),
-                     ("params_exp=2", "params_exp=2.0"), ("widht=3", "Unknown config")):
+                     ("params_exp=2", "params_exp=2.0"), ("widht=3", "Unknown config"),
+                     ("optimizer=sgd", "optimizer='sgd'; known: adamw, muon")):
     with pytest.raises(ValueError, match=match):
       scaling.get_config(bad)
 
