@@ -51,6 +51,8 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
                attention outputs: the demo's step takes 22% less time on the 2-core CPU, as it
                no longer writes and reads each block's [B, H, N, N] attention weights;
                benchmarks/results/train_step.json).
+  mlp_conv     a depthwise 3x3 convolution over each frame's token grid in every MLP
+               (SANA's Mix-FFN; sora_jax/models/dit.py DiTConfig.mlp_conv). Default False.
   sample_shift  the run's default sampling timestep shift, which the sample and evaluate
                CLIs and the demo use unless given --shift (0 = the training rule,
                sqrt(tokens / base_tokens)); a larger shift makes fewer solver calls near the
@@ -83,7 +85,7 @@ _DEFAULTS = dict(
     peak_flops=0.0, seed=0, eval_every=2000, rules="fsdp", attention="", prediction="x0",
     pos_embed="none", adaln="per_block", self_cond=False, t_mean=1.0, t_std=1.0,
     loss_weight="v", contrast_mix=0.5, sample_shift=0.0, workers=0, remat="none",
-    runlocal=False)
+    mlp_conv=False, runlocal=False)
 
 
 def _patch(text: str) -> tuple[int, int, int]:
@@ -113,6 +115,8 @@ def get_config(arg=None):
                                 "remat": arg.remat}}
   shape = {"width": arg.width, "depth": arg.depth, "num_heads": arg.heads}
   config.model.overrides.update({k: v for k, v in shape.items() if v})
+  if arg.mlp_conv:  # only when set: runs from before the option keep their config
+    config.model.overrides.mlp_conv = True
   config.text = {"variant": arg.text, "vocab_size": 512,
                  "overrides": {"position": arg.text_pos}}
   # '' = trained from the training captions, written to WORKDIR/tokenizer.model.

@@ -517,16 +517,20 @@ def test_fractional_positions_are_per_clip_and_resolution_free():
   assert feats[0].shape == (30,) and np.all(feats[0][-2:] == 0)  # 30 = 4 * 7 + 2 zeros
 
 
-def test_packed_equals_unpacked_loss_and_grads():
+@pytest.mark.parametrize("mlp_conv", [False, True])
+def test_packed_equals_unpacked_loss_and_grads(mlp_conv):
   """A packed row of 3 clips gives the loss and gradients of the 3 clips on their own.
 
   The reference is the plain unpacked path (one clip a row, no segment ids, no padding):
   the two 12-token clips as a batch of 2, the 4-token clip alone, losses weighted 2:1.
+  With mlp_conv, the 3x3 token-grid convolution must not reach across the packed clips,
+  whose grids are 2, 6 and 2 tokens wide.
   """
   # One unrolled block each keeps the compiles affordable on CPU; depth and scan are
   # covered by test_init_is_zero_and_scan_equals_unrolled.
   # Fractional positions are per clip, so packing must not change them either.
-  dit_model = dit.DiT(_tiny_dit(depth=1, scan_layers=False, pos_embed="fractional"))
+  dit_model = dit.DiT(_tiny_dit(depth=1, scan_layers=False, pos_embed="fractional",
+                                mlp_conv=mlp_conv))
   text_model = text_lib.TextEncoder(_tiny_text(depth=1))
   clips = _clips()
   (packed,) = packing.pack_examples(clips, seq_len=32, max_clips=4)
@@ -570,3 +574,55 @@ def test_packed_equals_unpacked_loss_and_grads():
   assert sum(float(jnp.abs(g).sum()) for g in ref_flat) > 1.0
   for (path, g), r in zip(flat, ref_flat):
     np.testing.assert_allclose(g, r, **TOL, err_msg=jax.tree_util.keystr(path))
+
+
+def test_grid_neighbours_are_each_clips_own_3x3_in_a_packed_row():
+  """Brute force over a row of two clips of different grids and padding."""
+  grid = lambda t, h, w: np.stack(np.meshgrid(np.arange(t), np.arange(h), np.arange(w),
+                                              indexing="ij"), -1).reshape(-1, 3)
+  a, b = grid(3, 4, 5), grid(1, 2, 3)
+  pos = np.concatenate([a, b, np.zeros((4, 3), int)]).astype(np.int32)
+  seg = np.repeat(np.array([1, 2, 0], np.int32), [len(a), len(b), 4])
+  index, valid = map(np.asarray, dit.grid_neighbours(jnp.asarray(pos[None]),
+                                                     jnp.asarray(seg[None])))
+  for i in range(len(seg)):
+    for k, (dh, dw) in enumerate(dit.GRID_OFFSETS):
+      want = [j for j in range(len(seg)) if seg[i] > 0 and seg[j] == seg[i]
+              and tuple(pos[j]) == (pos[i, 0], pos[i, 1] + dh, pos[i, 2] + dw)]
+      assert valid[0, i, k] == bool(want), (i, dh, dw)
+      if want:
+        assert index[0, i, k] == want[0], (i, dh, dw)
+  assert valid[0, :, 4].sum() == len(a) + len(b)  # the centre tap: every real token
+
+
+def test_mlp_conv_is_a_depthwise_3x3_conv_of_each_frame():
+  """FeedForward(conv=True) against lax's grouped convolution on the (T, h, w) grid, values
+  and gradients (the custom transpose of `_grid_tap`)."""
+  t, h, w, d, hidden = 2, 3, 4, 4, 6
+  ff = dit.FeedForward(hidden, conv=True)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(1, t * h * w, d)), jnp.float32)
+  pos = np.stack(np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij"),
+                 -1).reshape(1, -1, 3)
+  nb = dit.grid_neighbours(jnp.asarray(pos, jnp.int32), jnp.ones((1, t * h * w), jnp.int32))
+  params = _perturb(ff.init(jax.random.key(0), x, nb), scale=0.3)
+  assert params["params"]["conv"].shape == (9, hidden)
+
+  def reference(p, x):
+    u = x @ p["up"]["kernel"] + p["up"]["bias"]
+    grid = u.reshape(t, h, w, hidden)
+    kern = p["conv"].reshape(3, 3, 1, hidden)
+    conv = jax.lax.conv_general_dilated(grid, kern, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=hidden)
+    u = u + conv.reshape(1, -1, hidden)
+    return nn.gelu(u, approximate=True) @ p["down"]["kernel"] + p["down"]["bias"]
+
+  r = jnp.asarray(rng.normal(size=(1, t * h * w, d)), jnp.float32)
+  ours = lambda p, x: jnp.sum(ff.apply({"params": p}, x, nb) * r)
+  ref = lambda p, x: jnp.sum(reference(p, x) * r)
+  p = params["params"]
+  np.testing.assert_allclose(ff.apply(params, x, nb), reference(p, x), **TOL)
+  got, want = jax.grad(ours, argnums=(0, 1))(p, x), jax.grad(ref, argnums=(0, 1))(p, x)
+  for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, e, **TOL)

@@ -125,6 +125,14 @@ class DiTConfig:
       "edm": x0 through EDM's preconditioning, x0_hat = c_skip(t) x_t + c_out(t) F
       (`edm_coefficients`): x0-prediction at t = 1, but near the data x0_hat -> x_t, so the
       network only corrects x_t instead of having to copy it through its width.
+    mlp_conv: a depthwise 3x3 convolution over each frame's token grid inside every MLP,
+      after its first projection (SANA's Mix-FFN, Xie et al., 2024, arXiv:2410.10629;
+      zero-initialised, so training starts from the plain MLP). Neighbours are found from
+      `positions` within a token's own clip and frame (`grid_neighbours`), so packed rows of
+      any clip sizes work. Its gathers run along the sequence: on a mesh with a context
+      axis XLA gathers the neighbours across devices (correct, not communication-free).
+      On the 2-core CPU its gathers cost 40-60% more time a step at the demo's shape
+      (benchmarks/results/train_step.json, 2026-11-25).
     scan_layers: `nn.scan` over blocks (params get a leading "layers" axis); False unrolls.
     remat: a key of REMAT_POLICIES.
     attention_backend: see `attention.BACKENDS`.
@@ -148,6 +156,7 @@ class DiTConfig:
   adaln: str = "per_block"
   self_condition: bool = False
   prediction: str = "v"
+  mlp_conv: bool = False
   scan_layers: bool = True
   remat: str = "none"
   attention_backend: str = "xla"
@@ -303,22 +312,98 @@ class FeedForward(nn.Module):
   Attributes:
     hidden: hidden width (SwiGLU callers usually pass 2/3 of the GELU width).
     kind: "gelu" or "swiglu".
+    conv: DiTConfig.mlp_conv's depthwise 3x3 over the token grid, after the first
+      projection (residual, zero-initialised; `neighbours` from `grid_neighbours`).
   """
   hidden: int
   kind: str = "gelu"
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  conv: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [B, N, D] -> [B, N, D]."""
+  def __call__(self, x: jax.Array, neighbours=None) -> jax.Array:
+    """x: [B, N, D] -> [B, N, D]; neighbours: `grid_neighbours` (needed iff conv)."""
     dense = lambda f, names, name: _dense(f, names, self.dtype, self.param_dtype, name)
+    mix = lambda u: u + self._depthwise(u, neighbours) if self.conv else u
     if self.kind == "swiglu":
-      h = nn.silu(dense(self.hidden, ("embed", "mlp"), "gate")(x))
+      h = nn.silu(mix(dense(self.hidden, ("embed", "mlp"), "gate")(x)))
       h = h * dense(self.hidden, ("embed", "mlp"), "up")(x)
     else:
-      h = nn.gelu(dense(self.hidden, ("embed", "mlp"), "up")(x), approximate=True)
+      h = nn.gelu(mix(dense(self.hidden, ("embed", "mlp"), "up")(x)), approximate=True)
     return dense(x.shape[-1], ("mlp", "embed"), "down")(h)
+
+  def _depthwise(self, u: jax.Array, neighbours) -> jax.Array:
+    """The 3x3 depthwise convolution over each frame's token grid (zeros off the grid)."""
+    index, valid = neighbours
+    kernel = self.param("conv", nn.with_logical_partitioning(nn.initializers.zeros, (None,
+                                                                                      "mlp")),
+                        (index.shape[-1], u.shape[-1]), self.param_dtype)
+    out = jnp.zeros_like(u)
+    for k in range(index.shape[-1]):
+      m = len(GRID_OFFSETS) - 1 - k  # the mirrored tap (-dh, -dw)
+      tap = _grid_tap(u, index[..., k], valid[..., k], index[..., m], valid[..., m])
+      out = out + tap * kernel[k].astype(self.dtype)
+    return out
+
+
+@jax.custom_vjp
+def _grid_tap(u, index, valid, mirror_index, mirror_valid):
+  """u[b, index[b, i]] where valid, else 0: one tap of `FeedForward`'s 3x3 conv.
+
+  Its transpose is the mirrored tap's gather (token j is i's (dh, dw) neighbour exactly
+  when i is j's (-dh, -dw) one), not the scatter-add autodiff would give: on the CPU that
+  is a third less time for the convolution's gradient.
+  """
+  del mirror_index, mirror_valid
+  return jnp.where(valid[..., None], jnp.take_along_axis(u, index[..., None], axis=1), 0)
+
+
+def _grid_tap_fwd(u, index, valid, mirror_index, mirror_valid):
+  return _grid_tap(u, index, valid, mirror_index, mirror_valid), (mirror_index, mirror_valid)
+
+
+def _grid_tap_bwd(res, g):
+  mirror_index, mirror_valid = res
+  du = jnp.where(mirror_valid[..., None], jnp.take_along_axis(g, mirror_index[..., None],
+                                                              axis=1), 0)
+  return du, None, None, None, None
+
+
+_grid_tap.defvjp(_grid_tap_fwd, _grid_tap_bwd)
+
+
+GRID_OFFSETS = tuple((dh, dw) for dh in (-1, 0, 1) for dw in (-1, 0, 1))  # the 3x3 taps
+
+
+def grid_neighbours(positions: jax.Array, segment_ids: jax.Array):
+  """Each token's 3x3 neighbours in its own clip and frame, for `FeedForward`'s conv.
+
+  Packed clips are contiguous and in (t, h, w) raster order (`patchify`), so the token at
+  (t, h + dh, w + dw) of the clip of token i sits at i + dh * W + dw, W being the clip's
+  patch-grid width (its largest w position + 1); a tap is valid where that token exists:
+  same clip (segment id > 0) and exactly that position.
+
+  Args:
+    positions: [B, N, 3] int; segment_ids: [B, N] int (0 = padding).
+
+  Returns:
+    (index int32 [B, N, 9], valid bool [B, N, 9]), taps in `GRID_OFFSETS` order.
+  """
+  b, n, _ = positions.shape
+  flat = (segment_ids + (n + 1) * jnp.arange(b)[:, None]).reshape(-1)
+  width = jax.ops.segment_max(positions[..., 2].reshape(-1), flat, num_segments=b * (n + 1))
+  width = (width[flat] + 1).reshape(b, n)
+  i = jnp.arange(n)[None]
+  index, valid = [], []
+  for dh, dw in GRID_OFFSETS:
+    j = jnp.clip(i + dh * width + dw, 0, n - 1)
+    pj = jnp.take_along_axis(positions, j[..., None], axis=1)
+    want = positions + jnp.asarray([0, dh, dw], positions.dtype)
+    ok = (jnp.take_along_axis(segment_ids, j, axis=1) == segment_ids) & (segment_ids > 0)
+    index.append(j)
+    valid.append(ok & jnp.all(pj == want, axis=-1))
+  return jnp.stack(index, -1).astype(jnp.int32), jnp.stack(valid, -1)
 
 
 def mlp_hidden(width: int, ratio: float, kind: str) -> int:
@@ -354,6 +439,7 @@ class DiTBlock(nn.Module):
   rope_base: float = 10_000.0
   backend: str = "xla"
   adaln: str = "per_block"
+  mlp_conv: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -402,7 +488,9 @@ class DiTBlock(nn.Module):
     x = x + checkpoint_name(h, "cross_attention")
 
     h = _modulate(_plain_norm(self.dtype)(x), shift2, scale2)
-    h = FeedForward(self.mlp_hidden, self.mlp, self.dtype, self.param_dtype, name="mlp")(h)
+    neighbours = grid_neighbours(positions, segment_ids) if self.mlp_conv else None
+    h = FeedForward(self.mlp_hidden, self.mlp, self.dtype, self.param_dtype,
+                    conv=self.mlp_conv, name="mlp")(h, neighbours)
     x = x + gate2 * h
     return nn.with_logical_constraint(x, EMBED_AXES), None
 
@@ -508,7 +596,8 @@ class DiT(nn.Module):
                   mlp_hidden=mlp_hidden(cfg.width, cfg.mlp_ratio, cfg.mlp), mlp=cfg.mlp,
                   qk_norm=cfg.qk_norm, rope_proportions=cfg.rope_proportions,
                   rope_base=cfg.rope_base, backend=cfg.attention_backend, adaln=cfg.adaln,
-                  dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+                  mlp_conv=cfg.mlp_conv, dtype=jnp.dtype(cfg.dtype),
+                  param_dtype=jnp.dtype(cfg.param_dtype))
     if cfg.scan_layers:
       stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=(nn.broadcast,) * 6, length=cfg.depth,

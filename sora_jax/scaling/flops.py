@@ -74,6 +74,8 @@ def dit_matmul_weights(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]
     no_grad += din * d
   adaln = 6 * d * d  # per block, or once with adaLN-single
   per_block = 4 * d * d + 2 * d * d + mlp  # self-attn, cross q/out, MLP
+  if dcfg.mlp_conv:  # the MLP's depthwise 3x3 over the token grid
+    per_block += 9 * hidden
   if dcfg.adaln == "per_block":
     per_block += adaln
   token = (no_grad + d * d * (2 if dcfg.fps_conditioning else 1)  # time (fps) MLP out
@@ -96,6 +98,8 @@ def dit_param_count(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]:
   hidden = dit_lib.mlp_hidden(d, dcfg.mlp_ratio, dcfg.mlp)
   dense = lambda i, o: i * o + o
   mlp = (2 if dcfg.mlp == "swiglu" else 1) * dense(d, hidden) + dense(hidden, d)
+  if dcfg.mlp_conv:  # its depthwise 3x3 kernel over the token grid
+    mlp += 9 * hidden
   qk = 2 * dh if dcfg.qk_norm else 0
   adaln_single = dcfg.adaln == "single"
   block = ((6 * d if adaln_single else dense(d, 6 * d)) + 4 * dense(d, d) + qk  # adaLN, attn
