@@ -12,6 +12,15 @@ as `satisfied` (a sample can satisfy more than one, or none). `accuracy` is the 
 share; `independent` is the accuracy the same samples would score if they did not depend on
 the word (every row replaced by the mean row: the column totals over K^2 n). A model that
 follows the word scores above `independent`; one that ignores it, about `independent`.
+
+  python benchmarks/attribute_probe.py --workdir runs/demo/dit --attribute shape --n 48 --keep
+
+`--keep` asks instead whether the DiT can draw the value when it is given: for the same
+scenes (captions unchanged) it samples i2v from each scene's own first frame, and t2v, and
+scores the attribute on the frames after the given one (`--skip`), per value, beside the
+VAE's reconstruction of the real clip on the same frames (what a perfect DiT could reach).
+A DiT that keeps a given square square but draws no squares from text lacks the word; one
+that loses it in i2v as well cannot draw the shape at all.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from data_pipelines.shapes_world import evaluator
+from data_pipelines.shapes_world import generator as sw_generator
 from data_pipelines.shapes_world import world as W
 from sora_jax import evaluate as evaluate_lib
 from sora_jax import generation
@@ -32,21 +42,44 @@ from sora_jax import generation
 VALUES = {"shape": tuple(W.SHAPES), "color": tuple(W.OBJECT_COLORS)}
 
 
-def probe_prompts(attribute: str, split: str, n: int, level: str, frames: int,
-                  height: int, width: int, max_scan: int = 2000) -> list[str]:
-  """The first n single-object captions of `split` naming one value of `attribute`."""
+def probe_scenes(attribute: str, split: str, n: int, level: str, frames: int,
+                 height: int, width: int, max_scan: int = 2000) -> list[tuple[int, str]]:
+  """(index, caption) of the first n single-object scenes of `split` naming one value of
+  `attribute`."""
   if attribute not in VALUES:
     raise ValueError(f"attribute={attribute!r}; allowed: {', '.join(VALUES)}.")
   words = re.compile(r"\b(" + "|".join(VALUES[attribute]) + r")\b")
   out = []
-  for row in evaluate_lib.split_prompts(split, max_scan, level, frames, height, width):
+  rows = evaluate_lib.split_prompts(split, max_scan, level, frames, height, width)
+  for index, row in enumerate(rows):
     prompt = evaluator.parse_prompt(row["prompt"])
     if len(prompt.objects) == 1 and len(words.findall(row["prompt"])) == 1:
-      out.append(row["prompt"])
+      out.append((index, row["prompt"]))
       if len(out) == n:
         return out
   raise ValueError(f"Only {len(out)} single-object {split} scenes of the first {max_scan} "
                    f"name one {attribute}; asked for n={n}.")
+
+
+def probe_prompts(*args, **kwargs) -> list[str]:
+  """The captions of `probe_scenes` (same arguments)."""
+  return [prompt for _, prompt in probe_scenes(*args, **kwargs)]
+
+
+def value_of(prompt: str, attribute: str) -> str:
+  return re.search(r"\b(" + "|".join(VALUES[attribute]) + r")\b", prompt).group(1)
+
+
+def keep_rates(videos: list, prompts: list[str], attribute: str, skip: int) -> dict:
+  """The share of videos whose frames from `skip` on satisfy their own prompt's attribute:
+  {"rate", "per_value": {value: rate}, "n"}."""
+  hits = {v: [] for v in VALUES[attribute]}
+  for video, prompt in zip(videos, prompts, strict=True):
+    hits[value_of(prompt, attribute)].append(
+        bool(evaluator.score_clip(video[skip:], prompt)[attribute]))
+  flat = [h for v in hits.values() for h in v]
+  return {"rate": sum(flat) / len(flat), "n": len(flat),
+          "per_value": {v: (sum(h) / len(h) if h else None) for v, h in hits.items()}}
 
 
 def swap(prompt: str, attribute: str, value: str) -> str:
@@ -82,12 +115,36 @@ def main() -> None:
   parser.add_argument("--frames", type=int, default=17)
   parser.add_argument("--size", type=int, default=64)
   parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--keep", action="store_true",
+                      help="i2v from each scene's first frame against t2v (module docstring)")
+  parser.add_argument("--skip", type=int, default=1,
+                      help="--keep: frames not scored (the given first frame: 1)")
   args = parser.parse_args()
+  if args.keep and not 0 <= args.skip < args.frames:
+    parser.error(f"--skip={args.skip}; expected 0 <= skip < --frames={args.frames}.")
   level = args.level or evaluate_lib.run_level(args.workdir)
-  prompts = probe_prompts(args.attribute, args.split, args.n, level, args.frames,
-                          args.size, args.size)  # bad input fails before the model loads
+  scenes = probe_scenes(args.attribute, args.split, args.n, level, args.frames,
+                        args.size, args.size)  # bad input fails before the model loads
+  prompts = [prompt for _, prompt in scenes]
   options = generation.SamplingOptions(steps=args.steps, guidance=args.guidance)
   gen = generation.Generator(args.workdir, options=options)
+  head = {"workdir": args.workdir, "step": gen.step, "attribute": args.attribute,
+          "split": args.split, "level": level, "seed": args.seed,
+          "sampling": {"steps": args.steps, "guidance": args.guidance,
+                       "shift": gen.sample_shift}}
+  if args.keep:
+    clips = [sw_generator.make_clip(args.split, i, args.frames, args.size, args.size,
+                                    level).video for i, _ in scenes]
+    seeds = [args.seed + i for i in range(len(prompts))]
+    videos = {"i2v": [gen.i2v(p, c[0], args.frames, seed=s)
+                      for p, c, s in zip(prompts, clips, seeds)],
+              "t2v": [gen.t2v(p, args.frames, args.size, args.size, seed=s)
+                      for p, s in zip(prompts, seeds)],
+              "vae": [gen.decode(gen.encode(c)) for c in clips]}
+    print(json.dumps({"benchmark": "attribute_keep", **head, "skip": args.skip, **{
+        mode: keep_rates(v, prompts, args.attribute, args.skip)
+        for mode, v in videos.items()}}, indent=2))
+    return
   samples = {}
   for value in VALUES[args.attribute]:
     variant = [swap(p, args.attribute, value) for p in prompts]
@@ -96,10 +153,7 @@ def main() -> None:
       chunk = variant[i:i + args.batch]
       samples[value] += list(gen.t2v_batch(chunk, args.frames, args.size, args.size,
                                            [args.seed + i + j for j in range(len(chunk))]))
-  result = {"benchmark": "attribute_probe", "workdir": args.workdir, "step": gen.step,
-            "attribute": args.attribute, "split": args.split, "level": level,
-            "seed": args.seed, "sampling": {"steps": args.steps, "guidance": args.guidance,
-                                            "shift": gen.sample_shift},
+  result = {"benchmark": "attribute_probe", **head,
             **confusion(samples, prompts, args.attribute)}
   print(json.dumps(result, indent=2))
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,3 +129,32 @@ def test_attribute_probe_confusion_of_a_model_that_ignores_the_word():
   assert attribute_probe.swap(prompts[0], "shape", "square").count("square") == 1
   with pytest.raises(ValueError, match="attribute='size'; allowed: shape, color"):
     attribute_probe.probe_prompts("size", "test", 1, "basic", 5, 32, 32)
+
+
+def test_attribute_probe_keep_rates_per_value(tmp_path):
+  """--keep's scoring: the real clips keep every shape past the skipped frame; blanking the
+  squares after it loses exactly the squares."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import attribute_probe  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  from data_pipelines.shapes_world import generator  # pylint: disable=g-import-not-at-top
+
+  scenes = attribute_probe.probe_scenes("shape", "test", 9, "basic", 5, 48, 48)
+  clips = [generator.make_clip("test", i, 5, 48, 48, "basic") for i, _ in scenes]
+  prompts = [p for _, p in scenes]
+  assert prompts == [c.caption for c in clips]
+  values = [attribute_probe.value_of(p, "shape") for p in prompts]
+  assert {"circle", "square", "triangle"} <= set(values), values
+  real = attribute_probe.keep_rates([c.video for c in clips], prompts, "shape", skip=1)
+  assert real == {"rate": 1.0, "n": 9, "per_value": {"circle": 1.0, "square": 1.0,
+                                                     "triangle": 1.0}}
+  blank = [np.concatenate([c.video[:1], np.zeros_like(c.video[1:])]) if v == "square"
+           else c.video for c, v in zip(clips, values)]
+  out = attribute_probe.keep_rates(blank, prompts, "shape", skip=1)
+  assert out["per_value"] == {"circle": 1.0, "square": 0.0, "triangle": 1.0}
+  assert out["rate"] == pytest.approx(1 - values.count("square") / 9)
+  out = _run("benchmarks/attribute_probe.py", "--workdir", str(tmp_path), "--keep",
+             "--skip", "17")
+  assert out.returncode == 2 and "--skip=17; expected 0 <= skip < --frames=17" in out.stderr
