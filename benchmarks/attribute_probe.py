@@ -42,13 +42,18 @@ from sora_jax import generation
 VALUES = {"shape": tuple(W.SHAPES), "color": tuple(W.OBJECT_COLORS)}
 
 
+def _words(attribute: str) -> re.Pattern:
+  """Any one value word of `attribute`, as a whole word."""
+  return re.compile(r"\b(" + "|".join(VALUES[attribute]) + r")\b")
+
+
 def probe_scenes(attribute: str, split: str, n: int, level: str, frames: int,
                  height: int, width: int, max_scan: int = 2000) -> list[tuple[int, str]]:
   """(index, caption) of the first n single-object scenes of `split` naming one value of
   `attribute`."""
   if attribute not in VALUES:
     raise ValueError(f"attribute={attribute!r}; allowed: {', '.join(VALUES)}.")
-  words = re.compile(r"\b(" + "|".join(VALUES[attribute]) + r")\b")
+  words = _words(attribute)
   out = []
   rows = evaluate_lib.split_prompts(split, max_scan, level, frames, height, width)
   for index, row in enumerate(rows):
@@ -67,7 +72,7 @@ def probe_prompts(*args, **kwargs) -> list[str]:
 
 
 def value_of(prompt: str, attribute: str) -> str:
-  return re.search(r"\b(" + "|".join(VALUES[attribute]) + r")\b", prompt).group(1)
+  return _words(attribute).search(prompt).group(1)
 
 
 def keep_rates(videos: list, prompts: list[str], attribute: str, skip: int) -> dict:
@@ -83,7 +88,7 @@ def keep_rates(videos: list, prompts: list[str], attribute: str, skip: int) -> d
 
 
 def swap(prompt: str, attribute: str, value: str) -> str:
-  return re.sub(r"\b(" + "|".join(VALUES[attribute]) + r")\b", value, prompt, count=1)
+  return _words(attribute).sub(value, prompt, count=1)
 
 
 def confusion(samples: dict[str, list], prompts: list[str], attribute: str) -> dict:
