@@ -21,6 +21,15 @@ scores the attribute on the frames after the given one (`--skip`), per value, be
 VAE's reconstruction of the real clip on the same frames (what a perfect DiT could reach).
 A DiT that keeps a given square square but draws no squares from text lacks the word; one
 that loses it in i2v as well cannot draw the shape at all.
+
+  python benchmarks/attribute_probe.py --workdir runs/demo/dit --n 32 --denoise 0.1,0.35,0.7
+
+`--denoise` asks at which noise level the value is lost: each scene's real latents are noised
+to each t (the noise `sora_jax.evaluate` would draw for the scene) and denoised in one step,
+D(x_t) = x_t - t v (a one-step SDEdit), then decoded and scored on every frame, per value,
+beside the latent MSE of D(x_t) and of x_t itself against the clean latents. A sampler's
+output is D at its last nonzero grid point (t = 0.35 for 16 steps at shift 8), so a value
+kept there but lost by the sampler is decided earlier, at higher t.
 """
 from __future__ import annotations
 
@@ -30,6 +39,9 @@ import os
 import re
 import sys
 
+import jax
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -38,6 +50,7 @@ from data_pipelines.shapes_world import generator as sw_generator
 from data_pipelines.shapes_world import world as W
 from sora_jax import evaluate as evaluate_lib
 from sora_jax import generation
+from sora_jax.diffusion import samplers
 
 VALUES = {"shape": tuple(W.SHAPES), "color": tuple(W.OBJECT_COLORS)}
 
@@ -87,6 +100,33 @@ def keep_rates(videos: list, prompts: list[str], attribute: str, skip: int) -> d
           "per_value": {v: (sum(h) / len(h) if h else None) for v, h in hits.items()}}
 
 
+def denoise_rates(denoise, decode, latents, noise, prompts: list[str], attribute: str,
+                  ts) -> list[dict]:
+  """Per t in `ts`: the latent MSE of `denoise(t)` (D(x_t) of every scene, like `latents`)
+  and of x_t = (1 - t) latents + t noise against `latents`, and `keep_rates` of the decoded
+  D(x_t) on all frames."""
+  latents, noise = np.asarray(latents, np.float32), np.asarray(noise, np.float32)
+  out = []
+  for t in ts:
+    d = np.asarray(denoise(t), np.float32)
+    noisy = (1 - t) * latents + t * noise
+    out.append({"t": t, "latent_mse": float(np.mean((d - latents) ** 2)),
+                "noisy_mse": float(np.mean((noisy - latents) ** 2)),
+                **keep_rates([decode(x) for x in d], prompts, attribute, skip=0)})
+  return out
+
+
+def parse_ts(text: str) -> list[float]:
+  """'0.1,0.35' -> [0.1, 0.35]; each in (0, 1]."""
+  try:
+    ts = [float(x) for x in text.split(",")]
+  except ValueError:
+    ts = []
+  if not ts or not all(0 < t <= 1 for t in ts):
+    raise ValueError(f"--denoise={text!r}; expected comma-separated noise levels in (0, 1].")
+  return ts
+
+
 def swap(prompt: str, attribute: str, value: str) -> str:
   return _words(attribute).sub(value, prompt, count=1)
 
@@ -124,9 +164,18 @@ def main() -> None:
                       help="i2v from each scene's first frame against t2v (module docstring)")
   parser.add_argument("--skip", type=int, default=1,
                       help="--keep: frames not scored (the given first frame: 1)")
+  parser.add_argument("--denoise", default="",
+                      help="noise levels t, e.g. 0.1,0.35,0.7: one-step denoising of the "
+                           "real clips (module docstring)")
   args = parser.parse_args()
   if args.keep and not 0 <= args.skip < args.frames:
     parser.error(f"--skip={args.skip}; expected 0 <= skip < --frames={args.frames}.")
+  if args.keep and args.denoise:
+    parser.error("--keep and --denoise are two probes; pick one.")
+  try:
+    ts = parse_ts(args.denoise) if args.denoise else []
+  except ValueError as e:
+    parser.error(str(e))
   level = args.level or evaluate_lib.run_level(args.workdir)
   scenes = probe_scenes(args.attribute, args.split, args.n, level, args.frames,
                         args.size, args.size)  # bad input fails before the model loads
@@ -137,10 +186,27 @@ def main() -> None:
           "split": args.split, "level": level, "seed": args.seed,
           "sampling": {"steps": args.steps, "guidance": args.guidance,
                        "shift": gen.sample_shift}}
+  clips = [sw_generator.make_clip(args.split, i, args.frames, args.size, args.size,
+                                  level).video for i, _ in scenes]
+  seeds = [args.seed + i for i in range(len(prompts))]
+  if ts:
+    latents = np.stack([gen.encode(c) for c in clips])
+    noise = np.stack([samplers.init_noise(jax.random.key(s), latents.shape[1:])
+                      for s in seeds])  # what sample_latents draws for each seed
+    one_step = generation.SamplingOptions(steps=1, method="euler", guidance=args.guidance)
+
+    def denoise(t):
+      return np.concatenate([
+          gen.sample_latents(prompts[i:i + args.batch], latents.shape[1:],
+                             seeds[i:i + args.batch], t_start=t,
+                             init_latents=latents[i:i + args.batch], options=one_step)
+          for i in range(0, len(prompts), args.batch)])
+
+    head["sampling"] = {"steps": 1, "method": "euler", "guidance": args.guidance}
+    print(json.dumps({"benchmark": "attribute_denoise", **head, "denoise": denoise_rates(
+        denoise, gen.decode, latents, noise, prompts, args.attribute, ts)}, indent=2))
+    return
   if args.keep:
-    clips = [sw_generator.make_clip(args.split, i, args.frames, args.size, args.size,
-                                    level).video for i, _ in scenes]
-    seeds = [args.seed + i for i in range(len(prompts))]
     videos = {"i2v": [gen.i2v(p, c[0], args.frames, seed=s)
                       for p, c, s in zip(prompts, clips, seeds)],
               "t2v": [gen.t2v(p, args.frames, args.size, args.size, seed=s)

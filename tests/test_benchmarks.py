@@ -158,3 +158,40 @@ def test_attribute_probe_keep_rates_per_value(tmp_path):
   out = _run("benchmarks/attribute_probe.py", "--workdir", str(tmp_path), "--keep",
              "--skip", "17")
   assert out.returncode == 2 and "--skip=17; expected 0 <= skip < --frames=17" in out.stderr
+
+
+def test_attribute_probe_denoise_rates_per_noise_level(tmp_path):
+  """--denoise's bookkeeping, with the clips themselves as latents: an oracle denoiser keeps
+  every shape at MSE 0; one that returns x_t has x_t's MSE, t^2 E[(noise - x0)^2]; one that
+  blanks the squares loses exactly them."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    import attribute_probe  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  from data_pipelines.shapes_world import generator  # pylint: disable=g-import-not-at-top
+
+  scenes = attribute_probe.probe_scenes("shape", "test", 9, "basic", 5, 48, 48)
+  prompts = [p for _, p in scenes]
+  x0 = np.stack([generator.make_clip("test", i, 5, 48, 48, "basic").video
+                 for i, _ in scenes]).astype(np.float32)
+  noise = np.random.default_rng(0).normal(size=x0.shape).astype(np.float32)
+  decode = lambda x: np.clip(x, 0, 255).astype(np.uint8)
+  ts = [0.25, 0.5]
+  oracle = attribute_probe.denoise_rates(lambda t: x0, decode, x0, noise, prompts, "shape", ts)
+  assert [r["t"] for r in oracle] == ts
+  for r in oracle:
+    assert r["latent_mse"] == 0.0 and r["rate"] == 1.0 and r["n"] == 9
+    assert r["noisy_mse"] == pytest.approx(r["t"] ** 2 * np.mean((noise - x0) ** 2), rel=1e-4)
+  same = attribute_probe.denoise_rates(lambda t: (1 - t) * x0 + t * noise, decode, x0, noise,
+                                       prompts, "shape", ts)
+  assert all(r["latent_mse"] == pytest.approx(r["noisy_mse"]) for r in same)
+  squares = np.array([attribute_probe.value_of(p, "shape") == "square" for p in prompts])
+  assert squares.any()
+  blank = attribute_probe.denoise_rates(lambda t: x0 * ~squares[:, None, None, None, None],
+                                        decode, x0, noise, prompts, "shape", [0.5])
+  assert blank[0]["per_value"] == {"circle": 1.0, "square": 0.0, "triangle": 1.0}
+  with pytest.raises(ValueError, match=r"--denoise='0.5,2'; expected comma-separated noise"):
+    attribute_probe.parse_ts("0.5,2")
+  out = _run("benchmarks/attribute_probe.py", "--workdir", str(tmp_path), "--denoise", "x")
+  assert out.returncode == 2 and "--denoise='x'; expected comma-separated" in out.stderr
