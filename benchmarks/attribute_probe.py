@@ -187,7 +187,7 @@ def main() -> None:
           "sampling": {"steps": args.steps, "guidance": args.guidance,
                        "shift": gen.sample_shift}}
   clips = [sw_generator.make_clip(args.split, i, args.frames, args.size, args.size,
-                                  level).video for i, _ in scenes]
+                                  level).video for i, _ in scenes] if ts or args.keep else []
   seeds = [args.seed + i for i in range(len(prompts))]
   if ts:
     latents = np.stack([gen.encode(c) for c in clips])
