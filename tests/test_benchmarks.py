@@ -1,5 +1,6 @@
 """The benchmark scripts' command lines: bad input fails before any timing, and the peer
 script's help works without the optional `peer` extra (torch, diffusers)."""
+import importlib
 import json
 import os
 import subprocess
@@ -15,6 +16,15 @@ def _run(*args):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=300)
+
+
+def _benchmark(name: str):
+  """Imports benchmarks/<name>.py as a module."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  try:
+    return importlib.import_module(name)
+  finally:
+    sys.path.pop(0)
 
 
 def test_train_step_unknown_case_is_one_clear_error():
@@ -71,11 +81,7 @@ def test_gpu_session_pipeline_smoke_on_cpu(tmp_path):
 
 def test_denoiser_attribute_swaps_change_exactly_one_attribute():
   """benchmarks/denoiser.py's caption_response edits: each changes the named attribute only."""
-  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-  try:
-    import denoiser  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
+  denoiser = _benchmark("denoiser")
   from data_pipelines.shapes_world import evaluator  # pylint: disable=g-import-not-at-top
   from data_pipelines.shapes_world import generator  # pylint: disable=g-import-not-at-top
 
@@ -105,11 +111,7 @@ def test_denoiser_attribute_swaps_change_exactly_one_attribute():
 def test_attribute_probe_confusion_of_a_model_that_ignores_the_word():
   """benchmarks/attribute_probe.py: ground-truth renders, the same for every swapped word,
   score exactly the `independent` accuracy, and each satisfies its own caption's shape."""
-  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-  try:
-    import attribute_probe  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
+  attribute_probe = _benchmark("attribute_probe")
   from data_pipelines.shapes_world import evaluator  # pylint: disable=g-import-not-at-top
   from data_pipelines.shapes_world import generator  # pylint: disable=g-import-not-at-top
 
@@ -134,11 +136,7 @@ def test_attribute_probe_confusion_of_a_model_that_ignores_the_word():
 def test_attribute_probe_keep_rates_per_value(tmp_path):
   """--keep's scoring: the real clips keep every shape past the skipped frame; blanking the
   squares after it loses exactly the squares."""
-  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-  try:
-    import attribute_probe  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
+  attribute_probe = _benchmark("attribute_probe")
   from data_pipelines.shapes_world import generator  # pylint: disable=g-import-not-at-top
 
   scenes = attribute_probe.probe_scenes("shape", "test", 9, "basic", 5, 48, 48)
@@ -164,11 +162,7 @@ def test_attribute_probe_denoise_rates_per_noise_level(tmp_path):
   """--denoise's bookkeeping, with the clips themselves as latents: an oracle denoiser keeps
   every shape at MSE 0; one that returns x_t has x_t's MSE, t^2 E[(noise - x0)^2]; one that
   blanks the squares loses exactly them."""
-  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-  try:
-    import attribute_probe  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
+  attribute_probe = _benchmark("attribute_probe")
   from data_pipelines.shapes_world import generator  # pylint: disable=g-import-not-at-top
 
   scenes = attribute_probe.probe_scenes("shape", "test", 9, "basic", 5, 48, 48)
