@@ -27,6 +27,7 @@ def row_from_report(report: dict, config: str, machine: str) -> dict:
           "rates": {k: v for k, v in rates.items() if k not in ("all", "n")},
           "all": rates.get("all"), "n": rates.get("n"), "level": ev.get("level"),
           "sampling": ev.get("sampling"), "tasks": ev.get("tasks"),
+          "t2i": ev.get("adherence_t2i"),  # image prompts' rates (None: an older report)
           "demo_minutes": round(sum(s["seconds"] for s in stages.values()) / 60, 1),
           "machine": machine, "date": datetime.date.today().isoformat()}
 

@@ -139,7 +139,10 @@ def get_config(arg=None):
   config.sample = {"steps": 8 if arg.quick else 16, "method": "dpmpp_2m", "guidance": 4.0,
                    "frames": 9 if arg.quick else 17, "size": 32 if arg.quick else 64,
                    "long_seconds": 4.0 if arg.quick else 10.0, "batch": 16}
+  # t2i_n: as many prompts again sampled as images (T = 1), scored into report.json's
+  # adherence_t2i (~15 s here; 0 = none).
   config.eval = {"n": 4 if arg.quick else arg.eval_n, "split": "test", "level": "basic",
-                 "task_clips": 1 if arg.quick else 4}
+                 "task_clips": 1 if arg.quick else 4,
+                 "t2i_n": 4 if arg.quick else arg.eval_n}
   config.lock()  # a typo in an override fails instead of adding a field
   return config

@@ -119,11 +119,16 @@ def _stage_samples(config, workdir: str) -> dict:
 def _stage_evaluate(config, workdir: str) -> dict:
   from sora_jax import evaluate  # pylint: disable=g-import-not-at-top
   e, s = config.eval, config.sample
-  result = evaluate.evaluate(_generator(config, workdir), os.path.join(workdir, "eval"),
-                             [e.split], e.n, e.level, s.frames, s.size, s.size,
-                             batch=s.batch, task_clips=e.task_clips)
-  return {"adherence": result["splits"][e.split], "tasks": result.get("tasks"),
-          "level": e.level, "sampling": result["sampling"]}
+  gen = _generator(config, workdir)
+  result = evaluate.evaluate(gen, os.path.join(workdir, "eval"), [e.split], e.n, e.level,
+                             s.frames, s.size, s.size, batch=s.batch, task_clips=e.task_clips)
+  out = {"adherence": result["splits"][e.split], "tasks": result.get("tasks"),
+         "level": e.level, "sampling": result["sampling"]}
+  if e.t2i_n:  # the split's first t2i_n image prompts (T = 1): the t2i task's adherence
+    images = evaluate.evaluate(gen, os.path.join(workdir, "eval_t2i"), [e.split], e.t2i_n,
+                               e.level, 1, s.size, s.size, batch=s.batch, task_clips=0)
+    out["adherence_t2i"] = images["splits"][e.split]
+  return out
 
 
 STAGES = (("shapes_world_check", _stage_check_evaluator), ("vae", _stage_vae),

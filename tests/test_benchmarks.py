@@ -41,6 +41,22 @@ def test_vae_benchmark_bad_sizes_is_one_clear_error():
   assert "Traceback" not in out.stderr
 
 
+def test_adherence_row_from_a_demo_report():
+  adherence = _benchmark("adherence")
+  rates = {"color": 0.9, "shape": 0.4, "all": 0.3, "n": 100}
+  images = {"color": 0.8, "shape": 0.5, "all": 0.25, "n": 100}
+  stages = {"dit": {"seconds": 600.0, "result": {}}, "vae": {"seconds": 60.0},
+            "evaluate": {"seconds": 90.0, "result": {"adherence": rates, "level": "basic",
+                                                     "adherence_t2i": images}}}
+  row = adherence.row_from_report({"stages": stages}, "demo", "cpu")
+  assert row["rates"] == {"color": 0.9, "shape": 0.4} and (row["all"], row["n"]) == (0.3, 100)
+  assert row["t2i"] == images and row["train_minutes"] == 10.0 and row["demo_minutes"] == 12.5
+  del stages["evaluate"]["result"]["adherence_t2i"]  # a report from before the image scores
+  assert adherence.row_from_report({"stages": stages}, "demo", "cpu")["t2i"] is None
+  with pytest.raises(ValueError, match=r"no \['evaluate'\] stage"):
+    adherence.row_from_report({"stages": {"dit": stages["dit"]}}, "demo", "cpu")
+
+
 def test_vae_adherence_needs_a_finished_vae(tmp_path):
   out = _run("benchmarks/vae_adherence.py", "--vae_workdir", str(tmp_path), "--n", "2")
   assert out.returncode == 2, out.stderr

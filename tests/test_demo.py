@@ -31,6 +31,9 @@ def test_quick_demo_runs_every_stage_and_resumes(tmp_path):
   assert os.path.getsize(os.path.join(samples, "contact_sheet.png")) > 0
   adherence = stages["evaluate"]["result"]["adherence"]
   assert adherence["n"] == cfg.eval.n and 0 <= adherence["all"] <= 1
+  images = stages["evaluate"]["result"]["adherence_t2i"]  # scored as images: no motion
+  assert images["n"] == cfg.eval.t2i_n and "motion" not in images and "color" in images
+  assert len(os.listdir(os.path.join(workdir, "eval_t2i", cfg.eval.split))) >= cfg.eval.t2i_n
   with open(os.path.join(workdir, "report.json")) as f:
     assert json.load(f)["stages"].keys() == stages.keys()
   # Running again resumes: finished stages are skipped, no step is trained twice.
