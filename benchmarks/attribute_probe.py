@@ -50,7 +50,7 @@ from data_pipelines.shapes_world import generator as sw_generator
 from data_pipelines.shapes_world import world as W
 from sora_jax import evaluate as evaluate_lib
 from sora_jax import generation
-from sora_jax.diffusion import samplers
+from sora_jax.diffusion import solvers
 
 VALUES = {"shape": tuple(W.SHAPES), "color": tuple(W.OBJECT_COLORS)}
 
@@ -191,7 +191,7 @@ def main() -> None:
   seeds = [args.seed + i for i in range(len(prompts))]
   if ts:
     latents = np.stack([gen.encode(c) for c in clips])
-    noise = np.stack([samplers.init_noise(jax.random.key(s), latents.shape[1:])
+    noise = np.stack([solvers.init_noise(jax.random.key(s), latents.shape[1:])
                       for s in seeds])  # what sample_latents draws for each seed
     one_step = generation.SamplingOptions(steps=1, method="euler", guidance=args.guidance)
 

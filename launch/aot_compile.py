@@ -207,7 +207,7 @@ def compile_train_step(args: argparse.Namespace) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from sora_jax.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.sharding import rules as rules_lib  # pylint: disable=g-import-not-at-top
-  from sora_jax.train import tasks  # pylint: disable=g-import-not-at-top
+  from sora_jax.train import registry  # pylint: disable=g-import-not-at-top
 
   config = load_config(args.config)
   with config.unlocked():
@@ -218,7 +218,7 @@ def compile_train_step(args: argparse.Namespace) -> dict:
     if args.rules:
       config.sharding = {"rules": args.rules}
   devices = target_devices(args.topology, args.num_slices, args.gpu_target_config)
-  task = tasks.get(config.task)
+  task = registry.get(config.task)
   task.validate(config)
   preset = rules_lib.preset_of(config)
   rules_lib.get(preset)  # unknown preset: fail before any work

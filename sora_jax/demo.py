@@ -27,11 +27,11 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the demo writes ev
 
 def _stage_check_evaluator(config, workdir: str) -> dict:
   """Exports generator clips and scores them: the evaluator's own sanity figure."""
-  from data_pipelines.shapes_world import evaluate  # pylint: disable=g-import-not-at-top
+  from data_pipelines.shapes_world import score  # pylint: disable=g-import-not-at-top
   from data_pipelines.shapes_world import export  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, "shapes_world_check")
   export.export(out, "test", "full", config.check_clips, 17, 64, 64, mp4=True)
-  return evaluate.evaluate_dir(out)
+  return score.evaluate_dir(out)
 
 
 def _stage_vae(config, workdir: str) -> dict:

@@ -14,7 +14,7 @@ frozen VAE and its latent normalisation) and samples pixel videos:
   edited = gen.edit(new_prompt, video, strength=0.6)               # SDEdit
   for chunk in gen.long_video(prompt, frames=480): ...             # streamed, bounded memory
 
-How each task conditions the model (`diffusion/tasks.py`): a pixel clip of the window's
+How each task conditions the model (`diffusion/conditioning.py`): a pixel clip of the window's
 size is assembled from the known frames (the end of a video to extend, the start of the
 one to reach, an image) and filler (copies of the nearest known frame), encoded by the
 causal VAE, and the latent frames that cover known frames are *given*: held exactly by
@@ -25,7 +25,7 @@ frames, an approximation whose error is limited to the VAE's short temporal rece
 field.
 
 Sampling: classifier-free guidance with a negative prompt (empty by default), a rectified
-flow ODE solver from `diffusion/samplers.py`, the timestep grid shifted by the clip's token
+flow ODE solver from `diffusion/solvers.py`, the timestep grid shifted by the clip's token
 count as in training. Everything is deterministic given the seed.
 
 On a mesh (large videos, many devices): `Generator(workdir, mesh=mesh_lib.make_mesh(
@@ -53,8 +53,8 @@ from tqdm import tqdm
 
 from data_pipelines import latents as latents_lib
 from sora_jax.diffusion import flow
-from sora_jax.diffusion import samplers
-from sora_jax.diffusion import tasks as tasks_lib
+from sora_jax.diffusion import solvers
+from sora_jax.diffusion import conditioning
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
@@ -77,7 +77,7 @@ class SamplingOptions:
       else the training rule sqrt(tokens / base_tokens).
     negative_prompt: the unconditional branch's caption ('' = the empty caption).
     guidance_interval: (lo, hi): guidance only at steps with lo < t <= hi, the
-      conditional prediction alone elsewhere (`samplers.interval_scale`); (0, 1) = always.
+      conditional prediction alone elsewhere (`solvers.interval_scale`); (0, 1) = always.
   """
   steps: int = 32
   method: str = "dpmpp_2m"
@@ -88,13 +88,13 @@ class SamplingOptions:
 
   def __post_init__(self):
     object.__setattr__(self, "guidance_interval",
-                       samplers.check_guidance_interval(self.guidance_interval))
+                       solvers.check_guidance_interval(self.guidance_interval))
 
 
 def parse_guidance_interval(text: str) -> tuple[float, float]:
   """'lo,hi' (a CLI flag) -> (lo, hi); one clear error naming the text otherwise."""
   try:
-    return samplers.check_guidance_interval(text.split(","))
+    return solvers.check_guidance_interval(text.split(","))
   except ValueError as e:
     raise ValueError(f"--guidance_interval={text!r}: {e}") from None
 
@@ -299,7 +299,7 @@ class Generator:
     if len(seeds) != b:
       raise ValueError(f"{len(seeds)} seeds for {b} prompts; give one seed per prompt.")
     patch = self.dit_config.patch
-    noise = np.stack([np.asarray(samplers.init_noise(jax.random.key(int(s)), latent_shape))
+    noise = np.stack([np.asarray(solvers.init_noise(jax.random.key(int(s)), latent_shape))
                       for s in seeds])
     tokens = np.stack([np.asarray(dit_lib.patchify(n, patch)[0]) for n in noise])
     _, positions = dit_lib.patchify(noise[0], patch)
@@ -310,16 +310,16 @@ class Generator:
       cond_tok = np.zeros_like(tokens)
     else:
       given = np.broadcast_to(np.asarray(given, bool), (b, latent_shape[0]))
-      given_tok = np.stack([tasks_lib.token_mask(g, positions[:, 0]) for g in given])
+      given_tok = np.stack([conditioning.token_mask(g, positions[:, 0]) for g in given])
       cond_tok = np.stack([np.asarray(dit_lib.patchify(c, patch)[0]) for c in cond_latents])
     x_init = tokens
     if t_start < 1.0:
       clean = np.stack([np.asarray(dit_lib.patchify(c, patch)[0]) for c in init_latents])
-      x_init = np.asarray(samplers.edit_start(clean, tokens, t_start))
+      x_init = np.asarray(solvers.edit_start(clean, tokens, t_start))
     shift = opts.shift or self.sample_shift
     if shift is None:
       shift = float(flow.token_count_shift(n, self.base_tokens))
-    ts = samplers.timesteps(opts.steps, shift, t_start)
+    ts = solvers.timesteps(opts.steps, shift, t_start)
     ids, mask = self.encode_prompts(prompts)
     neg_ids, neg_mask = self.encode_prompts([opts.negative_prompt] * b)
     calls = 2 * opts.steps - 1 if opts.method == "heun" else opts.steps
@@ -384,7 +384,7 @@ class Generator:
     image = self._check_video(image, "i2v image")[:1]
     h, w = image.shape[1:3]
     clip = np.repeat(image, frames, axis=0)
-    mask = tasks_lib.condition_frames("i2v", self.latent_shape(frames, h, w)[0])
+    mask = conditioning.condition_frames("i2v", self.latent_shape(frames, h, w)[0])
     return self._conditioned(prompt, clip, seed, mask)
 
   def overlap_frames(self, given_latent_frames: int) -> tuple[int, int]:
@@ -402,7 +402,7 @@ class Generator:
     video = self._check_video(video, f"extend {direction} video")
     h, w = video.shape[1:3]
     t_lat = self.latent_shape(frames, h, w)[0]
-    mask = tasks_lib.condition_frames("extend", t_lat, given=given, direction=direction)
+    mask = conditioning.condition_frames("extend", t_lat, given=given, direction=direction)
     start, end = self.overlap_frames(given)
     if direction == "forward":
       if video.shape[0] < start:
@@ -437,7 +437,7 @@ class Generator:
     """The generated middle frames between `video_a`'s end and `video_b`'s start."""
     h, w = video_a.shape[1:3]
     t_lat = self.latent_shape(frames, h, w)[0]
-    mask = tasks_lib.condition_frames("interpolate", t_lat, given=given, given_end=given_end)
+    mask = conditioning.condition_frames("interpolate", t_lat, given=given, given_end=given_end)
     start, _ = self.overlap_frames(given)
     _, end = self.overlap_frames(given_end)
     if video_a.shape[0] < start or video_b.shape[0] < end:
@@ -526,14 +526,14 @@ def _sample_tokens_impl(dcfg, tcfg, method, guidance, interval, params, x_init, 
     v = model.apply(params["dit"], rep(x), rep(positions), rep(segment_ids), rep(tt), text,
                     tmask, **extra)
     if use_cfg:
-      v = samplers.cfg_combine(v[:b], v[b:], samplers.interval_scale(guidance, t, interval))
+      v = solvers.cfg_combine(v[:b], v[b:], solvers.interval_scale(guidance, t, interval))
     if x0_prev is None:
       return v
     # Self-conditioning: the next call reads this call's (guided) estimate of x0.
     return v, dit_lib.x0_from_velocity(x, v, tt, dcfg.prediction)
 
   state = jnp.zeros(x_init.shape, jnp.float32) if dcfg.self_condition else None
-  return samplers.sample(velocity, x_init, ts, method=method, cond=cond,
+  return solvers.sample(velocity, x_init, ts, method=method, cond=cond,
                          cond_mask=given[..., None], state=state)
 
 

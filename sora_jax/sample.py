@@ -10,7 +10,7 @@
   python -m sora_jax.sample --workdir W --task t2v --seconds 60 ...   # a minute, windowed
   python -m sora_jax.sample --workdir W --prompts_file prompts.txt --out_dir D   # batch
 
-Tasks: t2v, t2i, i2v, extend, interpolate, loop, edit (`sora_jax/diffusion/tasks.py`).
+Tasks: t2v, t2i, i2v, extend, interpolate, loop, edit (`sora_jax/diffusion/conditioning.py`).
 `--seconds N` (t2v and extend) makes a long video by chained forward extension at the
 nominal 8 fps, streamed window by window.
 
@@ -36,8 +36,8 @@ import numpy as np
 from tqdm import tqdm
 
 from data_pipelines import media
-from sora_jax.diffusion import samplers
-from sora_jax.diffusion import tasks as tasks_lib
+from sora_jax.diffusion import solvers
+from sora_jax.diffusion import conditioning
 
 FLAGS = flags.FLAGS
 
@@ -45,13 +45,13 @@ FLAGS = flags.FLAGS
 def define_flags():
   flags.DEFINE_string("workdir", None, "A DiT run directory.")
   flags.DEFINE_integer("step", None, "Checkpoint step to sample (default: the latest).")
-  flags.DEFINE_enum("task", "t2v", tasks_lib.TASKS, "What to generate.")
+  flags.DEFINE_enum("task", "t2v", conditioning.TASKS, "What to generate.")
   flags.DEFINE_string("prompt", None, "The caption.")
   flags.DEFINE_string("negative_prompt", "", "Caption to guide away from ('' = empty).")
   flags.DEFINE_string("image", None, "i2v: the image (png/jpg/npy, or a video's first frame).")
   flags.DEFINE_string("video", None, "extend / interpolate (start) / edit: a video file.")
   flags.DEFINE_string("video_end", None, "interpolate: the video to reach.")
-  flags.DEFINE_enum("direction", "forward", tasks_lib.DIRECTIONS, "extend: which way.")
+  flags.DEFINE_enum("direction", "forward", conditioning.DIRECTIONS, "extend: which way.")
   flags.DEFINE_float("strength", 0.6, "edit: noise level in [0, 1] (1 = ignore the video).")
   flags.DEFINE_float("seconds", 0.0, "t2v / extend: total length in seconds (chained "
                      "windows); 0 = one window.")
@@ -62,7 +62,7 @@ def define_flags():
   flags.DEFINE_integer("given", 2, "extend / long videos: latent frames of overlap.")
   flags.DEFINE_integer("seed", 0, "Noise seed (same seed, same sample).")
   flags.DEFINE_integer("steps", 32, "Solver steps.")
-  flags.DEFINE_enum("sampler", "dpmpp_2m", samplers.METHODS, "ODE solver.")
+  flags.DEFINE_enum("sampler", "dpmpp_2m", solvers.METHODS, "ODE solver.")
   flags.DEFINE_float("guidance", 4.0, "Classifier-free guidance scale (1 = none).")
   flags.DEFINE_float("shift", 0.0, "Timestep shift (0 = the run's sample_shift, else the "
                      "training rule by token count).")

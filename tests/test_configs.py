@@ -7,7 +7,7 @@ from configs import demo as demo_config
 from configs import dit as dit_config
 from configs import vae as vae_config
 from sora_jax.sharding import mesh as mesh_lib
-from sora_jax.train import tasks
+from sora_jax.train import registry
 from sora_jax.train import vae_task
 
 
@@ -114,7 +114,7 @@ def test_demo_config():
 
 def test_unknown_task():
   with pytest.raises(ValueError, match="known tasks"):
-    tasks.get("gan")
+    registry.get("gan")
 
 
 @pytest.mark.parametrize("sizes,shape", [

@@ -193,7 +193,7 @@ def test_precomputed_latents_match_on_the_fly_and_train(data_dir, tmp_path):
 
 
 # Slow (~25-30 s each): the default suite is at its 15-minute budget; the samplers'
-# state threading itself is checked in test_samplers.py.
+# state threading itself is checked in test_solvers.py.
 @pytest.mark.slow
 def test_self_conditioning_trains_its_input_on_half_the_steps(data_dir):
   """self_cond=True: on a step whose coin feeds the first estimate, the self_cond_embed
@@ -217,13 +217,13 @@ def test_self_conditioning_trains_its_input_on_half_the_steps(data_dir):
 
 
 # Slow (~25-30 s each): the default suite is at its 15-minute budget; the samplers'
-# state threading itself is checked in test_samplers.py.
+# state threading itself is checked in test_solvers.py.
 @pytest.mark.slow
 def test_self_conditioned_sampling_feeds_each_step_the_last_guided_estimate(data_dir):
   """The generator's sampling loop against a hand-written 3-step Euler loop that passes
   x0_prev = x - t v_guided (x0-prediction) from each model call to the next."""
   from sora_jax import generation  # pylint: disable=g-import-not-at-top
-  from sora_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
+  from sora_jax.diffusion import solvers  # pylint: disable=g-import-not-at-top
   from sora_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.models import text as text_lib  # pylint: disable=g-import-not-at-top
   cfg = _config(data_dir, ",self_cond=True")
@@ -234,14 +234,14 @@ def test_self_conditioned_sampling_feeds_each_step_the_last_guided_estimate(data
   params = jax.tree.unflatten(tree, [l + 0.05 * jax.random.normal(k, l.shape, l.dtype)
                                      for l, k in zip(leaves, keys)])
   latent = (2, 8, 8, dcfg.latent_channels)
-  noise = samplers.init_noise(jax.random.key(2), latent)
+  noise = solvers.init_noise(jax.random.key(2), latent)
   tokens, positions = dit_lib.patchify(noise, dcfg.patch)
   x, pos = tokens[None], positions[None]
   n = x.shape[1]
   ids = np.zeros((1, tcfg.max_len), np.int32)
   ids[0, :3] = [5, 6, 7]
   mask = ids > 0
-  ts = samplers.timesteps(3)
+  ts = solvers.timesteps(3)
   given, cond = np.zeros((1, n), bool), np.zeros_like(x)
   out = generation._sample_tokens(dcfg, tcfg, "euler", 3.0, (0.0, 1.0), params, x, pos, given,
                                   cond, ids, mask, np.zeros_like(ids), np.zeros_like(mask), ts)

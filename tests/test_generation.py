@@ -16,7 +16,7 @@ from data_pipelines import media
 from sora_jax import evaluate as evaluate_cli
 from sora_jax import generation
 from sora_jax import sample as sample_cli
-from sora_jax.diffusion import tasks
+from sora_jax.diffusion import conditioning
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.train import loop
 
@@ -44,7 +44,7 @@ def gen(run):
     ("interpolate", {"given": 1, "given_end": 1})])
 def test_conditioned_latent_frames_are_left_exactly_as_given(gen, task, kwargs):
   shape = gen.latent_shape(9, 32, 32)  # T' = 3
-  given = tasks.condition_frames(task, shape[0], **kwargs)
+  given = conditioning.condition_frames(task, shape[0], **kwargs)
   cond = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
   out = gen.sample_latents([PROMPT, ""], shape, [0, 1], given=given, cond_latents=cond)
   np.testing.assert_array_equal(out[:, given], cond[:, given])

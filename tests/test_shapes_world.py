@@ -254,7 +254,7 @@ def test_export_and_evaluate_cli(tmp_path):
   assert video.dtype == np.uint8 and video.shape == (9, 48, 80, 3)
   assert os.path.exists(out / rows[0]["file"].replace(".npy", ".mp4"))
   assert os.path.exists(out / rows[0]["file"].replace(".npy", ".gif"))
-  r = _run("data_pipelines.shapes_world.evaluate", str(out))
+  r = _run("data_pipelines.shapes_world.score", str(out))
   assert r.returncode == 0, r.stderr
   result = json.loads(r.stdout.strip().splitlines()[-1])
   assert result["n"] == 6 and result["all"] == 1.0 and result["color"] == 1.0
@@ -264,5 +264,5 @@ def test_export_and_evaluate_cli(tmp_path):
   assert not os.path.exists(tmp_path / "bad")  # rejected before anything was written
   (tmp_path / "broken").mkdir()
   (tmp_path / "broken" / "manifest.jsonl").write_text('{"file": "x.npy"}\n')
-  bad = _run("data_pipelines.shapes_world.evaluate", str(tmp_path / "broken"))
+  bad = _run("data_pipelines.shapes_world.score", str(tmp_path / "broken"))
   assert bad.returncode != 0 and "manifest.jsonl:1" in bad.stderr

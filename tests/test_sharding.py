@@ -35,7 +35,7 @@ from configs import dit as dit_config_lib
 from configs import vae as vae_config_lib
 from data_pipelines import packing
 from sora_jax.sharding import distributed
-from sora_jax.diffusion import samplers
+from sora_jax.diffusion import solvers
 from sora_jax.models import dit as dit_lib
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import rules as rules_lib
@@ -460,8 +460,8 @@ def test_mesh_same_seed_same_sample_on_1_and_8_devices():
   def generate(backend, rng):
     def velocity(x, t):
       return model(backend).apply(params, x, t=jnp.full((b, n), t), **inputs)
-    x1 = samplers.init_noise(rng, (b, n, 16))
-    return samplers.sample(velocity, x1, samplers.timesteps(4, shift=2.0))
+    x1 = solvers.init_noise(rng, (b, n, 16))
+    return solvers.sample(velocity, x1, solvers.timesteps(4, shift=2.0))
 
   rng = jax.random.key(7)
   one = jax.jit(functools.partial(generate, "xla")).lower(rng).compile(_FAST)(rng)

@@ -50,7 +50,7 @@ import optax
 from data_pipelines import latents as latents_lib
 from data_pipelines import pipeline
 from sora_jax.diffusion import flow
-from sora_jax.diffusion import tasks as tasks_lib
+from sora_jax.diffusion import conditioning
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
 from sora_jax.scaling import flops as flops_lib
@@ -174,7 +174,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.flow.cfg_drop <= 1 or not 0 <= config.ema < 1:
     raise ValueError(f"config.flow.cfg_drop={config.flow.cfg_drop} must be in [0, 1] and "
                      f"config.ema={config.ema} in [0, 1).")
-  tasks_lib.check_mixture(config.tasks)
+  conditioning.check_mixture(config.tasks)
   _validate_sources(config)
   dcfg, _ = dit_config(config), text_config(config)  # unknown fields, head dims
   for shape in latent_shapes(config):
@@ -437,7 +437,7 @@ def _per_clip_mse(v, target, segment_ids, keep):
 
 
 def condition_tokens(rng, batch, mixture, t, xt):
-  """Draws the training task of every packed clip (`diffusion/tasks.py`) and applies it.
+  """Draws the training task of every packed clip (`diffusion/conditioning.py`) and applies it.
 
   Given (conditioning) tokens get their clean latents and timestep 0; they are excluded
   from the loss. Returns (given bool [B, N], t [B, N], xt [B, N, Din]).
@@ -445,7 +445,7 @@ def condition_tokens(rng, batch, mixture, t, xt):
   seg = batch["segment_ids"]
   if all(k == "t2v" or w == 0 for k, w in mixture):  # plain text-to-video: nothing given
     return jnp.zeros(seg.shape, bool), t, xt
-  given = tasks_lib.random_condition_mask(rng, batch["positions"][..., 0], seg,
+  given = conditioning.random_condition_mask(rng, batch["positions"][..., 0], seg,
                                           dict(mixture))
   t = jnp.where(given, 0.0, t)
   xt = jnp.where(given[..., None], batch["tokens"], xt)

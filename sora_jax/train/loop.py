@@ -1,6 +1,6 @@
 """The one training loop, shared by the VAE and the DiT.
 
-A task (`sora_jax/train/tasks.py` names them) contributes pure pieces: how to validate its
+A task (`sora_jax/train/registry.py` names them) contributes pure pieces: how to validate its
 config, its input pipeline, `init_state`, a `train_step`, and host-side evaluation. The loop
 does everything else the same way for both: mesh, sharded init, checkpoint restore (state
 and data iterator), the step loop with a NaN guard, metrics, progress with ETA, periodic
@@ -25,7 +25,7 @@ from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import rules as rules_lib
 from sora_jax.train import checkpointing
 from sora_jax.train import metrics as metrics_lib
-from sora_jax.train import tasks
+from sora_jax.train import registry
 
 
 class _Preemption:
@@ -58,7 +58,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     {"stopped_at": step} when stopped early.
   """
   # ------------------------------------------------------------------ setup
-  task = tasks.get(config.task)
+  task = registry.get(config.task)
   task.validate(config)  # every bad-input error before any compile or long work
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(config.get("mesh"))

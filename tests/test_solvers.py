@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from sora_jax.diffusion import flow
-from sora_jax.diffusion import samplers
+from sora_jax.diffusion import solvers
 
 MU = jnp.array([1.5, -0.5, 0.0, 2.0], jnp.float32)
 S = jnp.array([0.5, 1.0, 2.0, 0.3], jnp.float32)
@@ -42,12 +42,12 @@ Z = jax.random.normal(jax.random.key(0), (64, 4), jnp.float32)
 
 
 # One compile per (method, step count), shared by every shift and t_start (ts is traced).
-_jit_sample = jax.jit(functools.partial(samplers.sample, gaussian_velocity),
+_jit_sample = jax.jit(functools.partial(solvers.sample, gaussian_velocity),
                       static_argnames="method")
 
 
 def _error(method, steps, shift=1.0, t_start=1.0):
-  ts = samplers.timesteps(steps, shift, t_start)
+  ts = solvers.timesteps(steps, shift, t_start)
   out = _jit_sample(exact_path(Z, t_start), ts, method=method)
   return float(jnp.max(jnp.abs(out - exact_path(Z, 0.0))))
 
@@ -73,7 +73,7 @@ def test_convergence_order(method, min_ratio):
   assert all(r > min_ratio for r in ratios), (method, errors, ratios)
 
 
-@pytest.mark.parametrize("method", samplers.METHODS)
+@pytest.mark.parametrize("method", solvers.METHODS)
 @pytest.mark.parametrize("shift, t_start", [(1.0, 1.0), (3.0, 1.0), (3.0, 0.6)])
 def test_error_falls_monotonically(method, shift, t_start):
   errors = [_error(method, n, shift, t_start) for n in (4, 8, 16, 32, 64)]
@@ -84,13 +84,13 @@ def test_error_falls_monotonically(method, shift, t_start):
 def test_one_step_is_euler_for_every_method():
   """From t = 1 to 0 in one step: x - v(x, 1) (Heun's last step and DPM++'s D agree)."""
   want = Z - gaussian_velocity(Z, 1.0)
-  for method in samplers.METHODS:
-    out = samplers.sample(gaussian_velocity, Z, samplers.timesteps(1), method=method)
+  for method in solvers.METHODS:
+    out = solvers.sample(gaussian_velocity, Z, solvers.timesteps(1), method=method)
     np.testing.assert_allclose(out, want, atol=1e-6, err_msg=method)
 
 
 def test_euler_matches_flow_euler_sample():
-  out = samplers.sample(gaussian_velocity, Z, samplers.timesteps(12, shift=3.0))
+  out = solvers.sample(gaussian_velocity, Z, solvers.timesteps(12, shift=3.0))
   np.testing.assert_allclose(out, flow.euler_sample(gaussian_velocity, Z, 12, shift=3.0),
                              atol=1e-6)
 
@@ -130,9 +130,9 @@ def _kdiffusion_dpmpp_2m(x, ts):
 
 
 def test_dpmpp_2m_matches_kdiffusion_reference():
-  ts = samplers.timesteps(10, shift=2.0, t_start=0.9)
+  ts = solvers.timesteps(10, shift=2.0, t_start=0.9)
   x = exact_path(Z, 0.9)
-  out = samplers.sample(gaussian_velocity, x, ts, method="dpmpp_2m")
+  out = solvers.sample(gaussian_velocity, x, ts, method="dpmpp_2m")
   ref = _kdiffusion_dpmpp_2m(np.float64(x), np.float64(ts))
   np.testing.assert_allclose(out, ref, atol=2e-5)
 
@@ -142,7 +142,7 @@ def test_dpmpp_2m_matches_kdiffusion_reference():
 
 @pytest.mark.parametrize("shift", [1.0, 3.0, 0.5])
 def test_full_grid_is_the_plain_shifted_grid(shift):
-  ts = samplers.timesteps(10, shift)
+  ts = solvers.timesteps(10, shift)
   plain = flow.shift_timesteps(jnp.linspace(1.0, 0.0, 11, dtype=jnp.float32), shift)
   assert ts.dtype == jnp.float32 and ts.shape == (11,)
   assert ts[0] == 1.0 and ts[-1] == 0.0
@@ -151,7 +151,7 @@ def test_full_grid_is_the_plain_shifted_grid(shift):
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_sdedit_grid(shift):
-  ts = np.asarray(samplers.timesteps(8, shift, t_start=0.4))
+  ts = np.asarray(solvers.timesteps(8, shift, t_start=0.4))
   assert ts.shape == (9,) and ts[0] == np.float32(0.4) and ts[-1] == 0.0
   assert np.all(np.diff(ts) < 0)
   u = ts / (shift - (shift - 1) * ts)  # unshifted: uniform, like the full grid
@@ -160,13 +160,13 @@ def test_sdedit_grid(shift):
 
 def test_edit_start():
   x0 = jnp.full((2, 3), 2.0)
-  eps = samplers.init_noise(jax.random.key(1), (2, 3))
+  eps = solvers.init_noise(jax.random.key(1), (2, 3))
   assert eps.dtype == jnp.float32 and eps.shape == (2, 3)
-  np.testing.assert_array_equal(eps, samplers.init_noise(jax.random.key(1), (2, 3)))
-  np.testing.assert_allclose(samplers.edit_start(x0, eps, 0.3), 0.7 * x0 + 0.3 * eps,
+  np.testing.assert_array_equal(eps, solvers.init_noise(jax.random.key(1), (2, 3)))
+  np.testing.assert_allclose(solvers.edit_start(x0, eps, 0.3), 0.7 * x0 + 0.3 * eps,
                              atol=1e-6)
-  np.testing.assert_array_equal(samplers.edit_start(x0, eps, 0.0), x0)
-  np.testing.assert_allclose(samplers.edit_start(x0, eps, 1.0), eps, atol=0)
+  np.testing.assert_array_equal(solvers.edit_start(x0, eps, 0.0), x0)
+  np.testing.assert_allclose(solvers.edit_start(x0, eps, 1.0), eps, atol=0)
 
 
 # ------------------------------------------------------------------------------- CFG
@@ -176,33 +176,33 @@ def test_cfg_scale_one_is_the_conditional_prediction():
   def uncond_fn(x, t):
     raise AssertionError("scale 1 must not call the unconditional model")
 
-  assert samplers.cfg_velocity(gaussian_velocity, uncond_fn, 1.0) is gaussian_velocity
+  assert solvers.cfg_velocity(gaussian_velocity, uncond_fn, 1.0) is gaussian_velocity
   v = gaussian_velocity(Z, 0.5)
-  assert samplers.cfg_combine(v, v + 1.0, 1.0) is v
+  assert solvers.cfg_combine(v, v + 1.0, 1.0) is v
 
 
 def test_cfg_formula():
   uncond_fn = lambda x, t: 0.5 * x - t
-  fn = samplers.cfg_velocity(gaussian_velocity, uncond_fn, 4.5)
+  fn = solvers.cfg_velocity(gaussian_velocity, uncond_fn, 4.5)
   v_c, v_u = gaussian_velocity(Z, 0.3), uncond_fn(Z, 0.3)
   np.testing.assert_allclose(fn(Z, 0.3), v_u + 4.5 * (v_c - v_u), atol=1e-6)
-  np.testing.assert_allclose(samplers.cfg_combine(v_c, v_u, 0.0), v_u, atol=1e-6)
+  np.testing.assert_allclose(solvers.cfg_combine(v_c, v_u, 0.0), v_u, atol=1e-6)
   # A traced scale can't skip the branch, but 1 still gives v_c (up to rounding).
-  traced = jax.jit(samplers.cfg_combine)(v_c, v_u, 1.0)
+  traced = jax.jit(solvers.cfg_combine)(v_c, v_u, 1.0)
   np.testing.assert_allclose(traced, v_c, atol=1e-6)
 
 
 # ------------------------------------------------------- determinism, jit, conditioning
 
 
-@pytest.mark.parametrize("method", samplers.METHODS)
+@pytest.mark.parametrize("method", solvers.METHODS)
 def test_deterministic_and_jit_matches_eager(method):
-  x1 = samplers.init_noise(jax.random.key(3), (2, 5, 4))
-  ts = samplers.timesteps(6, shift=3.0)
-  eager = samplers.sample(gaussian_velocity, x1, ts, method=method)
-  np.testing.assert_array_equal(eager, samplers.sample(gaussian_velocity, x1, ts,
+  x1 = solvers.init_noise(jax.random.key(3), (2, 5, 4))
+  ts = solvers.timesteps(6, shift=3.0)
+  eager = solvers.sample(gaussian_velocity, x1, ts, method=method)
+  np.testing.assert_array_equal(eager, solvers.sample(gaussian_velocity, x1, ts,
                                                        method=method))
-  jitted = jax.jit(functools.partial(samplers.sample, gaussian_velocity, method=method))
+  jitted = jax.jit(functools.partial(solvers.sample, gaussian_velocity, method=method))
   out = jitted(x1, ts)  # ts traced
   np.testing.assert_array_equal(out, jitted(x1, ts))
   np.testing.assert_allclose(out, eager, rtol=0, atol=1e-6)
@@ -211,35 +211,35 @@ def test_deterministic_and_jit_matches_eager(method):
 @pytest.mark.parametrize("method, calls", [("euler", 6), ("heun", 11), ("dpmpp_2m", 6)])
 def test_stateful_velocity_threads_its_state_through_every_call(method, calls):
   """Self-conditioning's interface: each call sees the state the previous call returned."""
-  x1 = samplers.init_noise(jax.random.key(3), (2, 5, 4))
-  ts = samplers.timesteps(6, shift=3.0)
+  x1 = solvers.init_noise(jax.random.key(3), (2, 5, 4))
+  ts = solvers.timesteps(6, shift=3.0)
 
   def counting(x, t, s):  # state: (calls so far, the t of the previous call)
     return gaussian_velocity(x, t), (s[0] + 1, t)
 
-  out, state = jax.jit(lambda x: samplers.sample(
+  out, state = jax.jit(lambda x: solvers.sample(
       counting, x, ts, method=method, state=(0, jnp.float32(-1)), return_state=True))(x1)
   assert int(state[0]) == calls
   assert float(state[1]) == float(ts[-2])  # the last call is at the last step's start
-  np.testing.assert_allclose(out, samplers.sample(gaussian_velocity, x1, ts, method=method),
+  np.testing.assert_allclose(out, solvers.sample(gaussian_velocity, x1, ts, method=method),
                              rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", samplers.METHODS)
+@pytest.mark.parametrize("method", solvers.METHODS)
 @pytest.mark.parametrize("t_start", [1.0, 0.7])
 def test_conditioned_positions_are_exact(method, t_start):
   """Frame 0 of [B, T, D] is conditioned; the model must see it at every call."""
   k0, k1 = jax.random.split(jax.random.key(4))
   cond = jax.random.normal(k0, (2, 3, 4)) * 3.0 + 0.1
   mask = jnp.zeros((1, 3, 1), bool).at[:, 0].set(True)
-  x_init = samplers.edit_start(cond, samplers.init_noise(k1, cond.shape), t_start)
+  x_init = solvers.edit_start(cond, solvers.init_noise(k1, cond.shape), t_start)
 
   def velocity_fn(x, t):
     seen_wrong = jnp.any(mask & (x != cond))  # poisons every output if violated
     return gaussian_velocity(x, t) + jnp.where(seen_wrong, jnp.nan, 0.0)
 
-  ts = samplers.timesteps(5, shift=2.0, t_start=t_start)
-  for fn in (samplers.sample, jax.jit(samplers.sample, static_argnums=0,
+  ts = solvers.timesteps(5, shift=2.0, t_start=t_start)
+  for fn in (solvers.sample, jax.jit(solvers.sample, static_argnums=0,
                                       static_argnames="method")):
     out = fn(velocity_fn, x_init, ts, method=method, cond=cond, cond_mask=mask)
     np.testing.assert_array_equal(out[:, 0], cond[:, 0])
@@ -250,37 +250,37 @@ def test_conditioned_positions_are_exact(method, t_start):
 
 
 def test_bad_inputs_raise():
-  ts = samplers.timesteps(4)
+  ts = solvers.timesteps(4)
   with pytest.raises(ValueError, match=r"euler.*heun.*dpmpp_2m.*'rk4'"):
-    samplers.sample(gaussian_velocity, Z, ts, method="rk4")
+    solvers.sample(gaussian_velocity, Z, ts, method="rk4")
   for steps in (0, -3, 2.5, True):
     with pytest.raises(ValueError, match=f"steps.*{steps!r}"):
-      samplers.timesteps(steps)
+      solvers.timesteps(steps)
   for t_start in (0.0, -0.2, 1.5, float("nan")):
     with pytest.raises(ValueError, match=f"t_start.*{t_start!r}"):
-      samplers.timesteps(4, t_start=t_start)
+      solvers.timesteps(4, t_start=t_start)
   for strength in (-0.1, 1.25):
     with pytest.raises(ValueError, match=f"strength.*{strength!r}"):
-      samplers.edit_start(Z, Z, strength)
+      solvers.edit_start(Z, Z, strength)
   with pytest.raises(ValueError, match="shift.*0.0"):
-    samplers.timesteps(4, shift=0.0)
+    solvers.timesteps(4, shift=0.0)
   with pytest.raises(ValueError, match="decrease"):
-    samplers.sample(gaussian_velocity, Z, ts[::-1])
+    solvers.sample(gaussian_velocity, Z, ts[::-1])
   with pytest.raises(ValueError, match="go together"):
-    samplers.sample(gaussian_velocity, Z, ts, cond=Z)
+    solvers.sample(gaussian_velocity, Z, ts, cond=Z)
   with pytest.raises(ValueError, match="bool"):
-    samplers.sample(gaussian_velocity, Z, ts, cond=Z, cond_mask=jnp.ones((64, 1)))
+    solvers.sample(gaussian_velocity, Z, ts, cond=Z, cond_mask=jnp.ones((64, 1)))
   with pytest.raises(ValueError, match="broadcast"):
-    samplers.sample(gaussian_velocity, Z, ts, cond=Z, cond_mask=jnp.ones((3,), bool))
+    solvers.sample(gaussian_velocity, Z, ts, cond=Z, cond_mask=jnp.ones((3,), bool))
 
 
 def test_guidance_interval_scale():
   """The scale inside (lo, hi], 1 outside; the full interval keeps a concrete scale."""
-  assert samplers.interval_scale(4.0, 0.5, (0.0, 1.0)) == 4.0
-  got = [float(samplers.interval_scale(4.0, t, (0.3, 0.9))) for t in (1.0, 0.9, 0.5, 0.3, 0.1)]
+  assert solvers.interval_scale(4.0, 0.5, (0.0, 1.0)) == 4.0
+  got = [float(solvers.interval_scale(4.0, t, (0.3, 0.9))) for t in (1.0, 0.9, 0.5, 0.3, 0.1)]
   assert got == [1.0, 4.0, 4.0, 1.0, 1.0]
-  jitted = jax.jit(lambda t: samplers.interval_scale(4.0, t, (0.3, 1.0)))
+  jitted = jax.jit(lambda t: solvers.interval_scale(4.0, t, (0.3, 1.0)))
   assert [float(jitted(t)) for t in (0.31, 0.3)] == [4.0, 1.0]
   for bad in ((0.5, 0.5), (-0.1, 1.0), (0.2, 1.5), (0.2,), "ab"):
     with pytest.raises(ValueError, match="guidance interval"):
-      samplers.check_guidance_interval(bad)
+      solvers.check_guidance_interval(bad)

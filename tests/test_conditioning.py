@@ -1,10 +1,10 @@
-"""Training task masks (sora_jax/diffusion/tasks.py): what each kind gives, and bad input."""
+"""Training task masks (sora_jax/diffusion/conditioning.py): what each kind gives, and bad input."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sora_jax.diffusion import tasks
+from sora_jax.diffusion import conditioning
 
 
 def _packed(frames_per_clip, tokens_per_frame=3, pad=2):
@@ -19,12 +19,12 @@ def _packed(frames_per_clip, tokens_per_frame=3, pad=2):
   return jnp.asarray([fidx], jnp.int32), jnp.asarray([seg], jnp.int32)
 
 
-@pytest.mark.parametrize("kind", tasks.TRAIN_KINDS)
+@pytest.mark.parametrize("kind", conditioning.TRAIN_KINDS)
 def test_each_kind_gives_the_frames_it_names(kind):
   fidx, seg = _packed([5, 1, 3, 5])
   f, s = np.asarray(fidx[0]), np.asarray(seg[0])
   for i in range(20):
-    given = np.asarray(tasks.random_condition_mask(jax.random.key(i), fidx, seg,
+    given = np.asarray(conditioning.random_condition_mask(jax.random.key(i), fidx, seg,
                                                    {kind: 1.0}))[0]
     assert not given[s == 0].any()  # padding is never given
     for clip in np.unique(s[s > 0]):
@@ -51,7 +51,7 @@ def test_mixture_draws_every_kind_in_proportion():
   fidx, seg = _packed([5] * 40, tokens_per_frame=1, pad=0)
   counts = {"none": 0, "first_only": 0}
   for i in range(10):
-    given = np.asarray(tasks.random_condition_mask(
+    given = np.asarray(conditioning.random_condition_mask(
         jax.random.key(i), fidx, seg, {"t2v": 0.5, "i2v": 0.5}))[0].reshape(40, 5)
     counts["none"] += int((~given.any(1)).sum())
     counts["first_only"] += int((given[:, 0] & ~given[:, 1:].any(1)).sum())
@@ -60,22 +60,22 @@ def test_mixture_draws_every_kind_in_proportion():
 
 
 def test_condition_frames_by_task():
-  np.testing.assert_array_equal(tasks.condition_frames("i2v", 5), [1, 0, 0, 0, 0])
-  np.testing.assert_array_equal(tasks.condition_frames("extend", 5, given=2),
+  np.testing.assert_array_equal(conditioning.condition_frames("i2v", 5), [1, 0, 0, 0, 0])
+  np.testing.assert_array_equal(conditioning.condition_frames("extend", 5, given=2),
                                 [1, 1, 0, 0, 0])
   np.testing.assert_array_equal(
-      tasks.condition_frames("extend", 5, given=2, direction="backward"), [0, 0, 0, 1, 1])
+      conditioning.condition_frames("extend", 5, given=2, direction="backward"), [0, 0, 0, 1, 1])
   np.testing.assert_array_equal(
-      tasks.condition_frames("interpolate", 5, given=1, given_end=1), [1, 0, 0, 0, 1])
-  assert not tasks.condition_frames("t2v", 5).any()
+      conditioning.condition_frames("interpolate", 5, given=1, given_end=1), [1, 0, 0, 0, 1])
+  assert not conditioning.condition_frames("t2v", 5).any()
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: tasks.condition_frames("dance", 5), "Unknown task 'dance'"),
-    (lambda: tasks.condition_frames("extend", 5, direction="up"), "direction='up'"),
-    (lambda: tasks.condition_frames("extend", 2, given=2), "leave nothing to generate"),
-    (lambda: tasks.check_mixture({"t2x": 1.0}), r"unknown task kinds \['t2x'\]"),
-    (lambda: tasks.check_mixture({"t2v": 0.0}), "sum to > 0"),
+    (lambda: conditioning.condition_frames("dance", 5), "Unknown task 'dance'"),
+    (lambda: conditioning.condition_frames("extend", 5, direction="up"), "direction='up'"),
+    (lambda: conditioning.condition_frames("extend", 2, given=2), "leave nothing to generate"),
+    (lambda: conditioning.check_mixture({"t2x": 1.0}), r"unknown task kinds \['t2x'\]"),
+    (lambda: conditioning.check_mixture({"t2v": 0.0}), "sum to > 0"),
 ])
 def test_bad_task_input(call, match):
   with pytest.raises(ValueError, match=match):

@@ -1,6 +1,6 @@
 """Scores clips listed in a manifest with the Shapes World analytic evaluator.
 
-  python -m data_pipelines.shapes_world.evaluate DIR [--per_clip OUT.jsonl]
+  python -m data_pipelines.shapes_world.score DIR [--per_clip OUT.jsonl]
 
 Reads `DIR/manifest.jsonl` (one JSON object a line with `file`, relative to DIR, and
 `prompt`), scores every clip, and prints as its last line one JSON object with the rate of
@@ -68,7 +68,7 @@ def evaluate_dir(directory: str, per_clip: str | None = None) -> dict:
 
 def main(argv):
   if len(argv) != 2:
-    sys.exit("usage: python -m data_pipelines.shapes_world.evaluate DIR [--per_clip F]")
+    sys.exit("usage: python -m data_pipelines.shapes_world.score DIR [--per_clip F]")
   try:
     result = evaluate_dir(argv[1], _PER_CLIP.value)
   except (ValueError, FileNotFoundError) as e:

@@ -18,7 +18,7 @@ Tasks and their masks over T' latent frames (True = given):
   interpolate    the first k1 and the last k2 frames (end of video A, start of video B)
   loop           built from interpolate: a clip, then a bridge from its end to its start
   edit           none; SDEdit (Meng et al., 2021): noise the video's latents to t = s and
-                 denoise under the new prompt (`samplers.edit_start`)
+                 denoise under the new prompt (`solvers.edit_start`)
 
 Training draws one of the mask *kinds* per packed clip from `config.tasks` (a mixture):
 `t2v`, `i2v`, `extend_forward`, `extend_backward`, `interpolate`; the number of given
