@@ -94,6 +94,7 @@ def measure(workdir: str, latents: str, n: int, times: list[float],
             step: int | None = None) -> dict:
   # Imported here so that --help and bad arguments answer before jax sets up.
   from data_pipelines import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  from data_pipelines import patches  # pylint: disable=g-import-not-at-top
   from sora_jax import generation  # pylint: disable=g-import-not-at-top
   from sora_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.models import text as text_lib  # pylint: disable=g-import-not-at-top
@@ -112,8 +113,8 @@ def measure(workdir: str, latents: str, n: int, times: list[float],
     raise ValueError(f"{latents!r} holds {len(clips)} validation video clip(s) of one size; "
                      "need at least 2.")
   patch = gen.dit_config.patch
-  x0 = np.stack([np.asarray(dit_lib.patchify(c, patch)[0]) for c in clips])
-  _, positions = dit_lib.patchify(clips[0], patch)
+  x0 = np.stack([np.asarray(patches.patchify(c, patch)[0]) for c in clips])
+  _, positions = patches.patchify(clips[0], patch)
   b, num, _ = x0.shape
   model, encoder = dit_lib.DiT(gen.dit_config), text_lib.TextEncoder(gen.text_config)
 

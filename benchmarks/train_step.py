@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from data_pipelines import patches
 from sora_jax.diffusion import flow
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
@@ -86,7 +87,7 @@ def matmul_flops(n: int = 2048, reps: int = 5, dtype: str = "float32") -> float:
 
 def _inputs(dcfg, grid, batch):
   latents = np.random.default_rng(0).standard_normal((*grid, CHANNELS), np.float32)
-  tokens, positions = dit_lib.patchify(latents, dcfg.patch)
+  tokens, positions = patches.patchify(latents, dcfg.patch)
   n = tokens.shape[0]
   rep = lambda x: np.broadcast_to(x, (batch, *x.shape)).copy()
   return {"tokens": rep(tokens), "positions": rep(positions),

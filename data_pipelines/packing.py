@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator
 import grain
 import numpy as np
 
-from sora_jax.models import dit
+from data_pipelines import patches
 
 TOKEN_FEATURES = ("tokens", "positions", "clip_index", "loss_weight")
 
@@ -56,7 +56,7 @@ def clip_example(latents: np.ndarray, text_ids: np.ndarray, text_mask: np.ndarra
     dict with tokens [n, Din], positions [n, 3], clip_index [n], loss_weight [n],
     text_ids [L], text_mask [L].
   """
-  tokens, positions = dit.patchify(np.asarray(latents), patch)
+  tokens, positions = patches.patchify(np.asarray(latents), patch)
   n = tokens.shape[0]
   return {"tokens": tokens, "positions": positions,
           "clip_index": np.full((n,), clip_index, np.int32),

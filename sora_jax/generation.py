@@ -52,6 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_pipelines import latents as latents_lib
+from data_pipelines import patches
 from sora_jax.diffusion import flow
 from sora_jax.diffusion import solvers
 from sora_jax.diffusion import conditioning
@@ -255,7 +256,7 @@ class Generator:
                        f"of {ft} and H, W multiples of {s * patch[1]}x{s * patch[2]} (VAE "
                        f"factor {s} x DiT patch).")
     shape = latents_lib.latent_size(self.vae.config, (frames, height, width))
-    dit_lib.check_patch(shape, patch, where=f"latents of a {frames}x{height}x{width} clip")
+    patches.check_patch(shape, patch, where=f"latents of a {frames}x{height}x{width} clip")
     return shape
 
   def encode(self, video: np.ndarray) -> np.ndarray:
@@ -301,8 +302,8 @@ class Generator:
     patch = self.dit_config.patch
     noise = np.stack([np.asarray(solvers.init_noise(jax.random.key(int(s)), latent_shape))
                       for s in seeds])
-    tokens = np.stack([np.asarray(dit_lib.patchify(n, patch)[0]) for n in noise])
-    _, positions = dit_lib.patchify(noise[0], patch)
+    tokens = np.stack([np.asarray(patches.patchify(n, patch)[0]) for n in noise])
+    _, positions = patches.patchify(noise[0], patch)
     n = tokens.shape[1]
     self.peak_window_bytes = max(self.peak_window_bytes, tokens.nbytes)
     if given is None:
@@ -311,10 +312,10 @@ class Generator:
     else:
       given = np.broadcast_to(np.asarray(given, bool), (b, latent_shape[0]))
       given_tok = np.stack([conditioning.token_mask(g, positions[:, 0]) for g in given])
-      cond_tok = np.stack([np.asarray(dit_lib.patchify(c, patch)[0]) for c in cond_latents])
+      cond_tok = np.stack([np.asarray(patches.patchify(c, patch)[0]) for c in cond_latents])
     x_init = tokens
     if t_start < 1.0:
-      clean = np.stack([np.asarray(dit_lib.patchify(c, patch)[0]) for c in init_latents])
+      clean = np.stack([np.asarray(patches.patchify(c, patch)[0]) for c in init_latents])
       x_init = np.asarray(solvers.edit_start(clean, tokens, t_start))
     shift = opts.shift or self.sample_shift
     if shift is None:
@@ -338,7 +339,7 @@ class Generator:
         out = np.asarray(self._sample_fn(*args))
     _BAR[0].close()
     _BAR[0] = None
-    return np.stack([dit_lib.unpatchify(o, latent_shape, patch) for o in out])
+    return np.stack([patches.unpatchify(o, latent_shape, patch) for o in out])
 
   # ------------------------------------------------------------------ tasks
   def t2v(self, prompt: str, frames: int = 17, height: int = 64, width: int = 64,

@@ -9,6 +9,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from data_pipelines import packing
+from data_pipelines import patches
 from sora_jax.diffusion import flow
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import dit
@@ -200,9 +201,9 @@ def test_bad_configs_and_inputs():
     dit.get_dit_config("tiny", remat="everything")
   with pytest.raises(ValueError, match=r"patch \(pt, ph, pw\)=\(1, 2, 2\) does not divide "
                      r"the latents sizes \(T', h, w\)=\(5, 6, 7\)"):
-    dit.patchify(np.zeros((5, 6, 7, 4)), (1, 2, 2))
+    patches.patchify(np.zeros((5, 6, 7, 4)), (1, 2, 2))
   with pytest.raises(ValueError, match=r"\(2, 2, 2\) does not divide .*\(1, 4, 4\)"):
-    dit.patchify(jnp.zeros((1, 4, 4, 4)), (2, 2, 2))  # an image with a temporal patch
+    patches.patchify(jnp.zeros((1, 4, 4, 4)), (2, 2, 2))  # an image with a temporal patch
   cfg = _tiny_dit()
   inputs = dit.dummy_inputs(cfg, tokens=4, text_dim=8)
   inputs["tokens"] = jax.ShapeDtypeStruct((1, 4, 7), jnp.float32)
@@ -222,18 +223,18 @@ def test_bad_configs_and_inputs():
                                          ((4, 6, 3, 2), (2, 3, 1))])
 def test_patchify_round_trip(shape, patch):
   x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-  tokens, positions = dit.patchify(x, patch)
+  tokens, positions = patches.patchify(x, patch)
   grid = [s // p for s, p in zip(shape[:3], patch)]
   assert tokens.shape == (np.prod(grid), np.prod(patch) * shape[-1])
   assert positions.dtype == np.int32 and positions.shape == (tokens.shape[0], 3)
   assert positions.max(0).tolist() == [g - 1 for g in grid]
-  np.testing.assert_array_equal(dit.unpatchify(tokens, shape, patch), x)
+  np.testing.assert_array_equal(patches.unpatchify(tokens, shape, patch), x)
   # Token i holds the patch at its position; same result on jax arrays.
   t, h, w = positions[-1]
   pt, ph, pw = patch
   block = x[t * pt:(t + 1) * pt, h * ph:(h + 1) * ph, w * pw:(w + 1) * pw]
   np.testing.assert_array_equal(tokens[-1], block.reshape(-1))
-  np.testing.assert_array_equal(dit.patchify(jnp.asarray(x), patch)[0], tokens)
+  np.testing.assert_array_equal(patches.patchify(jnp.asarray(x), patch)[0], tokens)
 
 
 def test_rope_relative_position():

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 from configs import dit as dit_config
 from data_pipelines import latents as latents_lib
 from data_pipelines import packing
+from data_pipelines import patches
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.train import checkpointing
 from sora_jax.train import dit_task
@@ -235,7 +236,7 @@ def test_self_conditioned_sampling_feeds_each_step_the_last_guided_estimate(data
                                      for l, k in zip(leaves, keys)])
   latent = (2, 8, 8, dcfg.latent_channels)
   noise = solvers.init_noise(jax.random.key(2), latent)
-  tokens, positions = dit_lib.patchify(noise, dcfg.patch)
+  tokens, positions = patches.patchify(noise, dcfg.patch)
   x, pos = tokens[None], positions[None]
   n = x.shape[1]
   ids = np.zeros((1, tcfg.max_len), np.int32)

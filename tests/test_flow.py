@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+from data_pipelines import patches
 from sora_jax.diffusion import flow
 from sora_jax.models import dit
 
@@ -159,7 +160,7 @@ def test_tiny_dit_overfits_8_clips():
   rng = np.random.default_rng(0)
   b, n, text_len = 8, 8, 4
   x0 = jnp.asarray(rng.normal(size=(b, n, cfg.token_dim)), jnp.float32)
-  _, pos = dit.patchify(np.zeros((2, 4, 4, 4)), cfg.patch)  # 8 tokens a clip
+  _, pos = patches.patchify(np.zeros((2, 4, 4, 4)), cfg.patch)  # 8 tokens a clip
   pos = jnp.broadcast_to(pos, (b, n, 3))
   seg = jnp.ones((b, n), jnp.int32)
   text = jnp.asarray(rng.normal(size=(b, text_len, 16)), jnp.float32)

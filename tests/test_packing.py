@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import packing
-from sora_jax.models import dit
+from data_pipelines import patches
 
 PATCH = (1, 2, 2)
 TEXT_LEN = 6
@@ -41,8 +41,8 @@ def test_packed_contents_round_trip():
       seen.add(idx)
       np.testing.assert_allclose(p["loss_weight"][rows].sum(), 1.0, rtol=1e-6)
       np.testing.assert_array_equal(
-          dit.unpatchify(p["tokens"][rows], latents[idx].shape, PATCH), latents[idx])
-      np.testing.assert_array_equal(p["positions"][rows], dit.patchify(latents[idx], PATCH)[1])
+          patches.unpatchify(p["tokens"][rows], latents[idx].shape, PATCH), latents[idx])
+      np.testing.assert_array_equal(p["positions"][rows], patches.patchify(latents[idx], PATCH)[1])
       # Segment s owns caption row s - 1.
       np.testing.assert_array_equal(p["text_ids"][s - 1], examples[idx]["text_ids"])
       np.testing.assert_array_equal(p["text_mask"][s - 1], examples[idx]["text_mask"])

@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import dit as dit_config_lib
 from configs import vae as vae_config_lib
 from data_pipelines import packing
+from data_pipelines import patches
 from sora_jax.sharding import distributed
 from sora_jax.diffusion import solvers
 from sora_jax.models import dit as dit_lib
@@ -441,7 +442,7 @@ def test_mesh_same_seed_same_sample_on_1_and_8_devices():
 
   b, n, tl = 2, 32, 8
   latents = np.zeros((2, 8, 8, 4), np.float32)  # one clip: 2 x 4 x 4 = 32 tokens
-  _, positions = dit_lib.patchify(latents, (1, 2, 2))
+  _, positions = patches.patchify(latents, (1, 2, 2))
   inputs = dict(positions=jnp.asarray(np.broadcast_to(positions, (b, n, 3))),
                 segment_ids=jnp.ones((b, n), jnp.int32),
                 text=jax.random.normal(jax.random.key(2), (b, tl, 16)),

@@ -1,7 +1,7 @@
 """Diffusion transformer over spacetime patches of video latents, conditioned on text.
 
 DiT (Peebles & Xie, 2023, arXiv:2212.09748) as the Sora report uses it: latents
-`[T', h, w, C]` are cut into `(pt, ph, pw)` patches (`patchify`), each patch is a token, and
+`[T', h, w, C]` are cut into `(pt, ph, pw)` patches (`data_pipelines/patches.py`), each patch is a token, and
 a token knows its place through 3D RoPE over its integer `(t, h, w)` patch position (Su et
 al., 2021; `rope.py`), so any duration, resolution and aspect ratio is just another set of
 positions. RoPE is relative only; with `pos_embed="fractional"` each token also gets fixed
@@ -44,7 +44,7 @@ text term contribute exactly 0: that is the unconditional model for classifier-f
 
 Typical use:
   config = get_dit_config("B", patch=(1, 2, 2), latent_channels=16)
-  tokens, positions = patchify(latents, config.patch)      # [N, Din], [N, 3]
+  tokens, positions = patches.patchify(latents, config.patch)   # data_pipelines/patches.py
   model = DiT(config)
   v = model.apply(params, tokens, positions, segment_ids, t, text, text_mask)  # [B, N, Din]
 """
@@ -211,62 +211,6 @@ def get_dit_config(variant: str = "B", **overrides) -> DiTConfig:
   return variants.resolve(DiTConfig, VARIANTS, variant, overrides, "DiT")
 
 
-# ----------------------------------------------------------------------------- patches
-
-
-def check_patch(latent_shape: tuple[int, ...], patch: tuple[int, int, int],
-                where: str = "latents") -> None:
-  """Raises a ValueError unless `patch` divides the (T', h, w) of `latent_shape`."""
-  sizes = tuple(int(s) for s in latent_shape[:3])
-  if len(latent_shape) != 4 or any(s % p for s, p in zip(sizes, patch)):
-    raise ValueError(f"patch (pt, ph, pw)={tuple(patch)} does not divide the {where} sizes "
-                     f"(T', h, w)={sizes} (full shape {tuple(latent_shape)}, expected "
-                     f"[T', h, w, C]); every size must be a multiple of its patch size.")
-
-
-def patch_grid(latent_shape: tuple[int, ...], patch: tuple[int, int, int]) -> tuple[int, ...]:
-  """(T'/pt, h/ph, w/pw): the token grid of a clip."""
-  check_patch(latent_shape, patch)
-  return tuple(s // p for s, p in zip(latent_shape[:3], patch))
-
-
-def patchify(latents, patch: tuple[int, int, int]):
-  """One clip's latents -> tokens and their integer (t, h, w) patch positions.
-
-  Works on numpy arrays (data pipeline) and jax arrays (model code); traceable.
-
-  Args:
-    latents: [T', h, w, C].
-    patch: (pt, ph, pw), each dividing the matching size.
-
-  Returns:
-    tokens: [N, pt*ph*pw*C] with N = T'h w / (pt ph pw), in (t, h, w) raster order; each
-      token's features are ordered (pt, ph, pw, C).
-    positions: int32 numpy [N, 3].
-  """
-  gt, gh, gw = patch_grid(latents.shape, patch)
-  pt, ph, pw = patch
-  c = latents.shape[-1]
-  x = latents.reshape(gt, pt, gh, ph, gw, pw, c).transpose(0, 2, 4, 1, 3, 5, 6)
-  tokens = x.reshape(gt * gh * gw, pt * ph * pw * c)
-  grid = np.meshgrid(np.arange(gt), np.arange(gh), np.arange(gw), indexing="ij")
-  positions = np.stack(grid, axis=-1).reshape(-1, 3).astype(np.int32)
-  return tokens, positions
-
-
-def unpatchify(tokens, latent_shape: tuple[int, int, int, int], patch: tuple[int, int, int]):
-  """Inverse of `patchify`: tokens [N, pt*ph*pw*C] -> latents `latent_shape` [T', h, w, C]."""
-  gt, gh, gw = patch_grid(latent_shape, patch)
-  pt, ph, pw = patch
-  c = latent_shape[-1]
-  if tokens.shape != (gt * gh * gw, pt * ph * pw * c):
-    raise ValueError(f"unpatchify: tokens {tuple(tokens.shape)} do not match latents "
-                     f"{tuple(latent_shape)} with patch {tuple(patch)}; expected "
-                     f"{(gt * gh * gw, pt * ph * pw * c)}.")
-  x = tokens.reshape(gt, gh, gw, pt, ph, pw, c).transpose(0, 3, 1, 4, 2, 5, 6)
-  return x.reshape(latent_shape)
-
-
 # ----------------------------------------------------------------------------- layers
 
 
@@ -379,7 +323,7 @@ GRID_OFFSETS = tuple((dh, dw) for dh in (-1, 0, 1) for dw in (-1, 0, 1))  # the 
 def grid_neighbours(positions: jax.Array, segment_ids: jax.Array):
   """Each token's 3x3 neighbours in its own clip and frame, for `FeedForward`'s conv.
 
-  Packed clips are contiguous and in (t, h, w) raster order (`patchify`), so the token at
+  Packed clips are contiguous and in (t, h, w) raster order (`patches.patchify`), so the token at
   (t, h + dh, w + dw) of the clip of token i sits at i + dh * W + dw, W being the clip's
   patch-grid width (its largest w position + 1); a tap is valid where that token exists:
   same clip (segment id > 0) and exactly that position.
@@ -612,7 +556,7 @@ class DiT(nn.Module):
 
     Args:
       tokens: [B, N, Din] noisy latent patches (Din = config.token_dim).
-      positions: [B, N, 3] int (t, h, w) patch positions (from `patchify`).
+      positions: [B, N, 3] int (t, h, w) patch positions (from `patches.patchify`).
       segment_ids: [B, N] int; 1..k = which packed clip, 0 = padding. An unpacked batch
         passes ones.
       t: [B, N] float timestep of each token (see module docstring).

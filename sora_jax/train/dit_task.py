@@ -48,6 +48,7 @@ import numpy as np
 import optax
 
 from data_pipelines import latents as latents_lib
+from data_pipelines import patches
 from data_pipelines import pipeline
 from sora_jax.diffusion import flow
 from sora_jax.diffusion import conditioning
@@ -178,7 +179,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_sources(config)
   dcfg, _ = dit_config(config), text_config(config)  # unknown fields, head dims
   for shape in latent_shapes(config):
-    dit_lib.check_patch(shape, dcfg.patch, where=f"latents ({_latent_origin(config)})")
+    patches.check_patch(shape, dcfg.patch, where=f"latents ({_latent_origin(config)})")
     n = math.prod(shape[:3]) // math.prod(dcfg.patch)
     if n > p.seq_len:
       raise ValueError(f"A clip with latents {shape} has {n} tokens at patch {dcfg.patch}, "
