@@ -16,9 +16,9 @@ from absl import flags
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import latents
 from data_pipelines.shapes_world import evaluator
 from data_pipelines.shapes_world import generator
+from sora_jax.inference import run as run_lib
 from sora_jax.models import vae as vae_lib
 
 LEVELS = ("basic", "full")
@@ -37,7 +37,7 @@ def main() -> None:
     parser.error(f"--n={args.n} and --batch={args.batch} must be >= 1.")
   flags.FLAGS.mark_as_parsed()
   try:
-    vae = latents.load_vae(args.vae_workdir)
+    vae = run_lib.load_vae(args.vae_workdir)
   except ValueError as e:  # a missing or unfinished run: one clear error, no traceback
     parser.error(str(e))
   clips = [generator.make_clip(args.split, i, 17, 64, 64, args.level) for i in range(args.n)]

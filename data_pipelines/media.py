@@ -1,12 +1,16 @@
-"""Reading and writing clips as files: .npy, mp4 (imageio-ffmpeg's bundled ffmpeg) and gif."""
+"""Reading and writing clips as files: .npy, mp4 (imageio-ffmpeg's bundled ffmpeg) and gif;
+contact sheets (a grid of clips' frames, one PNG)."""
 from __future__ import annotations
 
 import contextlib
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 
 import imageio.v3 as iio
 import numpy as np
+from PIL import Image
+from PIL import ImageDraw
 
 DEFAULT_FPS = 8  # Shapes World's nominal frame rate
 
@@ -76,3 +80,86 @@ def read_clip(path: str | os.PathLike) -> np.ndarray:
 
 def _is_image(path: str) -> bool:
   return os.path.splitext(path)[1].lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+# ------------------------------------------------------------------ contact sheets
+def _frame_indices(t: int, frames: int) -> list[int]:
+  if t <= frames:
+    return list(range(t))
+  return [int(round(v)) for v in np.linspace(0, t - 1, frames)]
+
+
+def contact_sheet(videos: Mapping[str, Sequence[np.ndarray]], frames: int = 4, gap: int = 4,
+                  background: int = 255, labels: bool = True,
+                  row_labels: Sequence[str] | None = None) -> np.ndarray:
+  """A Sora-style comparison grid: rows = prompts, columns = rungs, a few frames per cell.
+
+  Args:
+    videos: rung label -> one uint8 [T, H, W, 3] video per prompt (same prompts and seeds,
+      in the same order, for every rung; all of one H x W). Insertion order = column order.
+    frames: frames per cell, evenly spaced over T (all of them if T is smaller).
+    gap: pixels between cells (and around the grid).
+    background: grey level of the gaps.
+    labels: write the rung labels above the columns (PIL's default font).
+    row_labels: optional text per prompt, written left of its row (truncated to fit).
+
+  Returns:
+    uint8 [H_sheet, W_sheet, 3].
+  """
+  if not videos:
+    raise ValueError("contact_sheet: no videos.")
+  columns = list(videos)
+  counts = {k: len(v) for k, v in videos.items()}
+  if len(set(counts.values())) != 1:
+    raise ValueError(f"contact_sheet: every rung needs the same prompts; videos per rung: "
+                     f"{counts}.")
+  shapes = {np.shape(v)[1:] for vs in videos.values() for v in vs}
+  if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[-1] != 3:
+    raise ValueError(f"contact_sheet: videos must be uint8 [T, H, W, 3] of one H x W; got "
+                     f"frame shapes {sorted(shapes)}.")
+  for k, vs in videos.items():
+    for v in vs:
+      if np.asarray(v).dtype != np.uint8:
+        raise ValueError(f"contact_sheet: rung {k!r} has a {np.asarray(v).dtype} video; "
+                         "expected uint8.")
+  h, w, _ = next(iter(shapes))
+  rows = counts[columns[0]]
+  cell_w = frames * w + (frames - 1) * (gap // 2)
+  top = 14 + gap if labels else 0
+  left = 0
+  if row_labels is not None:
+    if len(row_labels) != rows:
+      raise ValueError(f"contact_sheet: {len(row_labels)} row labels for {rows} prompts.")
+    left = 120 + gap
+  sheet = np.full((top + gap + rows * (h + gap), left + gap + len(columns) * (cell_w + gap), 3),
+                  background, np.uint8)
+  for j, col in enumerate(columns):
+    x0 = left + gap + j * (cell_w + gap)
+    for i, video in enumerate(videos[col]):
+      y0 = top + gap + i * (h + gap)
+      video = np.asarray(video)
+      for f, idx in enumerate(_frame_indices(video.shape[0], frames)):
+        xf = x0 + f * (w + gap // 2)
+        sheet[y0:y0 + h, xf:xf + w] = video[idx]
+  if labels or row_labels is not None:
+    sheet = _draw_labels(sheet, columns if labels else [], row_labels or [], gap, cell_w,
+                         left, top, h)
+  return sheet
+
+
+def _draw_labels(sheet, columns, row_labels, gap, cell_w, left, top, h) -> np.ndarray:
+  image = Image.fromarray(sheet)
+  draw = ImageDraw.Draw(image)
+  for j, col in enumerate(columns):
+    draw.text((left + gap + j * (cell_w + gap), gap // 2), str(col), fill=(0, 0, 0))
+  for i, text in enumerate(row_labels):
+    draw.text((gap, top + gap + i * (h + gap)), str(text)[:20], fill=(0, 0, 0))
+  return np.asarray(image)
+
+
+def write_contact_sheet(path: str, videos: Mapping[str, Sequence[np.ndarray]],
+                        **kwargs) -> str:
+  """`contact_sheet(videos, **kwargs)` written as a PNG to `path`."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  iio.imwrite(path, contact_sheet(videos, **kwargs))
+  return path

@@ -215,9 +215,10 @@ def precompute_latents(runs: list[dict], latents_dir: str) -> list[dict]:
                      "config argument (a finished VAE run).")
   # In a child process: on an accelerator, this process's JAX would hold the device's memory
   # (XLA preallocates 75% of a GPU) while every run trains, and the runs would run out of it.
-  from data_pipelines import latents as latents_lib  # pylint: disable=g-import-not-at-top
+  # Imported here: writing launch scripts for other targets needs no JAX on this machine.
+  from sora_jax.data import encode_latents  # pylint: disable=g-import-not-at-top
   child = multiprocessing.get_context("spawn").Process(
-      target=latents_lib.encode_splits,
+      target=encode_latents.encode_splits,
       args=(cfg.data.to_dict(), cfg.vae.workdir, ("train", cfg.eval.split), latents_dir))
   child.start()
   child.join()
@@ -455,7 +456,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.error(f"--parallel={args.parallel} must be >= 1.")
   if args.precompute_latents and args.target != "local":
     parser.error(f"--precompute_latents={args.precompute_latents!r} is for --target local; "
-                 "for other targets encode with `python -m data_pipelines.latents` and pass "
+                 "for other targets encode with `python -m sora_jax.data.encode_latents` and pass "
                  "latents=DIR in the config argument.")
   return args
 

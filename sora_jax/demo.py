@@ -12,12 +12,23 @@ import json
 import os
 import time
 
-import numpy as np
-
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+import numpy as np
+
+from data_pipelines import latents as latents_lib
+from data_pipelines import media
+from data_pipelines.shapes_world import export
+from data_pipelines.shapes_world import generator as sw
+from data_pipelines.shapes_world import score
+from sora_jax.data import encode_latents
+from sora_jax.inference import adherence
+from sora_jax.inference import run as run_lib
+from sora_jax.inference import sampler as sampler_lib
+from sora_jax.inference import tasks
+from sora_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py"),
@@ -27,15 +38,12 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the demo writes ev
 
 def _stage_check_evaluator(config, workdir: str) -> dict:
   """Exports generator clips and scores them: the evaluator's own sanity figure."""
-  from data_pipelines.shapes_world import score  # pylint: disable=g-import-not-at-top
-  from data_pipelines.shapes_world import export  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, "shapes_world_check")
   export.export(out, "test", "full", config.check_clips, 17, 64, 64, mp4=True)
   return score.evaluate_dir(out)
 
 
 def _stage_vae(config, workdir: str) -> dict:
-  from sora_jax.train import loop  # pylint: disable=g-import-not-at-top
   return loop.train_and_evaluate(config.vae, os.path.join(workdir, "vae"))
 
 
@@ -49,53 +57,47 @@ def _dit_config(config, workdir: str):
 
 def _stage_latents(config, workdir: str) -> dict:
   """Encodes the DiT's training and evaluation clips once with the trained VAE."""
-  from data_pipelines import latents  # pylint: disable=g-import-not-at-top
   cfg = _dit_config(config, workdir)
   splits = ("train", cfg.eval.split)
-  latents.encode_splits(cfg.data.to_dict(), cfg.vae.workdir, splits, cfg.data.latents)
-  return {"num_records": {split: latents.LatentRecords(os.path.join(
+  encode_latents.encode_splits(cfg.data.to_dict(), cfg.vae.workdir, splits, cfg.data.latents)
+  return {"num_records": {split: latents_lib.LatentRecords(os.path.join(
       cfg.data.latents, split)).metadata["num_records"] for split in splits}}
 
 
 def _stage_dit(config, workdir: str) -> dict:
-  from sora_jax.train import loop  # pylint: disable=g-import-not-at-top
   return loop.train_and_evaluate(_dit_config(config, workdir), os.path.join(workdir, "dit"))
 
 
-def _generator(config, workdir: str):
-  from sora_jax import generation  # pylint: disable=g-import-not-at-top
+def _sampler(config, workdir: str) -> sampler_lib.Sampler:
   s = config.sample
-  return generation.Generator(os.path.join(workdir, "dit"), options=generation.SamplingOptions(
-      steps=s.steps, method=s.method, guidance=s.guidance))
+  return sampler_lib.Sampler(run_lib.Run.load(os.path.join(workdir, "dit")),
+                           sampler_lib.SamplingOptions(steps=s.steps, method=s.method,
+                                                     guidance=s.guidance))
 
 
 def _stage_samples(config, workdir: str) -> dict:
   """One sample of every task (npy + mp4 + gif), a manifest and a contact sheet."""
-  from data_pipelines import media  # pylint: disable=g-import-not-at-top
-  from data_pipelines.shapes_world import generator as sw  # pylint: disable=g-import-not-at-top
-  from sora_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from sora_jax.scaling import report  # pylint: disable=g-import-not-at-top
-  gen, s = _generator(config, workdir), config.sample
+  sampler, s = _sampler(config, workdir), config.sample
   t, hw, level = s.frames, s.size, config.eval.level
   clips = [sw.make_clip("test", i, t, hw, hw, level) for i in range(3)]
   a, b = clips[0], clips[1]
-  edit_prompt = evaluate._other_color_prompt(a.caption)  # pylint: disable=protected-access
-  given = min(2, gen.latent_shape(t, hw, hw)[0] - 1)
+  edit_prompt = adherence.other_color_prompt(a.caption)
+  given = min(2, sampler.latent_shape(t, hw, hw)[0] - 1)
   jobs = [  # (name, task, prompt, seed, make)
-      ("t2v", "t2v", a.caption, 0, lambda p, k: gen.t2v(p, t, hw, hw, k)),
+      ("t2v", "t2v", a.caption, 0, lambda p, k: tasks.t2v(sampler, p, t, hw, hw, k)),
       ("t2i", "t2i", sw.make_clip("test", 3, 1, hw, hw, level).caption, 0,
-       lambda p, k: gen.t2i(p, hw, hw, k)),
-      ("i2v", "i2v", a.caption, 0, lambda p, k: gen.i2v(p, a.video[0], t, k)),
+       lambda p, k: tasks.t2i(sampler, p, hw, hw, k)),
+      ("i2v", "i2v", a.caption, 0, lambda p, k: tasks.i2v(sampler, p, a.video[0], t, k)),
       ("extend_forward", "extend", a.caption, 0,
-       lambda p, k: gen.extend(p, a.video, "forward", t, given, k)),
+       lambda p, k: tasks.extend(sampler, p, a.video, "forward", t, given, k)),
       ("extend_backward", "extend", a.caption, 0,
-       lambda p, k: gen.extend(p, a.video, "backward", t, given, k)),
+       lambda p, k: tasks.extend(sampler, p, a.video, "backward", t, given, k)),
       ("interpolate", "interpolate", b.caption, 0,
-       lambda p, k: gen.interpolate(p, a.video, b.video, t, seed=k)),
-      ("loop", "loop", clips[2].caption, 0, lambda p, k: gen.loop(p, t, hw, hw, k)),
-      ("edit", "edit", edit_prompt, 0, lambda p, k: gen.edit(p, a.video, 0.7, k)),
-      ("long", "t2v", clips[2].caption, 0, lambda p, k: np.concatenate(list(
-          gen.long_video(p, int(s.long_seconds * media.DEFAULT_FPS), hw, hw, t, given, k)))),
+       lambda p, k: tasks.interpolate(sampler, p, a.video, b.video, t, seed=k)),
+      ("loop", "loop", clips[2].caption, 0, lambda p, k: tasks.loop(sampler, p, t, hw, hw, k)),
+      ("edit", "edit", edit_prompt, 0, lambda p, k: tasks.edit(sampler, p, a.video, 0.7, k)),
+      ("long", "t2v", clips[2].caption, 0, lambda p, k: np.concatenate(list(tasks.long_video(
+          sampler, p, int(s.long_seconds * media.DEFAULT_FPS), hw, hw, t, given, k)))),
   ]
   out_dir = os.path.join(workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)
@@ -109,7 +111,7 @@ def _stage_samples(config, workdir: str) -> dict:
     videos.append(video)
   with open(os.path.join(out_dir, "manifest.jsonl"), "w") as f:
     f.writelines(json.dumps(m) + "\n" for m in manifest)
-  sheet = report.write_contact_sheet(os.path.join(out_dir, "contact_sheet.png"),
+  sheet = media.write_contact_sheet(os.path.join(out_dir, "contact_sheet.png"),
                                      {"samples": videos}, frames=8,
                                      row_labels=[j[0] for j in jobs])
   return {"num": len(manifest), "tasks": sorted({m["task"] for m in manifest}),
@@ -117,15 +119,14 @@ def _stage_samples(config, workdir: str) -> dict:
 
 
 def _stage_evaluate(config, workdir: str) -> dict:
-  from sora_jax import evaluate  # pylint: disable=g-import-not-at-top
   e, s = config.eval, config.sample
-  gen = _generator(config, workdir)
-  result = evaluate.evaluate(gen, os.path.join(workdir, "eval"), [e.split], e.n, e.level,
+  sampler = _sampler(config, workdir)
+  result = adherence.evaluate(sampler, os.path.join(workdir, "eval"), [e.split], e.n, e.level,
                              s.frames, s.size, s.size, batch=s.batch, task_clips=e.task_clips)
   out = {"adherence": result["splits"][e.split], "tasks": result.get("tasks"),
          "level": e.level, "sampling": result["sampling"]}
   if e.t2i_n:  # the split's first t2i_n image prompts (T = 1): the t2i task's adherence
-    images = evaluate.evaluate(gen, os.path.join(workdir, "eval_t2i"), [e.split], e.t2i_n,
+    images = adherence.evaluate(sampler, os.path.join(workdir, "eval_t2i"), [e.split], e.t2i_n,
                                e.level, 1, s.size, s.size, batch=s.batch, task_clips=0)
     out["adherence_t2i"] = images["splits"][e.split]
   return out

@@ -33,21 +33,22 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 import numpy as np
-from tqdm import tqdm
 
 from data_pipelines import media
-from sora_jax.diffusion import solvers
 from sora_jax.diffusion import conditioning
+from sora_jax.inference import cli
+from sora_jax.inference import run as run_lib
+from sora_jax.inference import sampler as sampler_lib
+from sora_jax.inference import tasks
+from sora_jax.sharding import mesh as mesh_lib
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_string("workdir", None, "A DiT run directory.")
-  flags.DEFINE_integer("step", None, "Checkpoint step to sample (default: the latest).")
+  cli.define_flags()
   flags.DEFINE_enum("task", "t2v", conditioning.TASKS, "What to generate.")
   flags.DEFINE_string("prompt", None, "The caption.")
-  flags.DEFINE_string("negative_prompt", "", "Caption to guide away from ('' = empty).")
   flags.DEFINE_string("image", None, "i2v: the image (png/jpg/npy, or a video's first frame).")
   flags.DEFINE_string("video", None, "extend / interpolate (start) / edit: a video file.")
   flags.DEFINE_string("video_end", None, "interpolate: the video to reach.")
@@ -61,13 +62,6 @@ def define_flags():
   flags.DEFINE_integer("width", 64, "W.")
   flags.DEFINE_integer("given", 2, "extend / long videos: latent frames of overlap.")
   flags.DEFINE_integer("seed", 0, "Noise seed (same seed, same sample).")
-  flags.DEFINE_integer("steps", 32, "Solver steps.")
-  flags.DEFINE_enum("sampler", "dpmpp_2m", solvers.METHODS, "ODE solver.")
-  flags.DEFINE_float("guidance", 4.0, "Classifier-free guidance scale (1 = none).")
-  flags.DEFINE_float("shift", 0.0, "Timestep shift (0 = the run's sample_shift, else the "
-                     "training rule by token count).")
-  flags.DEFINE_string("guidance_interval", "0,1", "lo,hi: guidance only at steps with "
-                      "lo < t <= hi (t = 1 is noise); the conditional prediction elsewhere.")
   flags.DEFINE_string("out", None, "Output .mp4 (a .gif is written beside it).")
   flags.DEFINE_bool("npy", False, "Also write .npy (uint8 [T, H, W, 3]).")
   flags.DEFINE_string("prompts_file", None, "Batch mode: prompts (txt or jsonl).")
@@ -156,110 +150,31 @@ def write_outputs(stem: str, video: np.ndarray, fps: int, npy: bool) -> list[str
   return media.write_clip(stem, video, npy=npy, mp4=True, gif=True, fps=fps)
 
 
-def sample_batch(gen, rows: list[dict], out_dir: str, frames: int, height: int, width: int,
-                 seed: int, batch: int, fps: int = media.DEFAULT_FPS,
-                 progress: bool = True, mp4: bool = True) -> list[dict]:
-  """Batch mode: samples every row, writes npy (+ mp4) and `out_dir/manifest.jsonl`.
-
-  Returns the manifest rows. Resumes: rows whose .npy exists are not sampled again.
-  """
-  os.makedirs(out_dir, exist_ok=True)
-  manifest, todo = [], []
-  for i, row in enumerate(rows):
-    t = 1 if row["task"] == "t2i" else frames
-    entry = {"file": f"{row['name']}.npy", "prompt": row["prompt"], "task": row["task"],
-             "seed": int(row.get("seed", seed + i)), "frames": t, "height": height,
-             "width": width}
-    entry.update({k: v for k, v in row.items() if k not in entry and k != "name"})
-    manifest.append(entry)
-    if not os.path.exists(os.path.join(out_dir, entry["file"])):
-      todo.append(entry)
-  by_size: dict[int, list[dict]] = {}
-  for entry in todo:
-    by_size.setdefault(entry["frames"], []).append(entry)
-  bar = tqdm(total=len(todo), desc="sampling", unit="clip", disable=not progress)
-  for t, entries in by_size.items():
-    for a in range(0, len(entries), batch):
-      chunk = entries[a:a + batch]
-      videos = gen.t2v_batch([e["prompt"] for e in chunk], t, height, width,
-                             [e["seed"] for e in chunk])
-      for e, v in zip(chunk, videos):
-        stem = os.path.join(out_dir, e["file"][:-4])
-        media.write_clip(stem, v, npy=True, mp4=mp4, fps=fps)
-      bar.update(len(chunk))
-  bar.close()
-  with open(os.path.join(out_dir, "manifest.jsonl"), "w") as f:
-    for entry in manifest:
-      f.write(json.dumps(entry) + "\n")
-  return manifest
-
-
-def run_task(gen, task: str, prompt: str, inputs: dict[str, np.ndarray], *, frames: int,
-             height: int, width: int, seed: int, direction: str = "forward",
-             strength: float = 0.6, seconds: float = 0.0, fps: int = media.DEFAULT_FPS,
-             given: int = 2) -> np.ndarray:
-  """One task's video (uint8 [T, H, W, 3])."""
-  if seconds:
-    total = int(round(seconds * fps))
-    if task == "t2v":
-      return np.concatenate(list(tqdm(gen.long_video(prompt, total, height, width, frames,
-                                                     given, seed), desc="windows")))
-    video = inputs["video"]
-    while video.shape[0] < total:  # extend window by window until long enough
-      video = gen.extend(prompt, video, direction, frames, given, seed)
-      seed += 1
-    return video[:total] if direction == "forward" else video[-total:]
-  if task in ("t2v", "t2i"):
-    return gen.t2v(prompt, 1 if task == "t2i" else frames, height, width, seed)
-  if task == "i2v":
-    return gen.i2v(prompt, inputs["image"], frames, seed)
-  if task == "extend":
-    return gen.extend(prompt, inputs["video"], direction, frames, given, seed)
-  if task == "interpolate":
-    return gen.interpolate(prompt, inputs["video"], inputs["video_end"], frames, seed=seed)
-  if task == "loop":
-    return gen.loop(prompt, frames, height, width, seed)
-  return gen.edit(prompt, inputs["video"], strength, seed)
-
-
-def _options():
-  from sora_jax import generation  # pylint: disable=g-import-not-at-top
-  try:
-    interval = generation.parse_guidance_interval(FLAGS.guidance_interval)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  return generation.SamplingOptions(
-      steps=FLAGS.steps, method=FLAGS.sampler, guidance=FLAGS.guidance,
-      shift=FLAGS.shift or None, negative_prompt=FLAGS.negative_prompt,
-      guidance_interval=interval)
-
-
 def main(argv: Sequence[str]) -> None:
   del argv
-  from sora_jax import generation  # pylint: disable=g-import-not-at-top
   # The workdir is checked before any input file is read or the model is loaded.
-  generation.start_cli(FLAGS.workdir, FLAGS["verbosity"].present, FLAGS.step)
+  cli.check_run()
   mesh = None
   if FLAGS.mesh:  # checked before any input file is read or the model is loaded
-    from sora_jax.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
     mesh = mesh_lib.make_mesh(mesh_lib.parse_sizes(FLAGS.mesh))
   if FLAGS.prompts_file or FLAGS.out_dir:
     if not (FLAGS.prompts_file and FLAGS.out_dir):
       raise app.UsageError("Batch mode needs both --prompts_file and --out_dir.")
     rows = read_prompts(FLAGS.prompts_file)
-    gen = generation.Generator(FLAGS.workdir, step=FLAGS.step, options=_options(), mesh=mesh)
-    gen.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
-    sample_batch(gen, rows, FLAGS.out_dir, FLAGS.frames, FLAGS.height, FLAGS.width,
-                 FLAGS.seed, FLAGS.batch, FLAGS.fps)
+    run = run_lib.Run.load(FLAGS.workdir, FLAGS.step, mesh)
+    sampler = sampler_lib.Sampler(run, cli.sampling_options())
+    sampler.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
+    tasks.sample_batch(sampler, rows, FLAGS.out_dir, FLAGS.frames, FLAGS.height, FLAGS.width,
+                       FLAGS.seed, FLAGS.batch, FLAGS.fps)
     print(json.dumps({"out_dir": FLAGS.out_dir, "num": len(rows)}))
     return
   check_args(FLAGS.task, FLAGS.strength, FLAGS.seconds, FLAGS.out, FLAGS.prompt)
   inputs = read_inputs(FLAGS.task, {"image": FLAGS.image, "video": FLAGS.video,
                                     "video_end": FLAGS.video_end}, FLAGS.height, FLAGS.width)
-  gen = generation.Generator(FLAGS.workdir, step=FLAGS.step, options=_options(),
-                             progress=True, mesh=mesh)
-  gen.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
-  video = run_task(gen, FLAGS.task, FLAGS.prompt, inputs, frames=FLAGS.frames,
+  run = run_lib.Run.load(FLAGS.workdir, FLAGS.step, mesh)
+  sampler = sampler_lib.Sampler(run, cli.sampling_options(), progress=True)
+  sampler.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
+  video = tasks.run_task(sampler, FLAGS.task, FLAGS.prompt, inputs, frames=FLAGS.frames,
                    height=FLAGS.height, width=FLAGS.width, seed=FLAGS.seed,
                    direction=FLAGS.direction, strength=FLAGS.strength,
                    seconds=FLAGS.seconds, fps=FLAGS.fps, given=FLAGS.given)

@@ -16,8 +16,9 @@ from configs import dit as dit_config
 from data_pipelines import latents as latents_lib
 from data_pipelines import packing
 from data_pipelines import patches
+from sora_jax import checkpoints
+from sora_jax.data import encode_latents
 from sora_jax.sharding import mesh as mesh_lib
-from sora_jax.train import checkpointing
 from sora_jax.train import dit_task
 from sora_jax.train import loop
 from sora_jax.train import optim
@@ -68,7 +69,7 @@ def test_runlocal_train_and_resume_equals_uninterrupted(data_dir, tmp_path):
   # in 4 straight steps with an eval at 2, that is step 3.
   assert straight["final/tokens_per_s"] > 0 and 0 < straight["final/mfu"] < 1
   assert os.path.exists(os.path.join(split_dir, "tokenizer.model"))
-  ckpt = checkpointing.Checkpointer(split_dir)
+  ckpt = checkpoints.Checkpointer(split_dir)
   extra = ckpt.restore_json(4, "extra")
   assert extra["tokenizer"] == "tokenizer.model" and extra["vae"].startswith("random:")
   assert len(extra["latent_mean"]) == len(extra["latent_std"]) == 8
@@ -180,7 +181,7 @@ def test_precomputed_latents_match_on_the_fly_and_train(data_dir, tmp_path):
   root = tmp_path / "latents"
   for split in ("train", "validation"):
     otf = dit_task.latent_records(cfg, split)
-    meta = latents_lib.write_latents(otf.source, otf.vae, str(root / split))
+    meta = encode_latents.write_latents(otf.source, otf.vae, str(root / split))
     assert meta["num_records"] == len(otf)
   recs = latents_lib.LatentRecords(str(root / "validation"))
   for i in range(3):
@@ -223,7 +224,7 @@ def test_self_conditioning_trains_its_input_on_half_the_steps(data_dir):
 def test_self_conditioned_sampling_feeds_each_step_the_last_guided_estimate(data_dir):
   """The generator's sampling loop against a hand-written 3-step Euler loop that passes
   x0_prev = x - t v_guided (x0-prediction) from each model call to the next."""
-  from sora_jax import generation  # pylint: disable=g-import-not-at-top
+  from sora_jax.inference import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.diffusion import solvers  # pylint: disable=g-import-not-at-top
   from sora_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.models import text as text_lib  # pylint: disable=g-import-not-at-top
@@ -244,8 +245,9 @@ def test_self_conditioned_sampling_feeds_each_step_the_last_guided_estimate(data
   mask = ids > 0
   ts = solvers.timesteps(3)
   given, cond = np.zeros((1, n), bool), np.zeros_like(x)
-  out = generation._sample_tokens(dcfg, tcfg, "euler", 3.0, (0.0, 1.0), params, x, pos, given,
-                                  cond, ids, mask, np.zeros_like(ids), np.zeros_like(mask), ts)
+  out = sampler_lib._sample_tokens(dcfg, tcfg, "euler", 3.0, (0.0, 1.0), params, x, pos,
+                                   given, cond, ids, mask, np.zeros_like(ids),
+                                   np.zeros_like(mask), ts)
   model, encoder = dit_lib.DiT(dcfg), text_lib.TextEncoder(tcfg)
   apply = jax.jit(model.apply)
   text = np.concatenate([encoder.apply(params["text"], ids, mask),

@@ -22,7 +22,7 @@ import imageio.v3 as iio
 import nbformat
 import pytest
 
-import launch_scripts
+import scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
@@ -110,7 +110,7 @@ def test_every_notebook_is_tested():
 
 # ----------------------------------------------------------------------------- slow
 def _launcher():
-  return launch_scripts.load("sweep", "sweep_launcher_nb")
+  return scripts.load("sweep", "sweep_launcher_nb")
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import launch_scripts
+import scripts
 
 from configs import dit as dit_config
 from configs import scaling
 from configs import vae as vae_config
+from data_pipelines import media
+from sora_jax.inference import adherence
+from sora_jax.inference import run as run_lib
+from sora_jax.inference import sampler as sampler_lib
+from sora_jax.inference import tasks
 from sora_jax.models import dit as dit_lib
 from sora_jax.scaling import fit
 from sora_jax.scaling import flops
@@ -216,7 +221,7 @@ def _flags(words: list[str]) -> dict[str, str]:
 
 
 def _launcher():
-  return launch_scripts.load("sweep", "sweep_launcher")
+  return scripts.load("sweep", "sweep_launcher")
 
 
 def test_sweep_dry_run_prints_train_then_evaluate_per_rung(capsys, monkeypatch):
@@ -393,20 +398,20 @@ def test_contact_sheet_layout():
   rng = np.random.default_rng(0)
   videos = {f"{c}x": [rng.integers(0, 255, (9, 16, 20, 3), dtype=np.uint8) for _ in range(2)]
             for c in (1, 4, 16)}
-  sheet = report.contact_sheet(videos, frames=4, gap=4, labels=False)
+  sheet = media.contact_sheet(videos, frames=4, gap=4, labels=False)
   cell_w = 4 * 20 + 3 * 2
   assert sheet.shape == (4 + 2 * (16 + 4), 4 + 3 * (cell_w + 4), 3)
   assert sheet.dtype == np.uint8
   # Row 1 (second prompt), column 2 (16x), frame 2 of 4 = video frame round(8 * 2 / 3) = 5.
   y0, x0 = 4 + 1 * 20, 4 + 2 * (cell_w + 4) + 2 * (20 + 2)
   np.testing.assert_array_equal(sheet[y0:y0 + 16, x0:x0 + 20], videos["16x"][1][5])
-  labelled = report.contact_sheet(videos, row_labels=["a red cube", "two balls"])
+  labelled = media.contact_sheet(videos, row_labels=["a red cube", "two balls"])
   assert labelled.shape[0] > sheet.shape[0] and labelled.shape[1] > sheet.shape[1]
   with pytest.raises(ValueError, match="same prompts"):
-    report.contact_sheet({"1x": videos["1x"], "4x": videos["4x"][:1]})
+    media.contact_sheet({"1x": videos["1x"], "4x": videos["4x"][:1]})
   with pytest.raises(ValueError, match="uint8"):
-    report.contact_sheet({"1x": [v.astype(np.float32) for v in videos["1x"]]})
-  assert math.isclose(len(report._frame_indices(3, 4)), 3)
+    media.contact_sheet({"1x": [v.astype(np.float32) for v in videos["1x"]]})
+  assert math.isclose(len(media._frame_indices(3, 4)), 3)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -451,16 +456,18 @@ def test_adherence_json_is_what_the_report_reads(tmp_path):
 _FAKE_EVALUATE = """
 import json, sys
 from absl import app
-from sora_jax import evaluate, generation
-class Gen:
-  def __init__(self, workdir, options, step=None):
+from sora_jax import evaluate
+from sora_jax.inference import adherence, run as run_lib, sampler as sampler_lib
+class Sampler:
+  def __init__(self, run, options):
     self.options = options
   def latent_shape(self, *size):
     return (2, 8, 8, 8)
-generation.check_workdir = lambda workdir, step=None: 40
-generation.Generator = Gen
-evaluate.run_level = lambda workdir: "basic"
-evaluate.evaluate = lambda gen, out_dir, splits, n, level, *a, **k: json.loads(sys.argv[1])
+run_lib.read_dit_run = lambda workdir, step=None: (40, {}, {})
+run_lib.Run.load = lambda workdir, step=None: None
+sampler_lib.Sampler = Sampler
+adherence.run_level = lambda workdir: "basic"
+adherence.evaluate = lambda sampler, out_dir, splits, n, level, *a, **k: json.loads(sys.argv[1])
 evaluate.define_flags()
 app.run(evaluate.main, argv=["evaluate"] + sys.argv[2:])
 """
@@ -519,8 +526,6 @@ def test_local_sweep_trains_then_evaluates_and_skips_what_is_done(tmp_path, monk
 
 
 def test_report_contact_sheet_samples_the_same_prompts_from_every_rung(tmp_path, monkeypatch):
-  from sora_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from sora_jax import generation  # pylint: disable=g-import-not-at-top
   root = tmp_path / "runs"
   root.mkdir()
   for c in (1, 4):
@@ -534,29 +539,31 @@ def test_report_contact_sheet_samples_the_same_prompts_from_every_rung(tmp_path,
   (root / "vae" / "final_metrics.json").write_text(json.dumps({"step": 4}))
   sampled = []
 
-  class FakeGenerator:
+  class FakeSampler:
     def __init__(self, workdir, options):
       self.workdir, self.options = workdir, options
 
-    def t2v_batch(self, prompts, frames, height, width, seeds):
-      sampled.append((self.workdir, self.options, list(prompts), (frames, height, width),
-                      list(seeds)))
-      shade = 50 * len(sampled)
-      return [np.full((frames, height, width, 3), shade, np.uint8) for _ in prompts]
+  def t2v_batch(sampler, prompts, frames, height, width, seeds):
+    sampled.append((sampler.workdir, sampler.options, list(prompts), (frames, height, width),
+                    list(seeds)))
+    shade = 50 * len(sampled)
+    return [np.full((frames, height, width, 3), shade, np.uint8) for _ in prompts]
 
-  monkeypatch.setattr(generation, "Generator", FakeGenerator)
-  monkeypatch.setattr(generation, "check_workdir", lambda workdir: 40)
+  monkeypatch.setattr(run_lib.Run, "load", lambda workdir: workdir)
+  monkeypatch.setattr(run_lib, "read_dit_run", lambda workdir: (40, {}, {}))
+  monkeypatch.setattr(sampler_lib, "Sampler", FakeSampler)
+  monkeypatch.setattr(tasks, "t2v_batch", t2v_batch)
   out = tmp_path / "r.json"
   report.main(["--root", str(root), "--out", str(out), "--contact_sheet", "3"])
   got = json.loads(out.read_text())
   assert [r["name"] for r in got["runs"]] == ["compute=1", "compute=4", "compute=16"]
   sheet = got["contact_sheet"]
   assert sheet["columns"] == ["1x", "4x"] and list(sheet["skipped"]) == ["compute=16"]
-  prompts = [r["prompt"] for r in evaluate.split_prompts("test", 3, "basic", 5, 32, 32)]
+  prompts = [r["prompt"] for r in adherence.split_prompts("test", 3, "basic", 5, 32, 32)]
   assert sheet["prompts"] == prompts and sheet["seeds"] == [7, 8, 9]
   assert len(sampled) == 2 and sampled[0][2:] == sampled[1][2:] == (
       prompts, (5, 32, 32), [7, 8, 9])  # same prompts, size and seeds on every rung
-  assert sampled[0][1] == generation.SamplingOptions(steps=2, method="euler", guidance=3.0)
+  assert sampled[0][1] == sampler_lib.SamplingOptions(steps=2, method="euler", guidance=3.0)
   image = iio.imread(sheet["path"])
   assert image.shape[0] > 3 * 32 and image.shape[1] > 2 * 4 * 32
   with pytest.raises(SystemExit):

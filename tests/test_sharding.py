@@ -40,7 +40,7 @@ from sora_jax.diffusion import solvers
 from sora_jax.models import dit as dit_lib
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import rules as rules_lib
-from sora_jax.train import checkpointing
+from sora_jax import checkpoints
 from sora_jax.train import dit_task
 from sora_jax.train import vae_task
 
@@ -311,11 +311,11 @@ def test_restore_small_state_across_meshes(tmp_path, save, restore):
             "step": NamedSharding(mesh, P())}
 
   state = jax.tree.map(jax.device_put, values, shardings(*save))
-  ckpt = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  ckpt = checkpoints.Checkpointer(str(tmp_path), async_save=False)
   ckpt.save(1, state)
   ckpt.wait()
   target = shardings(*restore)
-  restored, _ = ckpt.restore(1, checkpointing.abstract_with_shardings(values, target))
+  restored, _ = ckpt.restore(1, checkpoints.abstract_with_shardings(values, target))
   ckpt.close()
   for key in values:
     np.testing.assert_array_equal(np.asarray(restored[key]), values[key])
@@ -340,7 +340,7 @@ def test_restore_iterator_saved_by_another_process_count_restarts_it(tmp_path, c
 
   it = data()
   next(it), next(it)
-  ckpt = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  ckpt = checkpoints.Checkpointer(str(tmp_path), async_save=False)
   ckpt.save(3, {"w": np.ones(4, np.float32)}, it)
   ckpt.wait()
   assert ckpt.data_process_count(3) == 1
@@ -376,15 +376,15 @@ def test_restore_dit_state_and_iterator_on_another_mesh(tmp_path):
   it = data()
   for _ in range(3):
     next(it)
-  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  ckpt = checkpoints.Checkpointer(str(tmp_path))
   ckpt.save(5, state, it, {"task": "dit"})
   expected_next = next(it)
   ckpt.close()
 
   mesh_b = mesh_lib.make_mesh({"fsdp": 2, "tensor": 2}, devices=jax.devices()[:4])
   shardings = dit_task.state_shardings(cfg_b, mesh_b, abstract)
-  ckpt = checkpointing.Checkpointer(str(tmp_path))
-  restored, it_b = ckpt.restore(5, checkpointing.abstract_with_shardings(abstract, shardings),
+  ckpt = checkpoints.Checkpointer(str(tmp_path))
+  restored, it_b = ckpt.restore(5, checkpoints.abstract_with_shardings(abstract, shardings),
                                 data())
   ckpt.close()
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),

@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import vae as vae_config
-from sora_jax.train import checkpointing
+from sora_jax import checkpoints
 from sora_jax.train import loop
 from sora_jax.train import vae_task
 
@@ -47,7 +47,7 @@ def test_train_resume_equals_uninterrupted(tmp_path):
     assert np.isfinite(final[key])
   assert os.path.exists(os.path.join(split_dir, "recon", "step_0000004.png"))
   assert os.path.exists(os.path.join(split_dir, "config.json"))
-  ckpt = checkpointing.Checkpointer(split_dir)
+  ckpt = checkpoints.Checkpointer(split_dir)
   stats = ckpt.restore_json(4, "extra")
   assert len(stats["latent_mean"]) == len(stats["latent_std"]) == cfg.model.latent_channels
   assert all(s > 0 for s in stats["latent_std"])

@@ -1,15 +1,16 @@
 """Diffusion transformer over spacetime patches of video latents, conditioned on text.
 
 DiT (Peebles & Xie, 2023, arXiv:2212.09748) as the Sora report uses it: latents
-`[T', h, w, C]` are cut into `(pt, ph, pw)` patches (`data_pipelines/patches.py`), each patch is a token, and
-a token knows its place through 3D RoPE over its integer `(t, h, w)` patch position (Su et
-al., 2021; `rope.py`), so any duration, resolution and aspect ratio is just another set of
-positions. RoPE is relative only; with `pos_embed="fractional"` each token also gets fixed
-sin-cos features of where it sits in its own clip's frame, (h, w) as fractions of the
-clip's patch grid (NaViT's fractional positions), so captions that name a place ("in the
-top left") have an absolute position to attend from at every resolution. Clips of different sizes are packed into one sequence with segment ids
-(NaViT, Dehghani et al., 2023, arXiv:2307.06304; `data_pipelines/packing.py`); all attention
-is block-diagonal by segment.
+`[T', h, w, C]` are cut into `(pt, ph, pw)` patches (`data_pipelines/patches.py`), each
+patch is a token, and a token knows its place through 3D RoPE over its integer `(t, h, w)`
+patch position (Su et al., 2021; `rope.py`), so any duration, resolution and aspect ratio
+is just another set of positions. RoPE is relative only; with `pos_embed="fractional"` each
+token also gets fixed sin-cos features of where it sits in its own clip's frame, (h, w) as
+fractions of the clip's patch grid (NaViT's fractional positions), so captions that name a
+place ("in the top left") have an absolute position to attend from at every resolution.
+Clips of different sizes are packed into one sequence with segment ids (NaViT, Dehghani et
+al., 2023, arXiv:2307.06304; `data_pipelines/packing.py`); all attention is block-diagonal
+by segment.
 
 Block (pre-norm):
   x += gate1 * SelfAttn(modulate(LN(x), shift1, scale1))   QK RMSNorm, 3D RoPE, segment mask

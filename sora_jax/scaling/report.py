@@ -19,7 +19,7 @@ whose config is not a DiT's (e.g. the ladder's VAE kept beside it) are not runs.
 Contact sheet (`--contact_sheet K`): the first K prompts of the rungs' evaluation (same
 split, level, size, seeds and sampler as adherence.json records; the run config's
 defaults without one) sampled from every complete rung's checkpoint
-(`sora_jax.generation.Generator`), one row per prompt, one column per rung.
+(`scaling/contact_sheet.py`), one row per prompt, one column per rung.
 
 Total training FLOPs: each logged step's `train/flops` stands for the steps since the
 previous logged one (packing makes FLOPs vary a little per step); wall time likewise from
@@ -35,7 +35,6 @@ Output JSON: {"runs": [{"name", "workdir", "compute", "flops", "steps", "val_los
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -46,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from sora_jax.scaling import contact_sheet
 from sora_jax.scaling import fit as fit_lib
 
 
@@ -293,173 +293,6 @@ def plot_fits(runs: Sequence[Mapping[str, Any]], fits: Mapping[str, Any], path: 
   return path
 
 
-# ----------------------------------------------------------------------------- contact sheet
-def _frame_indices(t: int, frames: int) -> list[int]:
-  if t <= frames:
-    return list(range(t))
-  return [int(round(v)) for v in np.linspace(0, t - 1, frames)]
-
-
-def contact_sheet(videos: Mapping[str, Sequence[np.ndarray]], frames: int = 4, gap: int = 4,
-                  background: int = 255, labels: bool = True,
-                  row_labels: Sequence[str] | None = None) -> np.ndarray:
-  """A Sora-style comparison grid: rows = prompts, columns = rungs, a few frames per cell.
-
-  Args:
-    videos: rung label -> one uint8 [T, H, W, 3] video per prompt (same prompts and seeds,
-      in the same order, for every rung; all of one H x W). Insertion order = column order.
-    frames: frames per cell, evenly spaced over T (all of them if T is smaller).
-    gap: pixels between cells (and around the grid).
-    background: grey level of the gaps.
-    labels: write the rung labels above the columns (PIL's default font).
-    row_labels: optional text per prompt, written left of its row (truncated to fit).
-
-  Returns:
-    uint8 [H_sheet, W_sheet, 3].
-  """
-  if not videos:
-    raise ValueError("contact_sheet: no videos.")
-  columns = list(videos)
-  counts = {k: len(v) for k, v in videos.items()}
-  if len(set(counts.values())) != 1:
-    raise ValueError(f"contact_sheet: every rung needs the same prompts; videos per rung: "
-                     f"{counts}.")
-  shapes = {np.shape(v)[1:] for vs in videos.values() for v in vs}
-  if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[-1] != 3:
-    raise ValueError(f"contact_sheet: videos must be uint8 [T, H, W, 3] of one H x W; got "
-                     f"frame shapes {sorted(shapes)}.")
-  for k, vs in videos.items():
-    for v in vs:
-      if np.asarray(v).dtype != np.uint8:
-        raise ValueError(f"contact_sheet: rung {k!r} has a {np.asarray(v).dtype} video; "
-                         "expected uint8.")
-  h, w, _ = next(iter(shapes))
-  rows = counts[columns[0]]
-  cell_w = frames * w + (frames - 1) * (gap // 2)
-  top = 14 + gap if labels else 0
-  left = 0
-  if row_labels is not None:
-    if len(row_labels) != rows:
-      raise ValueError(f"contact_sheet: {len(row_labels)} row labels for {rows} prompts.")
-    left = 120 + gap
-  sheet = np.full((top + gap + rows * (h + gap), left + gap + len(columns) * (cell_w + gap), 3),
-                  background, np.uint8)
-  for j, col in enumerate(columns):
-    x0 = left + gap + j * (cell_w + gap)
-    for i, video in enumerate(videos[col]):
-      y0 = top + gap + i * (h + gap)
-      video = np.asarray(video)
-      for f, idx in enumerate(_frame_indices(video.shape[0], frames)):
-        xf = x0 + f * (w + gap // 2)
-        sheet[y0:y0 + h, xf:xf + w] = video[idx]
-  if labels or row_labels is not None:
-    sheet = _draw_labels(sheet, columns if labels else [], row_labels or [], gap, cell_w,
-                         left, top, h)
-  return sheet
-
-
-def _draw_labels(sheet, columns, row_labels, gap, cell_w, left, top, h) -> np.ndarray:
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
-  image = Image.fromarray(sheet)
-  draw = ImageDraw.Draw(image)
-  for j, col in enumerate(columns):
-    draw.text((left + gap + j * (cell_w + gap), gap // 2), str(col), fill=(0, 0, 0))
-  for i, text in enumerate(row_labels):
-    draw.text((gap, top + gap + i * (h + gap)), str(text)[:20], fill=(0, 0, 0))
-  return np.asarray(image)
-
-
-def write_contact_sheet(path: str, videos: Mapping[str, Sequence[np.ndarray]],
-                        **kwargs) -> str:
-  """`contact_sheet(videos, **kwargs)` written as a PNG to `path`."""
-  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  iio.imwrite(path, contact_sheet(videos, **kwargs))
-  return path
-
-
-def sheet_settings(run: Mapping[str, Any]) -> dict[str, Any]:
-  """What the rungs' contact sheet samples: the run's evaluation settings.
-
-  From the run's adherence.json when it has one (the evaluation's split, level, size, first
-  seed and sampler), else its config: the test split at its Shapes World level, its first
-  video size (T > 1), seed 0, the default sampler.
-
-  Returns:
-    {"split", "level", "size" [T, H, W], "seed", "sampling" {"steps", "method",
-     "guidance"} (missing keys: the sampler's defaults)}.
-  """
-  wd = run["workdir"]
-  adherence = _read_json(os.path.join(wd, "adherence.json")) or {}
-  config = _read_json(os.path.join(wd, "config.json")) or {}
-  name = (config.get("data") or {}).get("name")
-  name = name if isinstance(name, dict) else {}
-  videos = [s for s in name.get("sizes", []) if s[0] > 1] or [[17, 64, 64]]
-  return {"split": adherence.get("split", "test"),
-          "level": adherence.get("level") or name.get("level", "full"),
-          "size": [int(v) for v in adherence.get("size") or videos[0]],
-          "seed": int(adherence.get("seed", 0)),
-          "sampling": dict(adherence.get("sampling") or {})}
-
-
-def ladder_contact_sheet(runs: Sequence[Mapping[str, Any]], path: str, num_prompts: int,
-                         frames_per_cell: int = 4) -> dict[str, Any]:
-  """Samples the same prompts and seeds from every rung's checkpoint into one sheet.
-
-  Args:
-    runs: `collect` rows; complete runs with a DiT checkpoint that can sample are the
-      columns (in order), the rest are listed as skipped.
-    path: the PNG to write.
-    num_prompts: K, the rows: the first K prompts of the evaluation split (`sheet_settings`
-      of the first column), prompt i with seed `seed + i`, as in the evaluation.
-    frames_per_cell: frames shown per video.
-
-  Returns:
-    {"path", "columns", "prompts", "short_prompts", "seeds", "split", "level", "size",
-     "sampling", "skipped" {name: why}}; "path" is None when no run can sample.
-  """
-  # Sampling needs jax and the models: imported only when a sheet is asked for.
-  from data_pipelines.shapes_world import generator as sw  # pylint: disable=g-import-not-at-top
-  from data_pipelines.shapes_world import world  # pylint: disable=g-import-not-at-top
-  from sora_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from sora_jax import generation  # pylint: disable=g-import-not-at-top
-  if num_prompts < 1:
-    raise ValueError(f"ladder_contact_sheet: num_prompts={num_prompts}; expected >= 1.")
-  columns, skipped = [], {}
-  for run in runs:
-    if not run["complete"]:
-      skipped[run["name"]] = "not finished (no final_metrics.json)"
-      continue
-    try:
-      generation.check_workdir(run["workdir"])
-    except ValueError as e:
-      skipped[run["name"]] = str(e)
-      continue
-    columns.append(run)
-  out = {"path": None, "columns": [], "skipped": skipped}
-  if not columns:
-    return out
-  settings = sheet_settings(columns[0])
-  t, h, w = settings["size"]
-  rows = evaluate.split_prompts(settings["split"], num_prompts, settings["level"], t, h, w)
-  prompts = [r["prompt"] for r in rows]
-  short = [world.short_caption(sw.sample_scene(settings["split"], i, t, h, w,
-                                               settings["level"]))
-           for i in range(num_prompts)]
-  seeds = [settings["seed"] + i for i in range(num_prompts)]
-  options = generation.SamplingOptions(**settings["sampling"])
-  videos = {}
-  for run in columns:
-    label = f"{run['compute']:g}x" if run["compute"] else run["name"]
-    gen = generation.Generator(run["workdir"], options=options)
-    videos[label] = gen.t2v_batch(prompts, t, h, w, seeds)
-  write_contact_sheet(path, videos, frames=frames_per_cell, row_labels=short)
-  out.update(path=path, columns=list(videos), prompts=prompts, short_prompts=short,
-             seeds=seeds, **{k: settings[k] for k in ("split", "level", "size")},
-             sampling=dataclasses.asdict(options))
-  return out
-
-
 # ----------------------------------------------------------------------------- CLI
 def _json_safe(value):
   if isinstance(value, float) and not math.isfinite(value):
@@ -508,7 +341,7 @@ def report(root: str, out: str, plot: str | None = None, num_prompts: int | None
     plots.append(plot_fits(runs, fits, plot))
   sheet = None
   if contact_sheet_prompts:
-    sheet = ladder_contact_sheet(
+    sheet = contact_sheet.ladder_contact_sheet(
         runs, contact_sheet_path or os.path.splitext(out)[0] + "_contact_sheet.png",
         contact_sheet_prompts)
   result = {"benchmark": "scaling_ladder", "date": time.strftime("%Y-%m-%d"), "root": root,

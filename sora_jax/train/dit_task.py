@@ -50,7 +50,9 @@ import optax
 from data_pipelines import latents as latents_lib
 from data_pipelines import patches
 from data_pipelines import pipeline
+from sora_jax.data import encode_latents
 from sora_jax.diffusion import flow
+from sora_jax.inference import run as run_lib
 from sora_jax.diffusion import conditioning
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
@@ -85,11 +87,11 @@ class DiTState:
 def _vae(workdir: str, random_model_json: str):
   """The frozen VAE: a trained run's, or a random one when `workdir` is empty."""
   if workdir:
-    return latents_lib.load_vae(workdir)
-  return latents_lib.random_vae(json.loads(random_model_json))
+    return run_lib.load_vae(workdir)
+  return run_lib.random_vae(json.loads(random_model_json))
 
 
-def frozen_vae(config) -> latents_lib.FrozenVAE:
+def frozen_vae(config) -> run_lib.FrozenVAE:
   return _vae(config.vae.workdir, json.dumps(config.vae.random_model.to_dict(),
                                              sort_keys=True))
 
@@ -115,7 +117,7 @@ def _on_the_fly_records(config, split: str):
          config.vae.workdir)
   if key not in _RECORDS:
     source = latents_lib.pixel_source(config.data, split)
-    _RECORDS[key] = latents_lib.OnTheFlyLatents(source, frozen_vae(config))
+    _RECORDS[key] = encode_latents.OnTheFlyLatents(source, frozen_vae(config))
   return _RECORDS[key]
 
 
@@ -126,7 +128,7 @@ def latent_shapes(config) -> list[tuple[int, int, int, int]]:
   """The distinct latent (T', h, w, C) of the training data, without reading any clip."""
   if _on_the_fly(config):
     vcfg = frozen_vae(config).config
-    return sorted({latents_lib.latent_size(vcfg, s) for s in _pixel_sizes(config)})
+    return sorted({encode_latents.latent_size(vcfg, s) for s in _pixel_sizes(config)})
   shapes = _precomputed_records(config.data.latents, "train").shapes
   return sorted({tuple(int(v) for v in s) for s in shapes})
 
@@ -140,15 +142,11 @@ def _pixel_sizes(config) -> list[tuple[int, int, int]]:
 
 
 def dit_config(config) -> dit_lib.DiTConfig:
-  channels = latent_shapes(config)[0][3]
-  return dit_lib.get_dit_config(config.model.variant, patch=tuple(config.model.patch),
-                                latent_channels=channels, **config.model.overrides.to_dict())
+  return run_lib.dit_configs(config, latent_shapes(config)[0][3])[0]
 
 
 def text_config(config) -> text_lib.TextEncoderConfig:
-  return text_lib.get_text_config(config.text.variant, vocab_size=config.text.vocab_size,
-                                  max_len=config.packing.text_len,
-                                  **config.text.overrides.to_dict())
+  return run_lib.dit_configs(config, latent_shapes(config)[0][3])[1]
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -197,7 +195,7 @@ def _latent_origin(config) -> str:
 def _validate_sources(config) -> None:
   """The VAE workdir and the data (pixels or latents) exist, with a clear error if not."""
   if config.vae.workdir:
-    latents_lib.vae_run_info(config.vae.workdir)  # raises when missing or unfinished
+    run_lib.read_vae_run(config.vae.workdir)  # raises when missing or unfinished
   if not _on_the_fly(config):
     for split in ("train", config.eval.split):
       _precomputed_records(config.data.latents, split)  # raises when missing
@@ -303,12 +301,7 @@ def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> DiTState:
 def state_shardings(config, mesh, abstract_state):
   """Placement by `config.sharding.rules` (`sharding/rules.py`); params, EMA and Adam
   moments share the models' logical axes, counters are replicated."""
-  dcfg, tcfg = dit_config(config), text_config(config)
-  ids = jax.ShapeDtypeStruct((1, 1, tcfg.max_len), jnp.int32)
-  specs = {"dit": rules_lib.param_specs(dit_lib.DiT(dcfg),
-                                        **dit_lib.dummy_inputs(dcfg, text_dim=tcfg.width)),
-           "text": rules_lib.param_specs(text_lib.TextEncoder(tcfg), ids,
-                                         jax.ShapeDtypeStruct(ids.shape, jnp.bool_))}
+  specs = run_lib.dit_param_specs(dit_config(config), text_config(config))
   return rules_lib.state_shardings(mesh, abstract_state, rules_lib.preset_of(config), specs)
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import rules as rules_lib
-from sora_jax.train import checkpointing
+from sora_jax import checkpoints
 from sora_jax.train import metrics as metrics_lib
 from sora_jax.train import registry
 
@@ -87,12 +87,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   shardings = task.state_shardings(config, mesh, abstract)
 
   # ------------------------------------------------------------------ checkpoint restore
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
     logging.warning("Resuming from step %d in %s", start, ckpt.directory)
     state, train_iter = ckpt.restore(
-        start, checkpointing.abstract_with_shardings(abstract, shardings), train_iter)
+        start, checkpoints.abstract_with_shardings(abstract, shardings), train_iter)
   else:
     start = 0
     with jax.set_mesh(mesh):  # placement comes from out_shardings; no activation rules

@@ -1,6 +1,6 @@
 """Record a trained model's Shapes World adherence in benchmarks/results/adherence.json.
 
-  python benchmarks/adherence.py --report runs/demo/report.json --config demo \
+  python studies/record_adherence.py --report runs/demo/report.json --config demo \
       --machine "2-core CPU (x86_64), 24 GiB" [--out benchmarks/results/adherence.json]
 
 Reads a demo report (`sora_jax/demo.py`: its `dit` stage's training time and its

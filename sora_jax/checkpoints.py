@@ -31,8 +31,7 @@ class Checkpointer:
   """Saves and restores composite checkpoints under `workdir/checkpoints`."""
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-    directory = os.path.join(workdir, "checkpoints")
-    self.directory = directory if "://" in directory else os.path.abspath(directory)
+    self.directory = _directory(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
@@ -107,16 +106,23 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
                       tree)
 
 
-def restore_host(path: str) -> Any:
-  """A saved pytree item (e.g. `.../checkpoints/STEP/state`) as host numpy arrays.
+def restore_state_host(workdir: str, step: int) -> Any:
+  """The train state saved at `step` in `workdir`, as host numpy arrays.
 
   For frozen models (the VAE, sampling a DiT) that are used whole on one host: no mesh and
   no topology are involved, so nothing depends on the shardings saved with it.
   """
-  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path))
+  path = epath.Path(_directory(workdir)) / str(step) / "state"
+  meta = ocp.PyTreeCheckpointHandler().metadata(path)
   args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                       getattr(meta, "tree", meta))
   return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+
+
+def _directory(workdir: str) -> str:
+  """`workdir/checkpoints`, absolute when local (orbax wants absolute paths)."""
+  directory = os.path.join(workdir, "checkpoints")
+  return directory if "://" in directory else os.path.abspath(directory)
 
 
 def read_run(workdir: str, train_what: str, name: str = "--workdir", step: int | None = None
@@ -130,7 +136,7 @@ def read_run(workdir: str, train_what: str, name: str = "--workdir", step: int |
     step: a saved step; None = the latest. A step that was not saved (or was deleted by
       `keep`) is one clear error listing the saved steps.
   """
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not os.path.isdir(_directory(workdir)):
     raise ValueError(f"{name} {workdir!r} has no checkpoints/ directory; train "
                      f"{train_what} there first.")
   ckpt = Checkpointer(workdir)

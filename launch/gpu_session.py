@@ -1,11 +1,11 @@
 """What one lent GPU runs for this repo's GPU figures, in two commands that fit a short lease.
 
-  python benchmarks/gpu_session.py pipeline --out_dir D [--budget_s 540] [--vae_s 170]
-  python benchmarks/gpu_session.py pipeline --out_dir D --vae_workdir runs/demo/vae \
+  python launch/gpu_session.py pipeline --out_dir D [--budget_s 540] [--vae_s 170]
+  python launch/gpu_session.py pipeline --out_dir D --vae_workdir runs/demo/vae \
       --levels basic --attention_s 110     # a carried VAE: no VAE training
-  python benchmarks/gpu_session.py pipeline --out_dir D --vae_workdir runs/d21/vae \
+  python launch/gpu_session.py pipeline --out_dir D --vae_workdir runs/d21/vae \
       --levels basic --base gpu_demo --computes 64 --config_args optimizer=muon
-  python benchmarks/gpu_session.py benchmarks --out_dir D
+  python launch/gpu_session.py benchmarks --out_dir D
 
 `pipeline` (issues 3, 6 and 7 on a GPU): builds Shapes World at both levels with 16384
 training clips each (two processes, in parallel); trains the tiny VAE (the long60 recipe

@@ -1,6 +1,6 @@
 """How well a trained DiT denoises at each noise level, and how much it uses its caption.
 
-  python benchmarks/denoiser.py --workdir runs/demo/dit [--latents runs/demo/latents] \
+  python studies/denoiser.py --workdir runs/demo/dit [--latents runs/demo/latents] \
       [--n 64] [--t 0.05,0.1,0.3,0.5,0.7,0.9,1.0] [--step N]
 
 Takes the first `n` video clips (T' > 1) of the run's precomputed validation latents,
@@ -52,7 +52,7 @@ def _latents_dir(arg: str, run_config: dict) -> str:
   if not path or path == "on_the_fly" or not os.path.isdir(split_dir):
     raise ValueError(f"No precomputed validation latents at {split_dir!r} (the run's "
                      f"data.latents is {run_config.get('data', {}).get('latents')!r}); pass "
-                     "--latents DIR, a directory written by `python -m data_pipelines.latents`.")
+                     "--latents DIR, a directory written by `python -m sora_jax.data.encode_latents`.")
   return path
 
 
@@ -95,11 +95,13 @@ def measure(workdir: str, latents: str, n: int, times: list[float],
   # Imported here so that --help and bad arguments answer before jax sets up.
   from data_pipelines import latents as latents_lib  # pylint: disable=g-import-not-at-top
   from data_pipelines import patches  # pylint: disable=g-import-not-at-top
-  from sora_jax import generation  # pylint: disable=g-import-not-at-top
+  from sora_jax.inference import run as run_lib  # pylint: disable=g-import-not-at-top
+  from sora_jax.inference import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.models import text as text_lib  # pylint: disable=g-import-not-at-top
 
-  gen = generation.Generator(workdir, step=step)
+  run = run_lib.Run.load(workdir, step)
+  sampler = sampler_lib.Sampler(run)
   records = latents_lib.LatentRecords(os.path.join(latents, "validation"))
   clips, captions = [], []
   for i in range(len(records)):
@@ -112,11 +114,11 @@ def measure(workdir: str, latents: str, n: int, times: list[float],
   if len(clips) < 2:
     raise ValueError(f"{latents!r} holds {len(clips)} validation video clip(s) of one size; "
                      "need at least 2.")
-  patch = gen.dit_config.patch
+  patch = run.dit_config.patch
   x0 = np.stack([np.asarray(patches.patchify(c, patch)[0]) for c in clips])
   _, positions = patches.patchify(clips[0], patch)
   b, num, _ = x0.shape
-  model, encoder = dit_lib.DiT(gen.dit_config), text_lib.TextEncoder(gen.text_config)
+  model, encoder = dit_lib.DiT(run.dit_config), text_lib.TextEncoder(run.text_config)
 
   @jax.jit
   def x0_hat(params, xt, t, ids, mask):
@@ -125,14 +127,14 @@ def measure(workdir: str, latents: str, n: int, times: list[float],
                     jnp.ones((b, num), jnp.int32), jnp.full((b, num), t), text, mask)
     return xt - t * v
 
-  ids, mask = gen.encode_prompts(captions)
-  empty_ids, empty_mask = gen.encode_prompts([""] * b)
+  ids, mask = sampler.encode_prompts(captions)
+  empty_ids, empty_mask = sampler.encode_prompts([""] * b)
   shuffled = np.roll(np.arange(b), 1)
   variants = {"true": (ids, mask), "shuffled": (ids[shuffled], mask[shuffled]),
               "empty": (empty_ids, empty_mask)}
   swaps = [attribute_swaps(c) for c in captions]
   attributes = sorted({a for s in swaps for a in s})
-  swapped = {a: gen.encode_prompts([s.get(a, c) for s, c in zip(swaps, captions)])
+  swapped = {a: sampler.encode_prompts([s.get(a, c) for s, c in zip(swaps, captions)])
              for a in attributes}  # clips without the attribute keep their caption
   has = {a: np.array([a in s for s in swaps]) for a in attributes}
   eps = np.random.default_rng(0).standard_normal(x0.shape).astype(np.float32)
@@ -142,19 +144,19 @@ def measure(workdir: str, latents: str, n: int, times: list[float],
     row = {"t": t, "x_t": float(np.mean((xt - x0) ** 2))}
     est = {}
     for name, (i, m) in variants.items():
-      est[name] = np.asarray(x0_hat(gen.params, jnp.asarray(xt), t, jnp.asarray(i),
+      est[name] = np.asarray(x0_hat(run.params, jnp.asarray(xt), t, jnp.asarray(i),
                                     jnp.asarray(m)))
       row[name] = float(np.mean((est[name] - x0) ** 2))
     rows.append(row)
     drop = np.sum((est["empty"] - est["true"]) ** 2, axis=(1, 2))  # per clip
     answer = {"t": t}
     for attr, (i, m) in swapped.items():  # averaged over the clips that state attr
-      changed = np.asarray(x0_hat(gen.params, jnp.asarray(xt), t, jnp.asarray(i),
+      changed = np.asarray(x0_hat(run.params, jnp.asarray(xt), t, jnp.asarray(i),
                                   jnp.asarray(m)))
       ratio = np.sum((changed - est["true"]) ** 2, axis=(1, 2)) / np.maximum(drop, 1e-12)
       answer[attr] = float(np.mean(ratio[has[attr]]))
     response.append(answer)
-  return {"workdir": workdir, "step": gen.step, "latents": latents, "clips": b,
+  return {"workdir": workdir, "step": run.step, "latents": latents, "clips": b,
           "clip_latent_shape": list(clips[0].shape), "variance": float(x0.var()),
           "x0_mse": rows, "caption_response": response,
           "caption_response_clips": {a: int(h.sum()) for a, h in has.items()}}
@@ -174,8 +176,8 @@ def main() -> None:
     times = _times(args.t)
     if args.n < 2:
       raise ValueError(f"--n={args.n}: need at least 2 clips.")
-    from sora_jax import generation  # pylint: disable=g-import-not-at-top
-    _, run_config, _ = generation.run_files(args.workdir, args.step)
+    from sora_jax.inference import run as run_lib  # pylint: disable=g-import-not-at-top
+    _, run_config, _ = run_lib.read_dit_run(args.workdir, args.step)
     latents = _latents_dir(args.latents, run_config)
   except ValueError as e:
     parser.error(str(e))

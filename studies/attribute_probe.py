@@ -1,6 +1,6 @@
 """Does a DiT follow one attribute word? Same noise, the word swapped; prints JSON.
 
-  python benchmarks/attribute_probe.py --workdir runs/demo/dit --attribute shape --n 32
+  python studies/attribute_probe.py --workdir runs/demo/dit --attribute shape --n 32
 
 Takes the first single-object scenes of a Shapes World split whose caption names the
 attribute (`shape`: circle, square, triangle; `color`: the object colours), writes one prompt
@@ -13,7 +13,7 @@ share; `independent` is the accuracy the same samples would score if they did no
 the word (every row replaced by the mean row: the column totals over K^2 n). A model that
 follows the word scores above `independent`; one that ignores it, about `independent`.
 
-  python benchmarks/attribute_probe.py --workdir runs/demo/dit --attribute shape --n 48 --keep
+  python studies/attribute_probe.py --workdir runs/demo/dit --attribute shape --n 48 --keep
 
 `--keep` asks instead whether the DiT can draw the value when it is given: for the same
 scenes (captions unchanged) it samples i2v from each scene's own first frame, and t2v, and
@@ -22,7 +22,7 @@ VAE's reconstruction of the real clip on the same frames (what a perfect DiT cou
 A DiT that keeps a given square square but draws no squares from text lacks the word; one
 that loses it in i2v as well cannot draw the shape at all.
 
-  python benchmarks/attribute_probe.py --workdir runs/demo/dit --n 32 --denoise 0.1,0.35,0.7
+  python studies/attribute_probe.py --workdir runs/demo/dit --n 32 --denoise 0.1,0.35,0.7
 
 `--denoise` asks at which noise level the value is lost: each scene's real latents are noised
 to each t (the noise `sora_jax.evaluate` would draw for the scene) and denoised in one step,
@@ -48,9 +48,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_pipelines.shapes_world import evaluator
 from data_pipelines.shapes_world import generator as sw_generator
 from data_pipelines.shapes_world import world as W
-from sora_jax import evaluate as evaluate_lib
-from sora_jax import generation
 from sora_jax.diffusion import solvers
+from sora_jax.inference import adherence
+from sora_jax.inference import tasks
+from sora_jax.inference.run import Run
+from sora_jax.inference.sampler import Sampler
+from sora_jax.inference.sampler import SamplingOptions
 
 VALUES = {"shape": tuple(W.SHAPES), "color": tuple(W.OBJECT_COLORS)}
 
@@ -68,7 +71,7 @@ def probe_scenes(attribute: str, split: str, n: int, level: str, frames: int,
     raise ValueError(f"attribute={attribute!r}; allowed: {', '.join(VALUES)}.")
   words = _words(attribute)
   out = []
-  rows = evaluate_lib.split_prompts(split, max_scan, level, frames, height, width)
+  rows = adherence.split_prompts(split, max_scan, level, frames, height, width)
   for index, row in enumerate(rows):
     prompt = evaluator.parse_prompt(row["prompt"])
     if len(prompt.objects) == 1 and len(words.findall(row["prompt"])) == 1:
@@ -176,16 +179,16 @@ def main() -> None:
     ts = parse_ts(args.denoise) if args.denoise else []
   except ValueError as e:
     parser.error(str(e))
-  level = args.level or evaluate_lib.run_level(args.workdir)
+  level = args.level or adherence.run_level(args.workdir)
   scenes = probe_scenes(args.attribute, args.split, args.n, level, args.frames,
                         args.size, args.size)  # bad input fails before the model loads
   prompts = [prompt for _, prompt in scenes]
-  options = generation.SamplingOptions(steps=args.steps, guidance=args.guidance)
-  gen = generation.Generator(args.workdir, options=options)
-  head = {"workdir": args.workdir, "step": gen.step, "attribute": args.attribute,
+  options = SamplingOptions(steps=args.steps, guidance=args.guidance)
+  gen = Sampler(Run.load(args.workdir), options)
+  head = {"workdir": args.workdir, "step": gen.run.step, "attribute": args.attribute,
           "split": args.split, "level": level, "seed": args.seed,
           "sampling": {"steps": args.steps, "guidance": args.guidance,
-                       "shift": gen.sample_shift}}
+                       "shift": gen.run.sample_shift}}
   clips = [sw_generator.make_clip(args.split, i, args.frames, args.size, args.size,
                                   level).video for i, _ in scenes] if ts or args.keep else []
   seeds = [args.seed + i for i in range(len(prompts))]
@@ -193,7 +196,7 @@ def main() -> None:
     latents = np.stack([gen.encode(c) for c in clips])
     noise = np.stack([solvers.init_noise(jax.random.key(s), latents.shape[1:])
                       for s in seeds])  # what sample_latents draws for each seed
-    one_step = generation.SamplingOptions(steps=1, method="euler", guidance=args.guidance)
+    one_step = SamplingOptions(steps=1, method="euler", guidance=args.guidance)
 
     def denoise(t):
       return np.concatenate([
@@ -207,9 +210,9 @@ def main() -> None:
         denoise, gen.decode, latents, noise, prompts, args.attribute, ts)}, indent=2))
     return
   if args.keep:
-    videos = {"i2v": [gen.i2v(p, c[0], args.frames, seed=s)
+    videos = {"i2v": [tasks.i2v(gen, p, c[0], args.frames, seed=s)
                       for p, c, s in zip(prompts, clips, seeds)],
-              "t2v": [gen.t2v(p, args.frames, args.size, args.size, seed=s)
+              "t2v": [tasks.t2v(gen, p, args.frames, args.size, args.size, seed=s)
                       for p, s in zip(prompts, seeds)],
               "vae": [gen.decode(gen.encode(c)) for c in clips]}
     print(json.dumps({"benchmark": "attribute_keep", **head, "skip": args.skip, **{
@@ -222,8 +225,8 @@ def main() -> None:
     samples[value] = []
     for i in range(0, len(variant), args.batch):
       chunk = variant[i:i + args.batch]
-      samples[value] += list(gen.t2v_batch(chunk, args.frames, args.size, args.size,
-                                           [args.seed + i + j for j in range(len(chunk))]))
+      samples[value] += list(tasks.t2v_batch(gen, chunk, args.frames, args.size, args.size,
+                                             [args.seed + i + j for j in range(len(chunk))]))
   result = {"benchmark": "attribute_probe", **head,
             **confusion(samples, prompts, args.attribute)}
   print(json.dumps(result, indent=2))

@@ -1,0 +1,1 @@
+"""Model-dependent data work: encoding clips to VAE latents."""

@@ -1,0 +1,180 @@
+"""Encoding clips to VAE latents: precomputed records, or on the fly as a pipeline reads.
+
+Precompute (MaxDiffusion's way: encode once, train many times) with a trained VAE:
+
+  python -m sora_jax.data.encode_latents --vae_workdir runs/vae_tiny10 \
+      --out_dir data/latents/sw_tiny10 --split train [--num 4096] [--data_dir data/tfds]
+  (and again with --split validation for the DiT's evaluation clips)
+
+The pixel data defaults to the data the VAE was trained on (its run config's `data`
+section, Shapes World by default); `--source/--name/--data_dir` pick any other builder.
+The VAE comes from `inference.load_vae` (its latest checkpoint and the latent statistics
+the VAE task saved there); latents are normalised per channel, (mode(q(z|x)) - mean) / std,
+and written in the record format of `data_pipelines/latents.py`.
+
+On the fly (`OnTheFlyLatents`): the same records, produced by encoding pixel records with
+the VAE on the host as the pipeline reads them. For small runs and tests, no precompute
+step; with no VAE workdir a randomly initialised VAE stands in (runlocal / tests only).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_pipelines import latents as latents_lib
+from data_pipelines import pipeline
+from sora_jax.inference import run as run_lib
+from sora_jax.models import vae as vae_lib
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_mode(vcfg, params, video):
+  return vae_lib.encode(params, video, vcfg).mode()
+
+
+def encode_clips(vae: run_lib.FrozenVAE, videos: Sequence[np.ndarray]) -> list[np.ndarray]:
+  """Same-size uint8 clips [T, H, W, 3] -> their normalised latents, encoded as one batch.
+
+  The batch is padded (with copies of the last clip) to a power of two, so a stream of
+  batches of varying length compiles the encoder a few times, not once per length.
+  """
+  n = len(videos)
+  x = (np.stack([np.asarray(v, np.float32) for v in videos]) - 127.5) / 127.5
+  pad = (1 << (n - 1).bit_length()) - n
+  if pad:
+    x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+  z = np.asarray(_encode_mode(vae.config, vae.params, jnp.asarray(x)))[:n]
+  return list((z - vae.mean) / vae.std)
+
+
+def latent_size(vcfg: vae_lib.VAEConfig, size: Sequence[int]) -> tuple[int, int, int, int]:
+  """Pixel (T, H, W) -> latent (T', h, w, C)."""
+  return tuple(vae_lib.latent_shape(vcfg, (1, *(int(v) for v in size), 3))[1:])
+
+
+class OnTheFlyLatents:
+  """Latent clip records made by encoding a pixel `ClipSource` as they are read.
+
+  Random access like `latents.LatentRecords`: `self[i]` -> {latents, caption,
+  short_caption, size, index}. Runs the (jitted) VAE in the calling thread; keep grain
+  workers at 0.
+  """
+
+  def __init__(self, source: pipeline.ClipSource, vae: run_lib.FrozenVAE):
+    self.source, self.vae = source, vae
+    self.shapes = np.asarray([latent_size(vae.config, s) for s in source.sizes], np.int32)
+
+  def __len__(self) -> int:
+    return len(self.source.records)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    record = self.source.records[int(i)]
+    return latents_lib.latent_record(record, encode_clips(self.vae, [record["video"]])[0],
+                                     int(i))
+
+
+def _encoded(source: pipeline.ClipSource, vae: run_lib.FrozenVAE, n: int,
+             batch: int) -> Iterator[dict[str, Any]]:
+  """The first n latent records of `source`, in order (same-size clips encoded together)."""
+  for start in range(0, n, batch):
+    records = [source.records[i] for i in range(start, min(start + batch, n))]
+    latents = [None] * len(records)
+    by_size = {}
+    for j, r in enumerate(records):
+      by_size.setdefault(r["video"].shape, []).append(j)
+    for group in by_size.values():
+      for j, z in zip(group, encode_clips(vae, [records[j]["video"] for j in group])):
+        latents[j] = z
+    for j, (r, z) in enumerate(zip(records, latents)):
+      # float16 halves the disk (the normalised latents are ~N(0, 1)).
+      yield latents_lib.latent_record(r, z.astype(np.float16), start + j)
+
+
+def write_latents(source: pipeline.ClipSource, vae: run_lib.FrozenVAE, split_dir: str,
+                  num: int | None = None, batch: int = 32) -> dict[str, Any]:
+  """Encodes the first `num` clips (all when None) of `source` into `split_dir`.
+
+  Clips are read `batch` at a time and each same-size group of them is encoded in one call
+  (an accelerator encodes a batch about as fast as one clip); records keep the source order.
+  """
+  n = len(source.records) if num is None else min(num, len(source.records))
+  meta = {"vae": vae.description, "vae_config": dataclasses.asdict(vae.config),
+          "latent_mean": vae.mean.tolist(), "latent_std": vae.std.tolist(),
+          "source": source.name}
+  return latents_lib.write_records(split_dir, _encoded(source, vae, n, batch), meta)
+
+
+def encode_splits(data_cfg: dict[str, Any], vae_workdir: str, splits: Sequence[str],
+                  latents_dir: str) -> None:
+  """Encodes each split of `data_cfg`'s pixel data not already in latents_dir/SPLIT.
+
+  The demo's latents stage and launch/sweep.py's --precompute_latents (in a child process,
+  so the accelerator memory it takes is released before the runs train) run this.
+  """
+  vae = None
+  data_cfg = {**data_cfg, "latents": "on_the_fly"}
+  for split in splits:
+    split_dir = os.path.join(latents_dir, split)
+    if os.path.exists(os.path.join(split_dir, latents_lib.METADATA_FILE)):
+      print(f"[latents] {split_dir} exists; kept.", flush=True)
+      continue
+    vae = vae or run_lib.load_vae(vae_workdir)
+    print(f"[latents] encoding the {split} split with {vae.description} into {split_dir}",
+          flush=True)
+    meta = write_latents(latents_lib.pixel_source(data_cfg, split), vae, split_dir)
+    print(f"[latents] {meta['num_records']} records in {split_dir}", flush=True)
+
+
+# ------------------------------------------------------------------------ command
+def encode_split(f) -> dict[str, Any]:
+  """The command: encode one split of the pixel data (by default the VAE run's own)."""
+  _, vae_run_config, _ = run_lib.read_vae_run(f.vae_workdir)
+  if f.name:  # any builder: --source, --name, --data_dir
+    data_cfg = {"source": f.source, "name": f.name, "data_dir": f.data_dir}
+  else:  # the data the VAE was trained on (Shapes World by default)
+    data_cfg = dict(vae_run_config["data"])
+    data_cfg["data_dir"] = f.data_dir or data_cfg["data_dir"]
+  data_cfg["prepare"] = f.prepare
+  if not os.path.isdir(data_cfg["data_dir"] or "") and not f.prepare:
+    raise ValueError(f"data dir {data_cfg['data_dir']!r} does not exist; build the data "
+                     "set first (or pass --prepare for Shapes World).")
+  source = latents_lib.pixel_source(data_cfg, f.split)
+  split_dir = os.path.join(f.out_dir, f.split)
+  meta = write_latents(source, run_lib.load_vae(f.vae_workdir), split_dir, f.num)
+  return {"out": split_dir, "num_records": meta["num_records"],
+          "latent_shapes": meta["latent_shapes"], "vae": meta["vae"]}
+
+
+def define_flags():
+  flags.DEFINE_string("vae_workdir", None, "A finished VAE run directory.", required=True)
+  flags.DEFINE_string("out_dir", None, "Where to write OUT/SPLIT/.", required=True)
+  flags.DEFINE_string("data_dir", "", "tfds data directory ('' = the VAE run's).")
+  flags.DEFINE_string("split", "train", "Split to encode.")
+  flags.DEFINE_integer("num", None, "Encode only the first NUM clips.")
+  flags.DEFINE_enum("source", "shapes_world", list(pipeline.SOURCES),
+                    "Pixel data source (with --name).")
+  flags.DEFINE_string("name", "", "Builder config name ('' = the VAE run's data config).")
+  flags.DEFINE_bool("prepare", False, "Build a missing Shapes World data set.")
+
+
+def main(argv):
+  del argv
+  try:
+    print(json.dumps(encode_split(flags.FLAGS)))
+  except ValueError as e:  # bad input: one clear line, no traceback
+    raise SystemExit(f"sora_jax.data.encode_latents: {e}") from None
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,54 @@
+"""What the sampling CLIs (`python -m sora_jax.sample`, `python -m sora_jax.evaluate`) share:
+the run and solver flags, and the checks they make before any model loads."""
+from __future__ import annotations
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from sora_jax.diffusion import solvers
+from sora_jax.inference import run as run_lib
+from sora_jax.inference import sampler as sampler_lib
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """--workdir, --step and the solver's flags."""
+  flags.DEFINE_string("workdir", None, "A DiT run directory.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_integer("steps", 32, "Solver steps.")
+  flags.DEFINE_enum("sampler", "dpmpp_2m", solvers.METHODS, "ODE solver.")
+  flags.DEFINE_float("guidance", 4.0, "Classifier-free guidance scale (1 = none).")
+  flags.DEFINE_float("shift", 0.0, "Timestep shift (0 = the run's sample_shift, else the "
+                     "training rule by token count).")
+  flags.DEFINE_string("guidance_interval", "0,1", "lo,hi: guidance only at steps with "
+                      "lo < t <= hi (t = 1 is noise); the conditional prediction elsewhere.")
+  flags.DEFINE_string("negative_prompt", "", "Caption to guide away from ('' = empty).")
+
+
+def check_run() -> int:
+  """Quiet logs, then the step of --workdir's run (and --step) that can sample.
+
+  Raises app.UsageError for a missing --workdir or a bad --shift, ValueError for a run
+  that cannot sample; both before anything is loaded.
+  """
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required.")
+  if FLAGS.shift < 0:
+    raise app.UsageError(f"--shift={FLAGS.shift}; expected > 0 (or 0 = the run's default).")
+  return run_lib.read_dit_run(FLAGS.workdir, FLAGS.step)[0]
+
+
+def sampling_options() -> sampler_lib.SamplingOptions:
+  """The solver flags as `SamplingOptions`; a bad --guidance_interval is a UsageError."""
+  try:
+    interval = sampler_lib.parse_guidance_interval(FLAGS.guidance_interval)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  return sampler_lib.SamplingOptions(
+      steps=FLAGS.steps, method=FLAGS.sampler, guidance=FLAGS.guidance,
+      shift=FLAGS.shift or None, negative_prompt=FLAGS.negative_prompt,
+      guidance_interval=interval)
