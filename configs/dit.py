@@ -1,76 +1,50 @@
 """Train the text-to-video DiT on VAE latents of Shapes World (rectified flow, packed clips).
 
-  # precomputed latents (see data_pipelines/latents.py for the two encode commands):
+  # precomputed latents (`python -m sora_jax.data.encode_latents`, once per split; README):
   python -m sora_jax.main --config configs/dit.py:variant=S,vae_workdir=runs/vae_tiny10,latents=data/latents/sw_tiny10 --workdir runs/dit_S
   # small run, latents encoded on the fly by the trained VAE:
   python -m sora_jax.main --config configs/dit.py:variant=tiny,vae_workdir=runs/vae_tiny10 --workdir runs/dit_tiny
   # seconds, with a RANDOM tiny VAE (tests, laptops):
   python -m sora_jax.main --config configs/dit.py:runlocal=True --workdir /tmp/dit_local
 
+Expected: the demo's recipe of this file (configs/demo.py) scores `all` ~0.30 on a 2-core CPU.
+
 Arguments (after the colon, comma-separated key=value; unknown keys are an error):
   variant      DiT size preset (sora_jax/models/dit.py VARIANTS): tiny, XS, S, B, L, XL.
-  width, depth, heads   override the preset's width, block count and attention heads
-               (0 = the preset's); width must be a multiple of heads.
+  width, depth, heads   override the preset's shape (0 = the preset's; width % heads == 0).
   text         text encoder preset (sora_jax/models/text.py VARIANTS): tiny, S, B, L.
-  text_pos     its positions: rope+learned (default), rope or learned (see
-               TextEncoderConfig.position). The absolute table carries word order to the
-               DiT: on the demo's recipe RoPE alone left "from left to right" and "from
-               right to left" one bag of words, motion 0.16; with the table, 0.68
-               (benchmarks/results/adherence.json, 2026-11-24).
+  text_pos     its positions: rope+learned (default: the table carries word order), rope, learned.
   steps, batch, lr, warmup   training steps, global batch (packed sequences), peak LR, warm-up.
-  optimizer    adamw (default) or muon (optax.contrib.muon on the hidden matrices at AdamW's
-               update RMS, AdamW on the rest; sora_jax/train/optim.py).
+  optimizer    adamw (default) or muon (Muon on hidden matrices, AdamW on the rest; train/optim.py).
   vae_workdir  a finished VAE run ('' = a randomly initialised tiny VAE, loudly logged).
-  latents      'on_the_fly' (encode pixel clips while training) or a directory written by
-               `python -m data_pipelines.latents` (holding train/ and validation/).
-  workers      data worker processes that read, tokenize and pack precomputed latents
-               (0 = a background thread; use several on an accelerator host: one thread
-               packs ~300 rows/s, a small DiT on a GPU consumes more).
+  latents      'on_the_fly' or a directory of `python -m sora_jax.data.encode_latents` output.
+  workers      processes that read and pack precomputed latents (0 = one thread, ~300 rows/s).
   seq_len      tokens per packed sequence; max_clips: most clips per sequence.
   text_len     caption tokens per clip (longer captions are cut).
   patch        latent patch 'PTxPHxPW', e.g. 1x2x2.
   cfg_drop     caption drop rate for classifier-free guidance.
   t_mean, t_std  logit-normal training timestep distribution (before the token shift).
-  loss_weight  v (the velocity error), x0 (the x0 error, = t^2 times it) or contrast (the
-               velocity error, tokens unlike their clip's mean weighted up; contrast_mix
-               in [0, 1] sets how much); see dit_task.LOSS_WEIGHTS.
-  prediction   what the network predicts: x0 (default; the clean latents, turned into the
-               velocity), v, or edm (x0 through EDM's skip: c_skip x_t + c_out F); see
-               DiTConfig.prediction in sora_jax/models/dit.py.
-  pos_embed    none (default: RoPE only), fractional (also sin-cos features of each
-               token's place in its frame) or fractional_thw (and of its time in its clip);
-               see DiTConfig.pos_embed.
-  self_cond    self-conditioning: the DiT also reads its previous x0 estimate (trained on
-               half the steps; samplers pass each step's estimate to the next); see
-               DiTConfig.self_condition.
-  adaln        per_block (default: DiT's adaLN-Zero) or single (PixArt-alpha's adaLN-single:
-               one shared modulation layer, ~1/4 fewer block matmuls); see DiTConfig.adaln.
-  remat        what each block keeps for the backward pass, the rest recomputed (the same
-               gradients; sora_jax/models/dit.py REMAT_POLICIES): none (default), full,
-               dots_saveable, dots_with_no_batch_dims_saveable or save_attention (only the
-               attention outputs: the demo's step takes 22% less time on the 2-core CPU, as it
-               no longer writes and reads each block's [B, H, N, N] attention weights;
-               benchmarks/results/train_step.json).
-  mlp_conv     a depthwise 3x3 convolution over each frame's token grid in every MLP
-               (SANA's Mix-FFN; sora_jax/models/dit.py DiTConfig.mlp_conv). Default False.
-  sample_shift  the run's default sampling timestep shift, which the sample and evaluate
-               CLIs and the demo use unless given --shift (0 = the training rule,
-               sqrt(tokens / base_tokens)); a larger shift makes fewer solver calls near the
-               data, where a small DiT's x0 estimate is worst.
+  loss_weight  v (velocity error), x0 or contrast (contrast_mix in [0, 1]); dit_task.LOSS_WEIGHTS.
+  prediction   x0 (default: clean latents, turned into the velocity), v or edm; DiTConfig.
+  pos_embed    none (RoPE only), fractional (+ place in frame) or fractional_thw (+ time in clip).
+  self_cond    self-conditioning on the previous x0 estimate; DiTConfig.self_condition.
+  adaln        per_block (default: adaLN-Zero) or single (PixArt-alpha's adaLN-single).
+  remat        what a block keeps for the backward pass (dit.py REMAT_POLICIES); none default.
+  mlp_conv     a depthwise 3x3 conv over each frame's tokens in every MLP (SANA's Mix-FFN).
+  sample_shift  the run's default sampling shift for sample/evaluate/demo (0 = training rule).
   ema          EMA decay of the params (evaluation uses the EMA).
-  ema_debias   bias-correct the EMA as Adam does (default True): it averages only the steps
-               taken, so early checkpoints are not mostly the initial weights.
+  ema_debias   bias-correct the EMA as Adam does (default True): it averages only the steps taken.
   caption      'detailed' or 'short': which caption to train on.
   sizes, level, data_dir, num_train   the Shapes World pixel data (on-the-fly encoding).
   peak_flops   peak FLOP/s for MFU (0 = the measured CPU default on CPU, no MFU elsewhere).
+  seed         the run's random seed.
   eval_every   steps between mid-run evaluations (0 = only the final one).
-  rules        sharding rule preset (sora_jax/sharding/rules.py): dp, fsdp, fsdp_tensor,
-               fsdp_context (tokens over the context axis; pair with attention=ring).
-  attention    attention backend (sora_jax/models/attention.py BACKENDS), e.g. ring or
-               all_to_all for context parallelism; '' = the model default (xla).
-               Mesh sizes: --config.mesh.fsdp=8 etc. (sizes of data, fsdp, context,
-               tensor; one may be -1); slices: --config.mesh.dcn.data=2.
+  rules        sharding preset (sharding/rules.py): dp, fsdp, fsdp_tensor or fsdp_context.
+  attention    attention backend (models/attention.py), e.g. ring or all_to_all; '' = xla.
   runlocal     shrink everything so a test or a laptop runs it in seconds.
+Mesh sizes: --config.mesh.fsdp=8 etc. (data, fsdp, context, tensor; one may be -1); slices:
+--config.mesh.dcn.data=2. fsdp_context puts tokens over the context axis: pair with
+attention=ring.
 """
 import ml_collections
 
@@ -144,7 +118,7 @@ def get_config(arg=None):
                  "base_tokens": 256, "loss_weight": arg.loss_weight,
                  "contrast_mix": arg.contrast_mix,
                  "sample_shift": arg.sample_shift}
-  # Training task mixture (sora_jax/diffusion/tasks.py): which latent frames of a clip are
+  # Training task mixture (sora_jax/diffusion/conditioning.py): which latent frames of a clip are
   # given clean. One model then samples t2v/t2i, i2v, extension, interpolation and loops.
   config.tasks = {"t2v": 0.6, "i2v": 0.1, "extend_forward": 0.1, "extend_backward": 0.1,
                   "interpolate": 0.1}

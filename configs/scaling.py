@@ -12,32 +12,26 @@
       --task_clips 0 --steps 16 --out_dir runs/scaling/compute=4/eval \
       --adherence_json runs/scaling/compute=4/adherence.json
 
-The rule (configurable): a rung of `compute` C times the base budget trains a DiT with
-C^params_exp times the base's parameters for C^data_exp times its steps (same batch and
-sequence length, so tokens seen scale with the steps). The defaults, 0.57 / 0.43, follow the
-compute-optimal allocation fitted for DiTs (Liang et al., 2024, "Scaling Laws For Diffusion
-Transformers", arXiv:2410.08184: N_opt ~ C^0.5681, D_opt ~ C^0.4319); since training FLOPs
-~ 6 N D, params x steps grows as C. Parameters are the DiT's block (non-embedding) count
-(`sora_jax.scaling.flops.dit_param_count`, Kaplan et al., 2020); the text encoder is held
-fixed. Width and depth come from the target count: among widths that are multiples of the
-base's head dim and integer depths whose width/depth ratio is within `aspect_tol` of the
-base's, the shape whose block count is nearest the target (in log) wins, so the aspect
-ratio stays near the base's (the DiT family keeps width/depth ~ 32 to 64) and rounding is
-the only deviation from the rule. Everything else is the same on every rung: data, batch,
-sequence length, learning rate (not re-tuned per width), the task mixture and the fixed
-evaluations: the validation flow loss at fixed t, noise and clips (end of training), and
-the Shapes World adherence of `EVALS` (the same prompts, seeds and sampler on every rung,
-run by `launch/sweep.py` after training into WORKDIR/adherence.json). Warm-up is 5% of
-the steps and the EMA's time constant a tenth of the run (decay 1 - 10 / steps, at most
-0.9999), so every rung averages the same fraction of its training.
+Expected: tiny_cpu on the demo's dct10 VAE, val loss 3.97 / 1.84 / 1.30 at 1x / 4x / 16x,
+`all` 0 on every rung, ~12 min on a 2-core CPU (benchmarks/results/scaling_cpu.json).
+
+The rule: a rung of `compute` C trains a DiT with C^params_exp times the base's block
+(non-embedding) parameters for C^data_exp times its steps, at the same batch and sequence
+length, so params x steps grows as C (training FLOPs ~ 6 N D). The defaults, 0.57 / 0.43,
+follow the compute-optimal allocation fitted for DiTs (Liang et al., 2024, "Scaling Laws For
+Diffusion Transformers", arXiv:2410.08184: N_opt ~ C^0.5681, D_opt ~ C^0.4319). Parameters
+are counted as Kaplan et al., 2020 (`sora_jax.scaling.flops.dit_param_count`); the text
+encoder is held fixed. Of the widths (multiples of the base's head dim) and depths whose
+width/depth is within `aspect_tol` of the base's, the block count nearest the target (in
+log) wins, so rounding is the only deviation from the rule. Everything else is the same on
+every rung: data, batch, learning rate (not re-tuned per width), the task mixture and the
+fixed evaluations (validation flow loss at fixed t, noise and clips; adherence of `EVALS`).
+Warm-up is 5% of the steps and the EMA's time constant a tenth of the run (decay
+1 - 10 / steps, at most 0.9999), so every rung averages the same fraction of its training.
 
 Arguments (after the colon, comma-separated key=value; unknown keys are an error):
   compute      this rung's budget, a multiple of the base's (any positive number).
-  base         the 1x run: tiny_cpu (2-core CPU micro-sweep on basic-level Shapes World:
-               1x ~ 1.5 min of training), gpu (one accelerator; DiT-S at 1x, bfloat16,
-               full level) or gpu_basic (one GPU for minutes: the CPU demo's recipe at 8x
-               its batch, basic level) or gpu_demo (the same for the demo's current
-               recipe: rows of 320 tokens, 3 clips to an image, shift 8). See BASES.
+  base         the 1x run (BASES): tiny_cpu, gpu, gpu_basic or gpu_demo.
   params_exp, data_exp   the rule's exponents (params ~ C^params_exp, steps ~ C^data_exp).
   aspect_tol   how far width/depth may stray from the base's, as a factor (>= 1).
   computes     for `sweep` only: the rungs, '+'-separated (default: the base's ladder).
@@ -62,37 +56,27 @@ from configs import dit
 # The 1x run of each ladder. Widths are heads x head_dim; steps are the 1x steps; level is
 # the Shapes World level trained on and evaluated (basic: one object, a scale at which
 # CPU-sized models reach a measurable adherence). Every rung trains configs/dit.py's recipe
-# (x0-prediction) with the base's pos_embed; until 2026-11-23 the shape overrides replaced
-# both (v-prediction, RoPE only), and the recorded scaling_cpu.json ladder was trained so.
+# (x0-prediction) with the base's pos_embed; the ladder sets only shape and schedule.
 BASES = {
-    # 2-core CPU (shared), float32, 8 x 128 tokens, text tiny. Measured with the random
-    # tiny VAE (latents on the fly): 1x trained in 89 s (0.18-0.26 s/step), 4x in 255 s;
-    # 16x is ~13x the FLOPs of 1x (the text encoder does not grow), estimated 15-18 min,
-    # so the ladder 1x + 4x + 16x is ~22 min of training plus ~30 s per rung to start.
-    # Patches of 1x4x4 keep a 17x64x64 clip at 80 tokens (tiny10 VAE, 4x4x4). With the
-    # trained tiny10 VAE, precompute the latents (`latents=`): encoding on the fly costs more.
-    # Measured so (basic level, precomputed tiny10 latents, the machine shared, load ~8):
-    # encoding the 2048 + 64 clips 34 s (data set build included); 1x trained in 73 s,
-    # 4x in 233 s (0.38 s/step); each rung's evaluation 27 s. 16x not measured here.
+    # 2-core CPU micro-sweep, float32, 8 x 128 tokens, text tiny: 1x trains in ~1.5 min.
+    # Patches of 1x4x4 keep a 17x64x64 clip at 80 tokens (a 4x4x4 VAE). With a trained
+    # VAE, precompute the latents (`latents=`): encoding on the fly costs more.
     "tiny_cpu": dict(width=64, depth=2, head_dim=32, text="tiny", steps=340, batch=8,
                      seq_len=128, max_clips=4, text_len=48, patch="1x4x4", lr=1e-3,
                      sizes="17x64x64+1x64x64", num_train=2048, dtype="float32",
                      attention="xla", computes="1+4+16", level="basic",
                      pos_embed="fractional_thw"),
     # One GPU/TPU: DiT-S (384 x 12, head dim 64) for 20k steps of 64 x 1024 tokens at 1x.
-    # Not measured here; size the ladder to your budget with `computes`.
+    # No recorded run; size the ladder to your budget with `computes`.
     "gpu": dict(width=384, depth=12, head_dim=64, text="S", steps=20000, batch=64,
                 seq_len=1024, max_clips=16, text_len=48, patch="1x2x2", lr=3e-4,
                 sizes="17x64x64+1x64x64", num_train=65536, dtype="bfloat16",
                 attention="auto", computes="1+4+16+64", level="full", workers=8,
                 pos_embed="fractional_thw"),
-    # One GPU, minutes: the CPU demo's DiT recipe (width 128 x 4, x0-prediction, tiny text,
+    # One GPU, minutes: an earlier CPU demo DiT recipe (128 x 4, x0-prediction, tiny text,
     # basic level, 2 clips of 320 tokens a row) at 8x its batch, bfloat16 with cuDNN
     # attention, on 16384 clips. 1x is ~450x the FLOPs of tiny_cpu's 1x. Sized for a
-    # one-GPU lease of minutes (benchmarks/gpu_session.py), not for a converged model.
-    # Measured on one H100 (2026-11-23, dct10 latents, benchmarks/results/scaling_gpu.json):
-    # ~60 ms a step on every rung from 0.25x to 16x (host-bound); 1x trains in 81 s and
-    # scores `all` 0.21, 16x (256 x 5, 3294 steps) in 241 s and scores 0.69.
+    # one-GPU lease of minutes (launch/gpu_session.py), not for a converged model.
     "gpu_basic": dict(width=128, depth=4, head_dim=32, text="tiny", steps=1000, batch=32,
                       seq_len=640, max_clips=8, text_len=32, patch="1x2x2", lr=1e-3,
                       sizes="17x64x64+1x64x64", num_train=16384, dtype="bfloat16",
@@ -121,7 +105,7 @@ BASES = {
 # The rungs then differ only in their model. The adherence `all` of n prompts has a
 # standard error of about sqrt(p (1 - p) / n): 0.04 at p = 0.2, n = 100.
 EVALS = {
-    # ~30 s a rung on 2 cores (sampling, decoding and scoring 100 clips).
+    # Sampling, decoding and scoring 100 clips.
     "tiny_cpu": dict(split="test", n=100, size="17x64x64", steps=16, guidance=4.0,
                      batch=20, seed=0),
     "gpu": dict(split="test", n=500, size="17x64x64", steps=32, guidance=4.0, batch=64,

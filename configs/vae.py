@@ -1,75 +1,65 @@
 """Train the causal video VAE (default: Shapes World, 64x64x17, full level).
 
+  python -m sora_jax.main --config configs/vae.py:preset=dct10 --workdir runs/vae_dct10
   python -m sora_jax.main --config configs/vae.py:preset=tiny10 --workdir runs/vae_tiny10
   python -m sora_jax.main --config configs/vae.py:preset=long60 --workdir runs/vae_long60
   python -m sora_jax.main --config configs/vae.py:variant=tiny,runlocal=True --workdir /tmp/v
 
+Expected: preset=dct10 (the demo's) 27.6 dB, `eval_all_ratio` 0.73, ~6 min on a 2-core CPU.
+
 Arguments (after the colon, comma-separated key=value; unknown keys are an error):
-  preset       a named recipe (PRESETS below) that sets new defaults for the other keys;
-               keys given explicitly still win. '' = none.
+  preset       a named recipe (PRESETS below) giving new defaults; explicit keys still win.
   variant      VAE size preset: tiny, tiny_s8, S, B, L (sora_jax/models/vae.py VARIANTS).
-  ft, s, c     temporal factor (1, 2, 4), spatial factor (4, 8, 16), latent channels;
-               0 = the variant's default (tiny: 4x4x4, C=16; others 4x8x8, C=16).
-  encoder      learned, or dct: no encoder network, the latents are the c lowest-frequency
-               DCT coefficients of each 4x4x4 patch (c=3: the mean-pooled thumbnail) and only
-               the decoder trains (tiny variant; see VAEConfig.encoder).
-  latent_norm  how the saved latent statistics normalise the DiT's latents: channel (each
-               channel to unit std) or global (one std for all channels, so their relative
-               scales survive: with encoder=dct, fine DCT coefficients stay small, as in
-               pixels, and the DiT draws coarse before fine).
+  ft, s, c     temporal, spatial factors, latent channels (0 = the variant's; tiny: 4x4x4, C=32).
+  encoder      learned, or dct: fixed, the c lowest DCT coefficients of each 4x4x4 patch.
+  latent_norm  how latents are normalised for the DiT: channel (unit std each) or global.
   steps        training steps; batch: global batch size; lr: peak learning rate.
   warmup       linear warm-up steps; final_lr: cosine decay's end, as a fraction of lr.
   sizes        Shapes World clip sizes, TxHxW joined by '+', e.g. 17x64x64+1x64x64.
   level        Shapes World level: basic or full.
-  video_folder train on a folder of your videos + captions.jsonl instead of Shapes World
-               (data_pipelines/video_folder); `sizes` then gives T and the (H, W) targets.
+  num_train    Shapes World training clips.
+  video_folder train on a folder of videos + captions.jsonl; `sizes` gives T and (H, W).
   data_dir     where the tfds data set is built / read.
   edge, kl     edge (spatial-gradient L1) and KL loss weights.
-  scale_eq     scale-equivariance weight: 2x-pooled latents must decode to the 2x-pooled
-               clip (for a smoother, more diffusable latent; sora_jax/models/vae_losses.py).
-  smooth       latent smoothness weight: penalises each latent channel's share of spatial
-               variance above a 3x3 blur's pass band (vae_losses.latent_roughness), so an
-               object is written as a smooth blob, not as spikes the DiT fragments.
+  scale_eq     scale-equivariance weight: 2x-pooled latents decode to the 2x-pooled clip.
+  smooth       latent smoothness weight (vae_losses.latent_roughness): blobs, not spikes.
   gan          hinge-GAN weight (0 = off); gan_start: its first step.
+  seed         the run's random seed.
   eval_every   steps between mid-run evaluations (0 = only the final one).
-  rules        sharding rule preset (sora_jax/sharding/rules.py): dp, or vae_spatial
-               (frames split by height over fsdp x context).
-               Mesh sizes: --config.mesh.fsdp=8 etc. (sizes of data, fsdp, context,
-               tensor; one may be -1); slices: --config.mesh.dcn.data=2.
+  rules        sharding preset (sora_jax/sharding/rules.py): dp, or vae_spatial (split by height).
   runlocal     shrink everything so a test or a laptop runs it in seconds.
+Mesh sizes: --config.mesh.fsdp=8 etc. (data, fsdp, context, tensor; one may be -1); slices:
+--config.mesh.dcn.data=2.
 """
 import ml_collections
 
 from configs import common
 
-# Named recipes, each recorded in benchmarks/results/vae_quality.json. Budgets are wall
-# time on a 2-core CPU shared with another job (tiny: ~1.8 s/step at batch 8 there).
+# Named recipes (tiny10, long60: budgets of 10 and 60 minutes on a 2-core CPU). Their
+# measured results are in benchmarks/results/vae_quality.json (and EXPERIMENTS.md).
 PRESETS = {
-    # ~10 minutes (measured 6.0): few steps, so batch 4 (more updates per second), a short
-    # warm-up and a strong edge term (Shapes World's hard outlines are what L1 blurs first).
+    # Few steps, so batch 4 (more updates per second), a short warm-up and a strong edge
+    # term (Shapes World's hard outlines are what L1 blurs first).
     "tiny10": dict(variant="tiny", steps=450, batch=4, lr=1e-3, warmup=30, final_lr=0.02,
                    edge=0.5, eval_every=0),
-    # <= 60 minutes (measured 40.5): the same model, 3.5x the steps at twice the batch.
-    # 29.8 dB: the tiny VAE at C = 32 is at its capacity (10x its clips on a GPU: 29.78).
+    # The same model, 3.5x the steps at twice the batch (the tiny VAE at C = 32 is near its
+    # capacity: more training barely helps).
     "long60": dict(variant="tiny", steps=1600, batch=8, lr=1e-3, warmup=50, final_lr=0.02,
                    edge=0.5, eval_every=400),
     # tiny10 with C = 64 latent channels (4x4x4 patches of 192 values -> 64: 3x fewer values
-    # than pixels): 32.8 dB and every shape kept in 4.5 minutes. At C = 32 the errors sit in
-    # the frames inside each 4-frame group of fast, large, high-contrast objects.
+    # than pixels), for fast, large, high-contrast objects that C = 32 blurs between frames.
     "tiny10_c64": dict(variant="tiny", c=64, steps=450, batch=4, lr=1e-3, warmup=30,
                        final_lr=0.02, edge=0.5, eval_every=0),
     # tiny10's decoder on a fixed latent: encoder=dct, each 4x4x4 patch's 12 lowest-frequency
     # DCT coefficients (mean colour, then its first-order changes in x, y and t), KL off
-    # (nothing to regularise). 27.6 dB, `all` ratio 0.73 (0.75 on basic clips) in 5.6
-    # minutes; smoother than tiny10's learned code (roughness 0.22 vs 0.39). c=3 (the
-    # mean-pooled thumbnail alone) is smoother still but keeps only 0.28 (4x4 pooling blurs
-    # the shapes).
+    # (nothing to regularise). Worse reconstructions than tiny10's learned code, but a
+    # smoother latent that a small DiT draws on far better: the demo's latent.
     "dct10": dict(variant="tiny", c=12, encoder="dct", kl=0.0, steps=450, batch=4, lr=1e-3,
                   warmup=30, final_lr=0.02, edge=0.5, eval_every=0),
 }
 # dct10 plus the 9 second-order spatial DCT coefficients (xx, yy, xy per colour), C = 21:
-# 28.2 dB, and reconstructions of basic test clips keep `all` in 94% (dct10: 75%) in 6.4
-# minutes. The latent of the `quality` recipe, whose target (`all` >= 0.8) dct10 caps.
+# the latent of the `quality` recipe, whose target (`all` >= 0.8) dct10's reconstructions
+# cannot reach.
 PRESETS["dct21"] = dict(PRESETS["dct10"], c=21)
 
 LATENT_NORMS = ("channel", "global")
