@@ -5,7 +5,6 @@
   python benchmarks/train_step.py --cases B,L --dtype bfloat16 --attention auto --peer  # GPU
   python benchmarks/train_step.py --cases ref128 --adaln single   # PixArt-alpha's adaLN-single
   python benchmarks/train_step.py --cases demo320 --remat save_attention  # or --unrolled
-  python benchmarks/train_step.py --cases demo320 --remat save_attention --mlp_conv
 
 DiT only (random init, float32, no text encoder: random caption embeddings of 32 tokens),
 one clip of N tokens per row, AdamW update included. FLOPs are `dit_task.train_flops`
@@ -98,15 +97,14 @@ def _inputs(dcfg, grid, batch):
 
 
 def case_config(name: str, dtype: str = "float32", attention: str = "xla",
-                adaln: str = "per_block", remat: str = "none", scan_layers: bool = True,
-                mlp_conv: bool = False):
+                adaln: str = "per_block", remat: str = "none", scan_layers: bool = True):
   """(DiTConfig, latent grid, batch) of case `name`."""
   overrides, grid, batch = CASES[name]
   overrides = dict(overrides)
   dcfg = dit_lib.get_dit_config(overrides.pop("variant"), latent_channels=CHANNELS,
                                 patch=(1, 2, 2), dtype=dtype, attention_backend=attention,
                                 adaln=adaln, remat=remat, scan_layers=scan_layers,
-                                mlp_conv=mlp_conv, **overrides)
+                                **overrides)
   return dcfg, grid, batch
 
 
@@ -124,9 +122,8 @@ def peer_case(name: str, steps: int, dtype: str, gpu: bool) -> dict:
 
 def bench_case(name: str, steps: int, peak: float, dtype: str, attention: str,
                adaln: str = "per_block", remat: str = "none",
-               scan_layers: bool = True, mlp_conv: bool = False) -> dict:
-  dcfg, grid, batch = case_config(name, dtype, attention, adaln, remat, scan_layers,
-                                  mlp_conv)
+               scan_layers: bool = True) -> dict:
+  dcfg, grid, batch = case_config(name, dtype, attention, adaln, remat, scan_layers)
   model, tx = dit_lib.DiT(dcfg), optax.adamw(1e-4)
   b = _inputs(dcfg, grid, batch)
   params = model.init(jax.random.key(0), b["tokens"], b["positions"], b["segment_ids"],
@@ -190,8 +187,6 @@ def main():
                       help="what each block keeps for the backward pass (DiTConfig.remat)")
   parser.add_argument("--unrolled", action="store_true",
                       help="unroll the blocks instead of nn.scan (DiTConfig.scan_layers=False)")
-  parser.add_argument("--mlp_conv", action="store_true",
-                      help="the MLPs' depthwise 3x3 over the token grid (DiTConfig.mlp_conv)")
   args = parser.parse_args()
   gpu = jax.default_backend() == "gpu"
   cases = (args.cases or ",".join(GPU_CASES if gpu else CPU_CASES)).split(",")
@@ -211,7 +206,7 @@ def main():
   for c in cases:
     try:
       row = bench_case(c, args.steps, peak, args.dtype, args.attention, args.adaln,
-                       args.remat, not args.unrolled, args.mlp_conv)
+                       args.remat, not args.unrolled)
     except Exception as e:  # pylint: disable=broad-except
       row = {"case": c, "error": f"{type(e).__name__}: {str(e)[:500]}"}  # e.g. out of memory
     if args.peer:

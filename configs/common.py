@@ -7,7 +7,7 @@ the known ones, so a typo in a sweep never silently runs the default.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import ml_collections
 
@@ -38,11 +38,28 @@ def _convert(key: str, text: str, default):
   return text
 
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-  """Parses "key=value,key2=value2" against typed defaults.
+def _coerce(key: str, value, default):
+  """A value given in Python (a recipe's dict) checked against the type of `default`."""
+  if isinstance(value, str):
+    return _convert(key, value, default)
+  numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, bool) and isinstance(value, bool):
+    return value
+  if isinstance(default, float) and not isinstance(default, bool) and numeric:
+    return float(value)
+  if (isinstance(default, int) and not isinstance(default, bool) and numeric
+      and float(value).is_integer()):
+    return int(value)
+  raise ValueError(f"Config argument {key}={value!r} is not a valid "
+                   f"{type(default).__name__} (default {default!r}).")
+
+
+def parse_arg(arg: str | Mapping | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses "key=value,key2=value2" (or a mapping of the same keys) against typed defaults.
 
   Args:
-    arg: the config argument string (may be None or empty).
+    arg: the config argument string (may be None or empty), or a mapping of arguments (a
+      recipe composing another config file's arguments in Python).
     **defaults: every allowed key with its default value; the default's type is the type
       of the key. A bare `key` (no `=`) sets a bool key to True.
 
@@ -53,8 +70,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     ValueError: for an unknown key (listing the known ones) or an unconvertible value.
   """
   out = dict(defaults)
-  for item in filter(None, (arg or "").split(",")):
-    key, eq, value = item.partition("=")
+  if isinstance(arg, Mapping):
+    items = [(key, True, value) for key, value in arg.items()]
+  else:
+    items = [item.partition("=") for item in filter(None, (arg or "").split(","))]
+  for key, eq, value in items:
     key = key.strip()
     if key not in defaults:
       raise ValueError(f"Unknown config argument {key!r} in {arg!r}; known: "
@@ -63,8 +83,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       if not isinstance(defaults[key], bool):
         raise ValueError(f"Config argument {key!r} needs a value ({key}=...).")
       out[key] = True
-    else:
+    elif isinstance(value, str) and not isinstance(arg, Mapping):
       out[key] = _convert(key, value.strip(), defaults[key])
+    else:
+      out[key] = _coerce(key, value, defaults[key])
   cfg = ml_collections.ConfigDict(out)
   cfg.lock()
   return cfg

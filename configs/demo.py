@@ -70,12 +70,12 @@ def get_config(arg=None):
   # dct10: a fixed DCT encoder whose smooth latent the small DiT draws on far better than
   # on a learned one; dct21 adds the coefficients the quality target needs.
   vae_preset = arg.vae_preset or ("dct21" if arg.quality else "dct10")
-  vae_arg = f"preset={vae_preset},data_dir={arg.data_dir}"
+  vae_args = {"preset": vae_preset, "data_dir": arg.data_dir}
   if not arg.quality:
-    vae_arg += f",steps={DEMO_VAE_STEPS}"
+    vae_args["steps"] = DEMO_VAE_STEPS
   if arg.quick:
-    vae_arg += ",runlocal=True,sizes=9x32x32"
-  config.vae = vae_configs.get_config(vae_arg)
+    vae_args.update(runlocal=True, sizes="9x32x32")
+  config.vae = vae_configs.get_config(vae_args)
 
   dit_args = dict(DIT_ARGS, data_dir=arg.data_dir, latents="DEMO_LATENTS",
                   vae_workdir="DEMO_VAE")
@@ -87,8 +87,7 @@ def get_config(arg=None):
     dit_args["batch"] = arg.dit_batch
   if arg.quick:
     dit_args.update(runlocal=True, level="basic")
-  dit_arg = ",".join(f"{k}={v}" for k, v in dit_args.items())
-  config.dit = dit_configs.get_config(dit_arg)  # the demo fills in the two paths
+  config.dit = dit_configs.get_config(dit_args)  # the demo fills in the two paths
   config.dit.unlock()
   config.dit.train.progress = True
   config.dit.train.checkpoint_every = 600  # an interrupted demo loses <= ~2 minutes

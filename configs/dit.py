@@ -24,19 +24,16 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   patch        latent patch 'PTxPHxPW', e.g. 1x2x2.
   cfg_drop     caption drop rate for classifier-free guidance.
   t_mean, t_std  logit-normal training timestep distribution (before the token shift).
-  loss_weight  v (velocity error), x0 or contrast (contrast_mix in [0, 1]); dit_task.LOSS_WEIGHTS.
-  prediction   x0 (default: clean latents, turned into the velocity), v or edm; DiTConfig.
+  prediction   x0 (default: clean latents, turned into the velocity) or v; DiTConfig.
   pos_embed    none (RoPE only), fractional (+ place in frame) or fractional_thw (+ time in clip).
-  self_cond    self-conditioning on the previous x0 estimate; DiTConfig.self_condition.
   adaln        per_block (default: adaLN-Zero) or single (PixArt-alpha's adaLN-single).
   remat        what a block keeps for the backward pass (dit.py REMAT_POLICIES); none default.
-  mlp_conv     a depthwise 3x3 conv over each frame's tokens in every MLP (SANA's Mix-FFN).
   sample_shift  the run's default sampling shift for sample/evaluate/demo (0 = training rule).
   ema          EMA decay of the params (evaluation uses the EMA).
   ema_debias   bias-correct the EMA as Adam does (default True): it averages only the steps taken.
   caption      'detailed' or 'short': which caption to train on.
   sizes, level, data_dir, num_train   the Shapes World pixel data (on-the-fly encoding).
-  peak_flops   peak FLOP/s for MFU (0 = the measured CPU default on CPU, no MFU elsewhere).
+  peak_flops   peak FLOP/s a device for MFU (0 = train/throughput.py's table by device kind).
   seed         the run's random seed.
   eval_every   steps between mid-run evaluations (0 = only the final one).
   rules        sharding preset (sharding/rules.py): dp, fsdp, fsdp_tensor or fsdp_context.
@@ -57,9 +54,8 @@ _DEFAULTS = dict(
     patch="1x2x2", cfg_drop=0.1, ema=0.999, ema_debias=True, caption="detailed", optimizer="adamw",
     sizes="17x64x64+1x64x64", level="full", data_dir="data/tfds", num_train=4096,
     peak_flops=0.0, seed=0, eval_every=2000, rules="fsdp", attention="", prediction="x0",
-    pos_embed="none", adaln="per_block", self_cond=False, t_mean=1.0, t_std=1.0,
-    loss_weight="v", contrast_mix=0.5, sample_shift=0.0, workers=0, remat="none",
-    mlp_conv=False, runlocal=False)
+    pos_embed="none", adaln="per_block", t_mean=1.0, t_std=1.0, sample_shift=0.0, workers=0,
+    remat="none", runlocal=False)
 
 
 def _patch(text: str) -> tuple[int, int, int]:
@@ -85,12 +81,9 @@ def get_config(arg=None):
   # x0-prediction: see `prediction` in sora_jax/models/dit.py (DiTConfig).
   config.model = {"variant": arg.variant, "patch": _patch(arg.patch),
                   "overrides": {"prediction": arg.prediction, "pos_embed": arg.pos_embed,
-                                "adaln": arg.adaln, "self_condition": arg.self_cond,
-                                "remat": arg.remat}}
+                                "adaln": arg.adaln, "remat": arg.remat}}
   shape = {"width": arg.width, "depth": arg.depth, "num_heads": arg.heads}
   config.model.overrides.update({k: v for k, v in shape.items() if v})
-  if arg.mlp_conv:  # only when set: runs from before the option keep their config
-    config.model.overrides.mlp_conv = True
   config.text = {"variant": arg.text, "vocab_size": 512,
                  "overrides": {"position": arg.text_pos}}
   # '' = trained from the training captions, written to WORKDIR/tokenizer.model.
@@ -115,11 +108,9 @@ def get_config(arg=None):
   # loss weights small t heavily): sampling decides colour, place and motion at t > 0.8,
   # which logit-normal(0, 1) almost never trains (P(t > 0.9) = 1.4%; 11% at mean 1).
   config.flow = {"cfg_drop": arg.cfg_drop, "t_mean": arg.t_mean, "t_std": arg.t_std,
-                 "base_tokens": 256, "loss_weight": arg.loss_weight,
-                 "contrast_mix": arg.contrast_mix,
-                 "sample_shift": arg.sample_shift}
-  # Training task mixture (sora_jax/diffusion/conditioning.py): which latent frames of a clip are
-  # given clean. One model then samples t2v/t2i, i2v, extension, interpolation and loops.
+                 "base_tokens": 256, "sample_shift": arg.sample_shift}
+  # Training task mixture (sora_jax/diffusion/conditioning.py): which latent frames of a
+  # clip are given clean. One model then samples t2v/t2i, i2v, extension, interpolation and loops.
   config.tasks = {"t2v": 0.6, "i2v": 0.1, "extend_forward": 0.1, "extend_backward": 0.1,
                   "interpolate": 0.1}
   config.ema = arg.ema

@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import math
 
-import ml_collections
-
 from configs import common
 from configs import demo
 from configs import dit
@@ -191,7 +189,7 @@ def get_config(arg=None):
   shape = ladder_shape(base, arg.compute, arg.params_exp, arg.aspect_tol)
   steps = ladder_steps(base, arg.compute, arg.data_exp)
   ema = min(0.9999, 1.0 - 10.0 / max(steps, 20))
-  config = dit.get_config(",".join(f"{k}={v}" for k, v in dict(
+  config = dit.get_config(dict(
       variant="tiny", text=base["text"], steps=steps, batch=base["batch"], lr=base["lr"],
       warmup=max(1, round(0.05 * steps)), vae_workdir=arg.vae_workdir, latents=arg.latents,
       seq_len=base["seq_len"], max_clips=base["max_clips"], text_len=base["text_len"],
@@ -200,7 +198,7 @@ def get_config(arg=None):
       workers=base.get("workers", 0) if arg.latents != "on_the_fly" else 0,
       num_train=base["num_train"], peak_flops=arg.peak_flops, seed=arg.seed, eval_every=0,
       pos_embed=base.get("pos_embed", "none"), sample_shift=base.get("sample_shift", 0.0),
-      optimizer=arg.optimizer, runlocal=arg.runlocal).items()))
+      optimizer=arg.optimizer, runlocal=arg.runlocal))
   with config.unlocked():  # update: keep configs/dit.py's prediction, pos_embed and adaln
     config.model.overrides.update({"width": shape["width"], "depth": shape["depth"],
                                    "num_heads": shape["num_heads"], "dtype": base["dtype"],

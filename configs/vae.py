@@ -31,6 +31,8 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
 Mesh sizes: --config.mesh.fsdp=8 etc. (data, fsdp, context, tensor; one may be -1); slices:
 --config.mesh.dcn.data=2.
 """
+from collections.abc import Mapping
+
 import ml_collections
 
 from configs import common
@@ -73,9 +75,12 @@ _DEFAULTS = dict(
 
 def _preset_defaults(arg):
   """Defaults with the named preset's values applied (explicit keys are parsed after)."""
-  preset = common.parse_arg(
-      ",".join(i for i in (arg or "").split(",") if i.strip().startswith("preset=")),
-      preset="").preset
+  if isinstance(arg, Mapping):
+    preset = str(arg.get("preset", ""))
+  else:
+    preset = common.parse_arg(
+        ",".join(i for i in (arg or "").split(",") if i.strip().startswith("preset=")),
+        preset="").preset
   if preset and preset not in PRESETS:
     raise ValueError(f"Unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}.")
   return {**_DEFAULTS, **PRESETS.get(preset, {})}

@@ -402,31 +402,6 @@ def test_x0_prediction_returns_the_implied_velocity():
     _tiny_dit(prediction="eps")
 
 
-def test_edm_prediction_is_x0_through_the_skip_and_inverts():
-  """prediction="edm": x0_hat = c_skip x_t + c_out F, F = the "v" model's output, returned as
-  v = (x_t - x0_hat) / max(t, X0_MIN_T); x0_from_velocity gives x0_hat back. The
-  coefficients: plain x0-prediction at t = 1, the identity at t = 0, and a unit-variance
-  target for F at every t (unit-variance x0 and noise; 200k draws, within 2%)."""
-  cfg_v, cfg_e = _tiny_dit(), _tiny_dit(prediction="edm")
-  inputs = _random_inputs(cfg_v)
-  params = _perturb(_jit(lambda: dit.DiT(cfg_v).init(jax.random.key(0), **inputs))())
-  f = np.asarray(_jit(dit.DiT(cfg_v).apply)(params, **inputs))
-  v = _jit(dit.DiT(cfg_e).apply)(params, **inputs)
-  x_t, t = np.asarray(inputs["tokens"]), np.asarray(inputs["t"])[..., None]
-  c_skip, c_out = (np.asarray(c) for c in dit.edm_coefficients(t))
-  x0_hat = c_skip * x_t + c_out * f
-  np.testing.assert_allclose(v, (x_t - x0_hat) / np.maximum(t, dit.X0_MIN_T), **TOL)
-  np.testing.assert_allclose(dit.x0_from_velocity(x_t, v, t[..., 0], "edm"), x0_hat, **TOL)
-  ends = [np.asarray(c) for c in dit.edm_coefficients(jnp.array([1.0, 0.0]))]
-  np.testing.assert_allclose(np.stack(ends), [[0.0, 1.0], [1.0, 0.0]], atol=1e-7)
-  rng = np.random.default_rng(0)
-  x0, eps = rng.standard_normal((2, 200_000))
-  for tt in (0.05, 0.3, 0.5, 0.8, 0.97):
-    c_skip, c_out = (float(c) for c in dit.edm_coefficients(jnp.float32(tt)))
-    target = (x0 - c_skip * ((1 - tt) * x0 + tt * eps)) / c_out
-    assert abs(np.var(target) - 1.0) < 0.02, (tt, np.var(target))
-
-
 def test_pooled_text_is_zero_without_a_caption():
   """With no caption token (dropped or empty), pooled_text adds exactly nothing: the
   unconditional model is the same with and without it; with a caption it changes v."""
@@ -518,20 +493,16 @@ def test_fractional_positions_are_per_clip_and_resolution_free():
   assert feats[0].shape == (30,) and np.all(feats[0][-2:] == 0)  # 30 = 4 * 7 + 2 zeros
 
 
-@pytest.mark.parametrize("mlp_conv", [False, True])
-def test_packed_equals_unpacked_loss_and_grads(mlp_conv):
+def test_packed_equals_unpacked_loss_and_grads():
   """A packed row of 3 clips gives the loss and gradients of the 3 clips on their own.
 
   The reference is the plain unpacked path (one clip a row, no segment ids, no padding):
   the two 12-token clips as a batch of 2, the 4-token clip alone, losses weighted 2:1.
-  With mlp_conv, the 3x3 token-grid convolution must not reach across the packed clips,
-  whose grids are 2, 6 and 2 tokens wide.
   """
   # One unrolled block each keeps the compiles affordable on CPU; depth and scan are
   # covered by test_init_is_zero_and_scan_equals_unrolled.
   # Fractional positions are per clip, so packing must not change them either.
-  dit_model = dit.DiT(_tiny_dit(depth=1, scan_layers=False, pos_embed="fractional",
-                                mlp_conv=mlp_conv))
+  dit_model = dit.DiT(_tiny_dit(depth=1, scan_layers=False, pos_embed="fractional"))
   text_model = text_lib.TextEncoder(_tiny_text(depth=1))
   clips = _clips()
   (packed,) = packing.pack_examples(clips, seq_len=32, max_clips=4)
@@ -575,55 +546,3 @@ def test_packed_equals_unpacked_loss_and_grads(mlp_conv):
   assert sum(float(jnp.abs(g).sum()) for g in ref_flat) > 1.0
   for (path, g), r in zip(flat, ref_flat):
     np.testing.assert_allclose(g, r, **TOL, err_msg=jax.tree_util.keystr(path))
-
-
-def test_grid_neighbours_are_each_clips_own_3x3_in_a_packed_row():
-  """Brute force over a row of two clips of different grids and padding."""
-  grid = lambda t, h, w: np.stack(np.meshgrid(np.arange(t), np.arange(h), np.arange(w),
-                                              indexing="ij"), -1).reshape(-1, 3)
-  a, b = grid(3, 4, 5), grid(1, 2, 3)
-  pos = np.concatenate([a, b, np.zeros((4, 3), int)]).astype(np.int32)
-  seg = np.repeat(np.array([1, 2, 0], np.int32), [len(a), len(b), 4])
-  index, valid = map(np.asarray, dit.grid_neighbours(jnp.asarray(pos[None]),
-                                                     jnp.asarray(seg[None])))
-  for i in range(len(seg)):
-    for k, (dh, dw) in enumerate(dit.GRID_OFFSETS):
-      want = [j for j in range(len(seg)) if seg[i] > 0 and seg[j] == seg[i]
-              and tuple(pos[j]) == (pos[i, 0], pos[i, 1] + dh, pos[i, 2] + dw)]
-      assert valid[0, i, k] == bool(want), (i, dh, dw)
-      if want:
-        assert index[0, i, k] == want[0], (i, dh, dw)
-  assert valid[0, :, 4].sum() == len(a) + len(b)  # the centre tap: every real token
-
-
-def test_mlp_conv_is_a_depthwise_3x3_conv_of_each_frame():
-  """FeedForward(conv=True) against lax's grouped convolution on the (T, h, w) grid, values
-  and gradients (the custom transpose of `_grid_tap`)."""
-  t, h, w, d, hidden = 2, 3, 4, 4, 6
-  ff = dit.FeedForward(hidden, conv=True)
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(1, t * h * w, d)), jnp.float32)
-  pos = np.stack(np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij"),
-                 -1).reshape(1, -1, 3)
-  nb = dit.grid_neighbours(jnp.asarray(pos, jnp.int32), jnp.ones((1, t * h * w), jnp.int32))
-  params = _perturb(ff.init(jax.random.key(0), x, nb), scale=0.3)
-  assert params["params"]["conv"].shape == (9, hidden)
-
-  def reference(p, x):
-    u = x @ p["up"]["kernel"] + p["up"]["bias"]
-    grid = u.reshape(t, h, w, hidden)
-    kern = p["conv"].reshape(3, 3, 1, hidden)
-    conv = jax.lax.conv_general_dilated(grid, kern, (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=hidden)
-    u = u + conv.reshape(1, -1, hidden)
-    return nn.gelu(u, approximate=True) @ p["down"]["kernel"] + p["down"]["bias"]
-
-  r = jnp.asarray(rng.normal(size=(1, t * h * w, d)), jnp.float32)
-  ours = lambda p, x: jnp.sum(ff.apply({"params": p}, x, nb) * r)
-  ref = lambda p, x: jnp.sum(reference(p, x) * r)
-  p = params["params"]
-  np.testing.assert_allclose(ff.apply(params, x, nb), reference(p, x), **TOL)
-  got, want = jax.grad(ours, argnums=(0, 1))(p, x), jax.grad(ref, argnums=(0, 1))(p, x)
-  for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(g, e, **TOL)

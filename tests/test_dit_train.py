@@ -15,7 +15,6 @@ from jax.sharding import PartitionSpec as P
 from configs import dit as dit_config
 from data_pipelines import latents as latents_lib
 from data_pipelines import packing
-from data_pipelines import patches
 from sora_jax import checkpoints
 from sora_jax.data import encode_latents
 from sora_jax.sharding import mesh as mesh_lib
@@ -192,83 +191,6 @@ def test_precomputed_latents_match_on_the_fly_and_train(data_dir, tmp_path):
   final = loop.train_and_evaluate(_config(data_dir, f",latents={root},workers=2", steps=2),
                                   str(tmp_path / "run"))
   assert np.isfinite(final["final/val_loss"])
-
-
-# Slow (~25-30 s each): the default suite is at its 15-minute budget; the samplers'
-# state threading itself is checked in test_solvers.py.
-@pytest.mark.slow
-def test_self_conditioning_trains_its_input_on_half_the_steps(data_dir):
-  """self_cond=True: on a step whose coin feeds the first estimate, the self_cond_embed
-  kernel gets a gradient; on a step that feeds zeros it cannot (its input is zero)."""
-  cfg = _config(data_dir, ",self_cond=True,cfg_drop=0")
-  batch = _overfit_batch(cfg, num_clips=4)
-  state = dit_task.init_state(cfg, jax.random.key(0))
-  step = jax.jit(dit_task.make_train_step(cfg))
-  kernel = lambda s: np.asarray(s.params["dit"]["params"]["self_cond_embed"]["kernel"])
-  for seed in range(2):  # step 0 has lr 0 (warm-up); step 1 lifts the zero-init final layer
-    state, _ = step(state, batch, jax.random.key(seed))
-  moved = {}
-  for seed in (100, 102, 103):  # coins: heads, tails, heads
-    rng = jax.random.key(seed)
-    used = bool(jax.random.bernoulli(jax.random.fold_in(rng, 5), 0.5))  # the step's coin
-    new, metrics = step(state, batch, rng)
-    assert np.isfinite(float(metrics["loss"]))
-    moved[used] = moved.get(used, []) + [bool(np.any(kernel(new) != kernel(state)))]
-  assert set(moved) == {True, False}, moved  # both coins came up
-  assert all(moved[True]) and not any(moved[False]), moved
-
-
-# Slow (~25-30 s each): the default suite is at its 15-minute budget; the samplers'
-# state threading itself is checked in test_solvers.py.
-@pytest.mark.slow
-def test_self_conditioned_sampling_feeds_each_step_the_last_guided_estimate(data_dir):
-  """The generator's sampling loop against a hand-written 3-step Euler loop that passes
-  x0_prev = x - t v_guided (x0-prediction) from each model call to the next."""
-  from sora_jax.inference import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
-  from sora_jax.diffusion import solvers  # pylint: disable=g-import-not-at-top
-  from sora_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
-  from sora_jax.models import text as text_lib  # pylint: disable=g-import-not-at-top
-  cfg = _config(data_dir, ",self_cond=True")
-  dcfg, tcfg = dit_task.dit_config(cfg), dit_task.text_config(cfg)
-  params = dit_task.init_state(cfg, jax.random.key(0)).params
-  leaves, tree = jax.tree.flatten(params)  # perturb: the zero-init final layer gives x0 = 0
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [l + 0.05 * jax.random.normal(k, l.shape, l.dtype)
-                                     for l, k in zip(leaves, keys)])
-  latent = (2, 8, 8, dcfg.latent_channels)
-  noise = solvers.init_noise(jax.random.key(2), latent)
-  tokens, positions = patches.patchify(noise, dcfg.patch)
-  x, pos = tokens[None], positions[None]
-  n = x.shape[1]
-  ids = np.zeros((1, tcfg.max_len), np.int32)
-  ids[0, :3] = [5, 6, 7]
-  mask = ids > 0
-  ts = solvers.timesteps(3)
-  given, cond = np.zeros((1, n), bool), np.zeros_like(x)
-  out = sampler_lib._sample_tokens(dcfg, tcfg, "euler", 3.0, (0.0, 1.0), params, x, pos,
-                                   given, cond, ids, mask, np.zeros_like(ids),
-                                   np.zeros_like(mask), ts)
-  model, encoder = dit_lib.DiT(dcfg), text_lib.TextEncoder(tcfg)
-  apply = jax.jit(model.apply)
-  text = np.concatenate([encoder.apply(params["text"], ids, mask),
-                         encoder.apply(params["text"], np.zeros_like(ids), np.zeros_like(mask))])
-  tmask = np.concatenate([mask, np.zeros_like(mask)])
-  two = lambda a: np.concatenate([a, a])
-
-  def euler(feed):
-    ref, prev = np.asarray(x), np.zeros_like(x)
-    for t, t_next in zip(ts[:-1], ts[1:]):
-      tt = np.full((1, n), t, np.float32)
-      v = apply(params["dit"], two(ref), two(pos), np.ones((2, n), np.int32), two(tt),
-                      text, tmask, x0_prev=two(prev))
-      v = np.asarray(v[1:] + 3.0 * (v[:1] - v[1:]))
-      if feed:
-        prev = np.asarray(dit_lib.x0_from_velocity(ref, v, tt, dcfg.prediction))
-      ref = ref + (t_next - t) * v
-    return ref
-
-  np.testing.assert_allclose(out, euler(feed=True), rtol=0, atol=1e-4)
-  assert np.abs(out - euler(feed=False)).max() > 1e-2  # the estimates do change the sample
 
 
 @pytest.mark.parametrize("decay", [0.9, 0.999])

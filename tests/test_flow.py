@@ -78,50 +78,6 @@ def test_loss_is_mean_of_clip_means():
                              np.mean(clips), rtol=1e-5)
 
 
-def test_t_squared_weight_turns_the_velocity_error_into_the_x0_error():
-  """loss_weight=x0: with v_hat = (x_t - x0_hat) / t, t^2 (v_hat - v)^2 = (x0_hat - x0)^2."""
-  rng = np.random.default_rng(1)
-  x0, eps, x0_hat = (rng.normal(size=(2, 6, 4)) for _ in range(3))
-  seg = np.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
-  t = rng.uniform(0.1, 1.0, size=(2, 6))
-  xt, target = flow.add_noise(jnp.asarray(x0), jnp.asarray(eps), jnp.asarray(t))
-  v_hat = (xt - x0_hat) / t[..., None]
-  mse = ((x0_hat - x0) ** 2).mean(-1)
-  clips = [mse[0, :3].mean(), mse[0, 3:5].mean(), mse[1].mean()]
-  loss = flow.flow_loss(v_hat, target, jnp.asarray(seg), token_weight=jnp.asarray(t ** 2))
-  np.testing.assert_allclose(loss, np.mean(clips), rtol=1e-4)
-  assert abs(float(flow.flow_loss(v_hat, target, jnp.asarray(seg))) - np.mean(clips)) > 0.1
-
-
-def test_contrast_weight_stresses_tokens_unlike_their_clip():
-  """loss_weight=contrast: (1 - mix) + mix * d / clip mean of d, d = |x0 - clip mean|^2."""
-  rng = np.random.default_rng(2)
-  x0 = np.zeros((2, 7, 3), np.float32)
-  x0[..., 0] = 1.0  # a flat background...
-  x0[0, 2] = [4.0, 2.0, -1.0]  # ...with one object token in clip 1 of row 0
-  x0[1] = rng.normal(size=(7, 3))
-  seg = np.array([[1, 1, 1, 1, 2, 2, 0], [1, 1, 2, 2, 2, 3, 0]])
-  for mix in (0.0, 0.5, 1.0):
-    w = np.asarray(flow.contrast_weight(jnp.asarray(x0), jnp.asarray(seg), mix))
-    for r in range(2):
-      for s in range(1, 4):
-        clip = w[r][seg[r] == s]
-        if clip.size:  # each clip's weights average 1 (the loss keeps its scale)
-          np.testing.assert_allclose(clip.mean(), 1.0, rtol=1e-5)
-    # Reference for row 1 from the formula, per clip.
-    for s in (1, 2, 3):
-      x = x0[1][seg[1] == s]
-      d = ((x - x.mean(0)) ** 2).sum(-1)
-      ref = (1 - mix) + mix * (d / d.mean() if d.mean() > 0 else np.ones_like(d))
-      np.testing.assert_allclose(w[1][seg[1] == s], ref, rtol=1e-4, atol=1e-6)
-  w = np.asarray(flow.contrast_weight(jnp.asarray(x0), jnp.asarray(seg), 0.5))
-  # One object token among 4 (object - background = D): the mean is off the background by
-  # D / 4, so d is 9|D|^2/16 for the object and |D|^2/16 for the others, mean 3|D|^2/16;
-  # d / mean is 3 and 1/3, weights 0.5 + 0.5 * 3 = 2 and 0.5 + 0.5 / 3.
-  np.testing.assert_allclose(w[0, :4], [2 / 3, 2 / 3, 2.0, 2 / 3], rtol=1e-5)
-  np.testing.assert_allclose(w[0, 4:6], [1.0, 1.0], rtol=1e-5)  # a flat clip: unweighted
-
-
 def test_text_dropout_rate():
   n, rate = 40_000, 0.1
   ids = jnp.tile(jnp.arange(1, 7, dtype=jnp.int32), (n, 1))

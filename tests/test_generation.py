@@ -244,3 +244,15 @@ def test_bad_input_gets_one_clear_error(run, tmp_path):
     g.latent_shape(6, 32, 32)
   with pytest.raises(ValueError, match=r"strength=-0.1"):
     tasks.edit(g, PROMPT, np.zeros((5, 32, 32, 3), np.uint8), -0.1)
+
+
+def test_runs_saved_with_a_removed_option_off_still_load():
+  """A config saved before self_condition and mlp_conv left the code names them: off, it
+  loads as before; on, it is one clear error."""
+  cfg = json.loads(dit_config.get_config("runlocal=True").to_json_best_effort())
+  new = run_lib.dit_configs(cfg, 8)
+  cfg["model"]["overrides"].update(self_condition=False, mlp_conv=False)
+  assert run_lib.dit_configs(cfg, 8) == new
+  cfg["model"]["overrides"]["self_condition"] = True
+  with pytest.raises(ValueError, match="self_condition=True, an option since removed"):
+    run_lib.dit_configs(cfg, 8)

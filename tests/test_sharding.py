@@ -38,6 +38,7 @@ from data_pipelines import patches
 from sora_jax.sharding import distributed
 from sora_jax.diffusion import solvers
 from sora_jax.models import dit as dit_lib
+from sora_jax.models import layers
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import rules as rules_lib
 from sora_jax import checkpoints
@@ -139,7 +140,7 @@ def test_shard_rules_put_params_and_activations_on_different_axes():
 
 
 def _small_state(boxed: bool):
-  model = dit_lib.FeedForward(hidden=32)
+  model = layers.FeedForward(hidden=32)
   x = jnp.zeros((2, 4, 16))
 
   def init(rng):

@@ -208,23 +208,6 @@ def test_deterministic_and_jit_matches_eager(method):
   np.testing.assert_allclose(out, eager, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("method, calls", [("euler", 6), ("heun", 11), ("dpmpp_2m", 6)])
-def test_stateful_velocity_threads_its_state_through_every_call(method, calls):
-  """Self-conditioning's interface: each call sees the state the previous call returned."""
-  x1 = solvers.init_noise(jax.random.key(3), (2, 5, 4))
-  ts = solvers.timesteps(6, shift=3.0)
-
-  def counting(x, t, s):  # state: (calls so far, the t of the previous call)
-    return gaussian_velocity(x, t), (s[0] + 1, t)
-
-  out, state = jax.jit(lambda x: solvers.sample(
-      counting, x, ts, method=method, state=(0, jnp.float32(-1)), return_state=True))(x1)
-  assert int(state[0]) == calls
-  assert float(state[1]) == float(ts[-2])  # the last call is at the last step's start
-  np.testing.assert_allclose(out, solvers.sample(gaussian_velocity, x1, ts, method=method),
-                             rtol=0, atol=1e-6)
-
-
 @pytest.mark.parametrize("method", solvers.METHODS)
 @pytest.mark.parametrize("t_start", [1.0, 0.7])
 def test_conditioned_positions_are_exact(method, t_start):

@@ -71,35 +71,6 @@ def segment_sizes(segment_ids: jax.Array, token_mask: jax.Array | None = None) -
   return counts[flat].reshape(b, n)
 
 
-def contrast_weight(x0: jax.Array, segment_ids: jax.Array, mix: float) -> jax.Array:
-  """Per-token loss weights that stress the tokens unlike the rest of their clip: [B, N].
-
-  w = (1 - mix) + mix * d / mean_clip(d), with d = |x0_token - mean of its clip's tokens|^2
-  (over features), so each clip's weights average 1. In a clip of a flat background the
-  objects' few tokens (their shape, colour and place) then carry about half of the loss at
-  mix = 0.5 instead of ~5%. mix = 0 is the plain per-token mean. Padding gets weight
-  1 - mix (the loss drops it anyway).
-
-  Args:
-    x0: [B, N, D] clean tokens.
-    segment_ids: [B, N] int, 0 = padding.
-    mix: in [0, 1].
-  """
-  b, n, _ = x0.shape
-  flat, num = _row_segments(segment_ids)
-  sizes = segment_sizes(segment_ids).reshape(-1)
-
-  def clip_mean(v):  # [B * N, ...] -> each token's mean over its clip
-    return (jax.ops.segment_sum(v, flat, num_segments=num)[flat]
-            / sizes.reshape((-1,) + (1,) * (v.ndim - 1)))
-
-  x = x0.astype(jnp.float32).reshape(b * n, -1)
-  d = jnp.sum(jnp.square(x - clip_mean(x)), -1)
-  d_mean = clip_mean(d)
-  rel = jnp.where(d_mean > 0, d / jnp.maximum(d_mean, 1e-12), 1.0)
-  return ((1 - mix) + mix * rel).reshape(b, n)
-
-
 def sample_clip_timesteps(rng: jax.Array, segment_ids: jax.Array, *, mean: float = 0.0,
                           std: float = 1.0, base_tokens: int | None = None) -> jax.Array:
   """One logit-normal t per clip (segment), shifted by the clip's token count: [B, N].
@@ -119,8 +90,7 @@ def add_noise(x0: jax.Array, eps: jax.Array, t: jax.Array) -> tuple[jax.Array, j
 
 
 def flow_loss(v_pred: jax.Array, v_target: jax.Array, segment_ids: jax.Array,
-              loss_mask: jax.Array | None = None,
-              token_weight: jax.Array | None = None) -> jax.Array:
+              loss_mask: jax.Array | None = None) -> jax.Array:
   """Per-clip-normalised velocity MSE.
 
   Args:
@@ -128,15 +98,11 @@ def flow_loss(v_pred: jax.Array, v_target: jax.Array, segment_ids: jax.Array,
     segment_ids: [B, N] int, 0 = padding (excluded).
     loss_mask: [B, N] bool or None; False tokens (e.g. clean conditioning frames) are
       excluded, and each clip's mean is over its remaining tokens.
-    token_weight: [B, N] float or None: multiplies each token's MSE (e.g. t^2, which turns
-      the velocity error into the x0 error, since x0 - x0_hat = t (v_hat - v)).
 
   Returns:
     Scalar float32: mean over clips of (mean over a clip's tokens of mean_D (v - v*)^2).
   """
   mse = jnp.mean(jnp.square(v_pred.astype(jnp.float32) - v_target.astype(jnp.float32)), -1)
-  if token_weight is not None:
-    mse = mse * token_weight.astype(jnp.float32)
   keep = segment_ids > 0
   if loss_mask is not None:
     keep = keep & loss_mask.astype(bool)

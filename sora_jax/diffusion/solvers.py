@@ -47,8 +47,7 @@ import numpy as np
 
 from sora_jax.diffusion import flow
 
-# (x [like x_init] float32, t scalar float32) -> v [like x] float32. A stateful one (see
-# `sample`'s `state`) is (x, t, state) -> (v, state).
+# (x [like x_init] float32, t scalar float32) -> v [like x] float32.
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 METHODS = ("euler", "heun", "dpmpp_2m")
@@ -151,58 +150,48 @@ def timesteps(steps: int, shift: float = 1.0, t_start: float = 1.0) -> jax.Array
 # ------------------------------------------------------------------------------ samplers
 
 
-# Each solver integrates with `v_fn(x, t, s) -> (v, s)`, threading the velocity function's
-# state `s` (self-conditioning's last x0 estimate; () when stateless) through its calls.
-
-
-def _euler(v_fn, fix, x: jax.Array, s, ts: jax.Array):
-  def step(carry, t_pair):
-    x, s = carry
+def _euler(v_fn, fix, x: jax.Array, ts: jax.Array):
+  def step(x, t_pair):
     t, t_next = t_pair
-    v, s = v_fn(x, t, s)
-    return (fix(x + (t_next - t) * v), s), None
+    return fix(x + (t_next - t) * v_fn(x, t)), None
 
-  return jax.lax.scan(step, (x, s), (ts[:-1], ts[1:]))[0]
+  return jax.lax.scan(step, x, (ts[:-1], ts[1:]))[0]
 
 
-def _heun(v_fn, fix, x: jax.Array, s, ts: jax.Array):
-  def step(carry, t_pair):
-    x, s = carry
+def _heun(v_fn, fix, x: jax.Array, ts: jax.Array):
+  def step(x, t_pair):
     t, t_next = t_pair
-    d, s = v_fn(x, t, s)
+    d = v_fn(x, t)
     x_pred = fix(x + (t_next - t) * d)
 
     def corrected():
-      d_next, s_next = v_fn(x_pred, t_next, s)
-      return x + (t_next - t) * 0.5 * (d + d_next), s_next
+      return x + (t_next - t) * 0.5 * (d + v_fn(x_pred, t_next))
 
     # v at t = 0 is never needed (Karras et al.): the last step stays Euler.
-    x_next, s = jax.lax.cond(t_next > 0, corrected, lambda: (x_pred, s))
-    return (fix(x_next), s), None
+    x_next = jax.lax.cond(t_next > 0, corrected, lambda: x_pred)
+    return fix(x_next), None
 
-  return jax.lax.scan(step, (x, s), (ts[:-1], ts[1:]))[0]
+  return jax.lax.scan(step, x, (ts[:-1], ts[1:]))[0]
 
 
-def _dpmpp_2m(v_fn, fix, x: jax.Array, s, ts: jax.Array):
+def _dpmpp_2m(v_fn, fix, x: jax.Array, ts: jax.Array):
   def lam(t):  # log(alpha / sigma): -inf at t = 1, +inf at t = 0.
     return jnp.log1p(-t) - jnp.log(t)
 
   def step(carry, t_pair):
-    x, d_prev, h_prev, s = carry
+    x, d_prev, h_prev = carry
     t, t_next = t_pair
-    v, s = v_fn(x, t, s)
-    d = x - t * v  # data prediction D
+    d = x - t * v_fn(x, t)  # data prediction D
     h = lam(t_next) - lam(t)
     second = jnp.isfinite(h_prev) & (t_next > 0)
     c = h / (2 * jnp.where(second, h_prev, 1.0))
     d_eff = jnp.where(second, d + c * (d - d_prev), d)
     ratio = t_next / t  # sigma' / sigma; t > 0 on a valid grid before its last point
     x_next = ratio * x + ((1 - t_next) - (1 - t) * ratio) * d_eff
-    return (fix(x_next), d, h, s), None
+    return (fix(x_next), d, h), None
 
-  init = (x, jnp.zeros_like(x), jnp.array(jnp.inf, jnp.float32), s)  # no history yet
-  x, _, _, s = jax.lax.scan(step, init, (ts[:-1], ts[1:]))[0]
-  return x, s
+  init = (x, jnp.zeros_like(x), jnp.array(jnp.inf, jnp.float32))  # no history yet
+  return jax.lax.scan(step, init, (ts[:-1], ts[1:]))[0][0]
 
 
 _SAMPLERS = {"euler": _euler, "heun": _heun, "dpmpp_2m": _dpmpp_2m}
@@ -210,7 +199,7 @@ _SAMPLERS = {"euler": _euler, "heun": _heun, "dpmpp_2m": _dpmpp_2m}
 
 def sample(velocity_fn: VelocityFn, x_init: jax.Array, ts: jax.Array, *,
            method: str = "euler", cond: jax.Array | None = None,
-           cond_mask: jax.Array | None = None, state=None, return_state: bool = False):
+           cond_mask: jax.Array | None = None) -> jax.Array:
   """Integrates dx/dt = v(x, t) along `ts` (noise to data); deterministic.
 
   jit-compatible with `ts` traced and `method` static (e.g. close over them, or
@@ -226,10 +215,6 @@ def sample(velocity_fn: VelocityFn, x_init: jax.Array, ts: jax.Array, *,
     cond: clean latents, x_init's shape, or None.
     cond_mask: bool, broadcastable to x_init's shape (True = conditioned), or None. Given
       together with `cond`.
-    state: None, or the initial state of a stateful velocity function: then
-      `velocity_fn(x, t, state) -> (v, state)`, and each call gets the state the previous
-      call returned (self-conditioning passes its last x0 estimate this way).
-    return_state: also return the last state: (x, state).
 
   Returns:
     float32, x_init's shape: x at ts[-1] (the sample when ts[-1] = 0), with the conditioned
@@ -244,14 +229,8 @@ def sample(velocity_fn: VelocityFn, x_init: jax.Array, ts: jax.Array, *,
   x = jnp.asarray(x_init, jnp.float32)
   fix = _conditioner(x.shape, cond, cond_mask)
 
-  def v_fn(x, t, s):
-    if state is None:
-      return velocity_fn(x, t).astype(jnp.float32), s
-    v, s = velocity_fn(x, t, s)
-    return v.astype(jnp.float32), s
-
-  x, state = _SAMPLERS[method](v_fn, fix, fix(x), () if state is None else state, ts)
-  return (x, state) if return_state else x
+  v_fn = lambda x, t: velocity_fn(x, t).astype(jnp.float32)
+  return _SAMPLERS[method](v_fn, fix, fix(x), ts)
 
 
 # ---------------------------------------------------------------------------------- CFG

@@ -97,13 +97,28 @@ def random_vae(model: Mapping[str, Any], seed: int = 0) -> FrozenVAE:
 
 
 # ------------------------------------------------------------------------ the DiT
+# DiT options removed from the code (EXPERIMENTS.md), with their off value: runs saved
+# before the removal name them in their config and still load when they were off.
+REMOVED_DIT_OPTIONS = {"self_condition": False, "mlp_conv": False}
+
+
+def _dit_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+  out = dict(overrides)
+  for key, off in REMOVED_DIT_OPTIONS.items():
+    if key in out and out.pop(key) != off:
+      raise ValueError(f"The run was trained with model.overrides.{key}={overrides[key]!r}, "
+                       "an option since removed (EXPERIMENTS.md); load it with a checkout "
+                       "from before its removal.")
+  return out
+
+
 def dit_configs(config: Mapping[str, Any], latent_channels: int
                 ) -> tuple[dit_lib.DiTConfig, text_lib.TextEncoderConfig]:
   """(DiT, text encoder) configs of a DiT run config (its ConfigDict or saved JSON)."""
   m, t = config["model"], config["text"]
   dcfg = dit_lib.get_dit_config(m["variant"], patch=tuple(m["patch"]),
                                 latent_channels=latent_channels,
-                                **dict(m.get("overrides") or {}))
+                                **_dit_overrides(m.get("overrides") or {}))
   tcfg = text_lib.get_text_config(t["variant"], vocab_size=t["vocab_size"],
                                   max_len=config["packing"]["text_len"],
                                   **dict(t.get("overrides") or {}))

@@ -242,23 +242,18 @@ def _sample_tokens_impl(dcfg, tcfg, method, guidance, interval, params, x_init, 
   model = dit_lib.DiT(dcfg)
   reps = 2 if use_cfg else 1
 
-  def velocity(x, t, x0_prev=None):
+  def velocity(x, t):
     jax.debug.callback(_tick)  # the progress bar over model calls (a no-op without one)
     tt = jnp.where(given, 0.0, t).astype(jnp.float32)
     rep = lambda a: jnp.concatenate([a] * reps) if reps > 1 else a
-    extra = {} if x0_prev is None else {"x0_prev": rep(x0_prev)}
     v = model.apply(params["dit"], rep(x), rep(positions), rep(segment_ids), rep(tt), text,
-                    tmask, **extra)
+                    tmask)
     if use_cfg:
       v = solvers.cfg_combine(v[:b], v[b:], solvers.interval_scale(guidance, t, interval))
-    if x0_prev is None:
-      return v
-    # Self-conditioning: the next call reads this call's (guided) estimate of x0.
-    return v, dit_lib.x0_from_velocity(x, v, tt, dcfg.prediction)
+    return v
 
-  state = jnp.zeros(x_init.shape, jnp.float32) if dcfg.self_condition else None
   return solvers.sample(velocity, x_init, ts, method=method, cond=cond,
-                         cond_mask=given[..., None], state=state)
+                        cond_mask=given[..., None])
 
 
 _sample_tokens = jax.jit(_sample_tokens_impl, static_argnums=(0, 1, 2, 3, 4))

@@ -63,6 +63,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from sora_jax.models import attention as attn_lib
+from sora_jax.models import layers
 from sora_jax.models import rope
 from sora_jax.models import variants
 
@@ -111,11 +112,6 @@ class DiTConfig:
       of, and which RoPE (relative) and cross-attention (no positions) cannot give).
     adaln: "per_block" (DiT's adaLN-Zero: a modulation layer in every block) or "single"
       (one shared modulation layer plus a learned table per block; see the module docstring).
-    self_condition: self-conditioning (Chen et al., 2022, "Analog Bits"; RIN): the model
-      also reads its own previous estimate of x0 (`x0_prev`, embedded and added to the
-      patch embedding; zeros = none). Training feeds a stop-gradient first estimate on half
-      the steps; samplers feed each step the last step's estimate, so the model can keep
-      to the layout it began to draw instead of redeciding it every step.
     prediction: what the network's last layer predicts; the model always returns the
       velocity. "v": the velocity itself. "x0": the clean latents x0_hat, returned as
       v = (x_t - x0_hat) / max(t, X0_MIN_T) (JiT: Li & He, 2025, "Back to Basics: Let
@@ -123,17 +119,6 @@ class DiTConfig:
       through its width, which matters when a token holds about as many values as the
       width (e.g. 2x2 patches of 32 channels into width 128), where v-prediction learns
       far more slowly.
-      "edm": x0 through EDM's preconditioning, x0_hat = c_skip(t) x_t + c_out(t) F
-      (`edm_coefficients`): x0-prediction at t = 1, but near the data x0_hat -> x_t, so the
-      network only corrects x_t instead of having to copy it through its width.
-    mlp_conv: a depthwise 3x3 convolution over each frame's token grid inside every MLP,
-      after its first projection (SANA's Mix-FFN, Xie et al., 2024, arXiv:2410.10629;
-      zero-initialised, so training starts from the plain MLP). Neighbours are found from
-      `positions` within a token's own clip and frame (`grid_neighbours`), so packed rows of
-      any clip sizes work. Its gathers run along the sequence: on a mesh with a context
-      axis XLA gathers the neighbours across devices (correct, not communication-free).
-      On the 2-core CPU its gathers cost 40-60% more time a step at the demo's shape
-      (benchmarks/results/train_step.json, 2026-11-25).
     scan_layers: `nn.scan` over blocks (params get a leading "layers" axis); False unrolls.
     remat: a key of REMAT_POLICIES.
     attention_backend: see `attention.BACKENDS`.
@@ -155,9 +140,7 @@ class DiTConfig:
   pooled_text: bool = True
   pos_embed: str = "none"
   adaln: str = "per_block"
-  self_condition: bool = False
   prediction: str = "v"
-  mlp_conv: bool = False
   scan_layers: bool = True
   remat: str = "none"
   attention_backend: str = "xla"
@@ -189,8 +172,7 @@ class DiTConfig:
     return math.prod(self.patch) * self.latent_channels
 
 
-PREDICTIONS = ("v", "x0", "edm")
-X0_PREDICTIONS = ("x0", "edm")  # the network's output is turned into x0_hat, then v
+PREDICTIONS = ("v", "x0")
 FRACTIONAL_AXES = {"fractional": (1, 2), "fractional_thw": (0, 1, 2)}  # of (t, h, w)
 POS_EMBEDS = ("none",) + tuple(FRACTIONAL_AXES)
 ADALN_KINDS = ("per_block", "single")
@@ -212,23 +194,7 @@ def get_dit_config(variant: str = "B", **overrides) -> DiTConfig:
   return variants.resolve(DiTConfig, VARIANTS, variant, overrides, "DiT")
 
 
-# ----------------------------------------------------------------------------- layers
-
-
-def _dense(features: int, names: tuple[str | None, str | None], dtype, param_dtype,
-           name: str, zero: bool = False) -> nn.Dense:
-  kernel = nn.initializers.zeros if zero else nn.initializers.xavier_uniform()
-  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
-                  kernel_init=nn.with_logical_partitioning(kernel, names),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
-
-
-def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
-  """Transformer sinusoids of a real value: x [...] -> float32 [..., dim] (cos, sin halves)."""
-  half = dim // 2
-  freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float32) / half)
-  args = x.astype(jnp.float32)[..., None] * freqs
-  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+# ----------------------------------------------------------------------------- blocks
 
 
 class ScalarEmbedder(nn.Module):
@@ -246,116 +212,9 @@ class ScalarEmbedder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = sinusoidal_embedding(x * self.scale, self.frequency_dim).astype(self.dtype)
-    h = _dense(self.width, (None, "embed"), self.dtype, self.param_dtype, "in")(h)
-    return _dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "out")(nn.silu(h))
-
-
-class FeedForward(nn.Module):
-  """Transformer MLP: "gelu" (D -> ratio*D -> D) or "swiglu" (Shazeer, 2020).
-
-  Attributes:
-    hidden: hidden width (SwiGLU callers usually pass 2/3 of the GELU width).
-    kind: "gelu" or "swiglu".
-    conv: DiTConfig.mlp_conv's depthwise 3x3 over the token grid, after the first
-      projection (residual, zero-initialised; `neighbours` from `grid_neighbours`).
-  """
-  hidden: int
-  kind: str = "gelu"
-  dtype: jnp.dtype = jnp.float32
-  param_dtype: jnp.dtype = jnp.float32
-  conv: bool = False
-
-  @nn.compact
-  def __call__(self, x: jax.Array, neighbours=None) -> jax.Array:
-    """x: [B, N, D] -> [B, N, D]; neighbours: `grid_neighbours` (needed iff conv)."""
-    dense = lambda f, names, name: _dense(f, names, self.dtype, self.param_dtype, name)
-    mix = lambda u: u + self._depthwise(u, neighbours) if self.conv else u
-    if self.kind == "swiglu":
-      h = nn.silu(mix(dense(self.hidden, ("embed", "mlp"), "gate")(x)))
-      h = h * dense(self.hidden, ("embed", "mlp"), "up")(x)
-    else:
-      h = nn.gelu(mix(dense(self.hidden, ("embed", "mlp"), "up")(x)), approximate=True)
-    return dense(x.shape[-1], ("mlp", "embed"), "down")(h)
-
-  def _depthwise(self, u: jax.Array, neighbours) -> jax.Array:
-    """The 3x3 depthwise convolution over each frame's token grid (zeros off the grid)."""
-    index, valid = neighbours
-    kernel = self.param("conv", nn.with_logical_partitioning(nn.initializers.zeros, (None,
-                                                                                      "mlp")),
-                        (index.shape[-1], u.shape[-1]), self.param_dtype)
-    out = jnp.zeros_like(u)
-    for k in range(index.shape[-1]):
-      m = len(GRID_OFFSETS) - 1 - k  # the mirrored tap (-dh, -dw)
-      tap = _grid_tap(u, index[..., k], valid[..., k], index[..., m], valid[..., m])
-      out = out + tap * kernel[k].astype(self.dtype)
-    return out
-
-
-@jax.custom_vjp
-def _grid_tap(u, index, valid, mirror_index, mirror_valid):
-  """u[b, index[b, i]] where valid, else 0: one tap of `FeedForward`'s 3x3 conv.
-
-  Its transpose is the mirrored tap's gather (token j is i's (dh, dw) neighbour exactly
-  when i is j's (-dh, -dw) one), not the scatter-add autodiff would give: on the CPU that
-  is a third less time for the convolution's gradient.
-  """
-  del mirror_index, mirror_valid
-  return jnp.where(valid[..., None], jnp.take_along_axis(u, index[..., None], axis=1), 0)
-
-
-def _grid_tap_fwd(u, index, valid, mirror_index, mirror_valid):
-  return _grid_tap(u, index, valid, mirror_index, mirror_valid), (mirror_index, mirror_valid)
-
-
-def _grid_tap_bwd(res, g):
-  mirror_index, mirror_valid = res
-  du = jnp.where(mirror_valid[..., None], jnp.take_along_axis(g, mirror_index[..., None],
-                                                              axis=1), 0)
-  return du, None, None, None, None
-
-
-_grid_tap.defvjp(_grid_tap_fwd, _grid_tap_bwd)
-
-
-GRID_OFFSETS = tuple((dh, dw) for dh in (-1, 0, 1) for dw in (-1, 0, 1))  # the 3x3 taps
-
-
-def grid_neighbours(positions: jax.Array, segment_ids: jax.Array):
-  """Each token's 3x3 neighbours in its own clip and frame, for `FeedForward`'s conv.
-
-  Packed clips are contiguous and in (t, h, w) raster order (`patches.patchify`), so the token at
-  (t, h + dh, w + dw) of the clip of token i sits at i + dh * W + dw, W being the clip's
-  patch-grid width (its largest w position + 1); a tap is valid where that token exists:
-  same clip (segment id > 0) and exactly that position.
-
-  Args:
-    positions: [B, N, 3] int; segment_ids: [B, N] int (0 = padding).
-
-  Returns:
-    (index int32 [B, N, 9], valid bool [B, N, 9]), taps in `GRID_OFFSETS` order.
-  """
-  b, n, _ = positions.shape
-  flat = (segment_ids + (n + 1) * jnp.arange(b)[:, None]).reshape(-1)
-  width = jax.ops.segment_max(positions[..., 2].reshape(-1), flat, num_segments=b * (n + 1))
-  width = (width[flat] + 1).reshape(b, n)
-  i = jnp.arange(n)[None]
-  index, valid = [], []
-  for dh, dw in GRID_OFFSETS:
-    j = jnp.clip(i + dh * width + dw, 0, n - 1)
-    pj = jnp.take_along_axis(positions, j[..., None], axis=1)
-    want = positions + jnp.asarray([0, dh, dw], positions.dtype)
-    ok = (jnp.take_along_axis(segment_ids, j, axis=1) == segment_ids) & (segment_ids > 0)
-    index.append(j)
-    valid.append(ok & jnp.all(pj == want, axis=-1))
-  return jnp.stack(index, -1).astype(jnp.int32), jnp.stack(valid, -1)
-
-
-def mlp_hidden(width: int, ratio: float, kind: str) -> int:
-  """Hidden width: ratio * D for GELU; 2/3 of it rounded up to 8 for SwiGLU (same params)."""
-  if kind == "swiglu":
-    return int(8 * math.ceil(2 * ratio * width / 3 / 8))
-  return int(ratio * width)
+    h = layers.sinusoidal_embedding(x * self.scale, self.frequency_dim).astype(self.dtype)
+    h = layers.dense(self.width, (None, "embed"), self.dtype, self.param_dtype, "in")(h)
+    return layers.dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "out")(nn.silu(h))
 
 
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -384,7 +243,6 @@ class DiTBlock(nn.Module):
   rope_base: float = 10_000.0
   backend: str = "xla"
   adaln: str = "per_block"
-  mlp_conv: bool = False
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -416,7 +274,7 @@ class DiTBlock(nn.Module):
           nn.initializers.zeros, ("mlp",)), (6 * self.width,), self.param_dtype)
       mod = c + table.astype(self.dtype)
     else:
-      mod = _dense(6 * self.width, ("embed", "mlp"), self.dtype, self.param_dtype,
+      mod = layers.dense(6 * self.width, ("embed", "mlp"), self.dtype, self.param_dtype,
                    "adaln", zero=True)(nn.silu(c))
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
 
@@ -433,9 +291,8 @@ class DiTBlock(nn.Module):
     x = x + checkpoint_name(h, "cross_attention")
 
     h = _modulate(_plain_norm(self.dtype)(x), shift2, scale2)
-    neighbours = grid_neighbours(positions, segment_ids) if self.mlp_conv else None
-    h = FeedForward(self.mlp_hidden, self.mlp, self.dtype, self.param_dtype,
-                    conv=self.mlp_conv, name="mlp")(h, neighbours)
+    h = layers.FeedForward(self.mlp_hidden, self.mlp, self.dtype, self.param_dtype,
+                           name="mlp")(h)
     x = x + gate2 * h
     return nn.with_logical_constraint(x, EMBED_AXES), None
 
@@ -449,11 +306,11 @@ class FinalLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     """x, c: [B, N, D] -> [B, N, out_dim]."""
-    mod = _dense(2 * x.shape[-1], ("embed", "mlp"), self.dtype, self.param_dtype, "adaln",
+    mod = layers.dense(2 * x.shape[-1], ("embed", "mlp"), self.dtype, self.param_dtype, "adaln",
                  zero=True)(nn.silu(c))
     shift, scale = jnp.split(mod, 2, axis=-1)
     h = _modulate(_plain_norm(self.dtype)(x), shift, scale)
-    return _dense(self.out_dim, ("embed", None), self.dtype, self.param_dtype, "linear",
+    return layers.dense(self.out_dim, ("embed", None), self.dtype, self.param_dtype, "linear",
                   zero=True)(h)
 
 
@@ -469,9 +326,9 @@ class TextProjection(nn.Module):
 
   @nn.compact
   def __call__(self, text: jax.Array) -> jax.Array:
-    h = _dense(self.width, (None, "embed"), self.dtype, self.param_dtype, "in")(text)
+    h = layers.dense(self.width, (None, "embed"), self.dtype, self.param_dtype, "in")(text)
     h = self.activation(h)
-    return _dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "out")(h)
+    return layers.dense(self.width, ("embed", "mlp"), self.dtype, self.param_dtype, "out")(h)
 
 
 def fractional_positions(positions: jax.Array, segment_ids: jax.Array,
@@ -538,10 +395,10 @@ class DiT(nn.Module):
       block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat],
                            prevent_cse=not cfg.scan_layers)
     kwargs = dict(width=cfg.width, num_heads=cfg.num_heads,
-                  mlp_hidden=mlp_hidden(cfg.width, cfg.mlp_ratio, cfg.mlp), mlp=cfg.mlp,
+                  mlp_hidden=layers.mlp_hidden(cfg.width, cfg.mlp_ratio, cfg.mlp), mlp=cfg.mlp,
                   qk_norm=cfg.qk_norm, rope_proportions=cfg.rope_proportions,
                   rope_base=cfg.rope_base, backend=cfg.attention_backend, adaln=cfg.adaln,
-                  mlp_conv=cfg.mlp_conv, dtype=jnp.dtype(cfg.dtype),
+                  dtype=jnp.dtype(cfg.dtype),
                   param_dtype=jnp.dtype(cfg.param_dtype))
     if cfg.scan_layers:
       stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -552,7 +409,7 @@ class DiT(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions, segment_ids, t, text, text_mask,
-               text_segment_ids=None, fps=None, x0_prev=None) -> jax.Array:
+               text_segment_ids=None, fps=None) -> jax.Array:
     """Predicts the flow velocity of every token.
 
     Args:
@@ -566,8 +423,6 @@ class DiT(nn.Module):
       text_segment_ids: [B, L] int, the segment whose caption each text token belongs to
         (packed rows); None when each row holds one clip.
       fps: [B, N] float frames per second; required iff config.fps_conditioning.
-      x0_prev: [B, N, Din] the previous estimate of the clean tokens (`x0_from_velocity`),
-        only with config.self_condition; None = zeros (no estimate yet).
 
     Returns:
       [B, N, Din] float32 velocity.
@@ -590,60 +445,24 @@ class DiT(nn.Module):
                                    segment_ids)
       h = TextProjection(cfg.width, dtype, param_dtype, nn.silu, name="text_pool")(pooled)
       c = c + jnp.where(has_text[..., None], h, 0.0).astype(dtype)  # 0 without a caption
-    x = _dense(cfg.width, (None, "embed"), dtype, param_dtype, "patch_embed")(
+    x = layers.dense(cfg.width, (None, "embed"), dtype, param_dtype, "patch_embed")(
         tokens.astype(dtype))
-    if cfg.self_condition:  # as if [x_t, x0_prev] were concatenated before patch_embed
-      prev = jnp.zeros_like(tokens) if x0_prev is None else x0_prev
-      x = x + _dense(cfg.width, (None, "embed"), dtype, param_dtype, "self_cond_embed")(
-          prev.astype(dtype))
-    elif x0_prev is not None:
-      raise ValueError("DiT: x0_prev was given but config.self_condition is False.")
     if cfg.pos_embed != "none":
       frac = fractional_positions(positions, segment_ids, FRACTIONAL_AXES[cfg.pos_embed])
       x = x + fractional_embedding(frac, cfg.width).astype(dtype)
     text = TextProjection(cfg.width, dtype, param_dtype, name="text_proj")(text.astype(dtype))
     block_c = c
     if cfg.adaln == "single":  # the blocks' shared modulation, computed once
-      block_c = _dense(6 * cfg.width, ("embed", "mlp"), dtype, param_dtype, "adaln_single",
+      block_c = layers.dense(6 * cfg.width, ("embed", "mlp"), dtype, param_dtype, "adaln_single",
                        zero=True)(nn.silu(c))
     for block in self._blocks():
       x, _ = block(x, block_c, positions, segment_ids, text, text_mask, text_segment_ids)
     out = FinalLayer(cfg.token_dim, dtype, param_dtype, name="final")(x, c)
     out = out.astype(jnp.float32)
-    if cfg.prediction in X0_PREDICTIONS:  # the velocity that x0_hat implies at x_t
+    if cfg.prediction == "x0":  # the velocity that x0_hat implies at x_t
       t = t.astype(jnp.float32)[..., None]
-      x_t = tokens.astype(jnp.float32)
-      if cfg.prediction == "edm":
-        c_skip, c_out = edm_coefficients(t)
-        out = c_skip * x_t + c_out * out
-      out = (x_t - out) / jnp.maximum(t, X0_MIN_T)
+      out = (tokens.astype(jnp.float32) - out) / jnp.maximum(t, X0_MIN_T)
     return out
-
-
-def edm_coefficients(t: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """EDM's preconditioning (Karras et al., 2022, arXiv:2206.00364, Table 1) for
-  x_t = (1 - t) x0 + t eps with unit-variance x0: x0_hat = c_skip x_t + c_out F.
-
-  c_skip = (1 - t) / r^2 (x0's least-squares estimate from x_t alone), c_out = t / r, with
-  r^2 = (1 - t)^2 + t^2, so F's target has unit variance at every t. At t = 1 it is plain
-  x0-prediction; as t -> 0 x0_hat -> x_t, so the network's error is scaled by ~t.
-  """
-  r2 = jnp.square(1.0 - t) + jnp.square(t)
-  return (1.0 - t) / r2, t / jnp.sqrt(r2)
-
-
-def x0_from_velocity(x_t: jax.Array, v: jax.Array, t: jax.Array, prediction: str
-                     ) -> jax.Array:
-  """The clean-token estimate x0_hat that the DiT's velocity `v` implies at `x_t`.
-
-  Exact for both parametrisations: x_t - t v ("v"; rectified flow's x_t = (1 - t) x0 + t
-  eps), x_t - max(t, X0_MIN_T) v ("x0", undoing the model's own conversion). x_t, v:
-  [B, N, D]; t: [B, N] (or broadcastable).
-  """
-  t = jnp.asarray(t, jnp.float32)
-  if prediction in X0_PREDICTIONS:
-    t = jnp.maximum(t, X0_MIN_T)
-  return x_t.astype(jnp.float32) - t[..., None] * v.astype(jnp.float32)
 
 
 def dummy_inputs(config: DiTConfig, batch: int = 1, tokens: int = 16, text_len: int = 8,

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from sora_jax.models import attention as attn_lib
-from sora_jax.models import dit
+from sora_jax.models import layers
 from sora_jax.models import rope
 from sora_jax.models import variants
 
@@ -114,8 +114,8 @@ class EncoderBlock(nn.Module):
         backend=self.backend, dtype=self.dtype, param_dtype=self.param_dtype,
         name="attention")(norm("attention_norm")(x), positions=positions, kv_mask=mask)
     x = x + h
-    h = dit.FeedForward(self.mlp_hidden, "gelu", self.dtype, self.param_dtype,
-                        name="mlp")(norm("mlp_norm")(x))
+    h = layers.FeedForward(self.mlp_hidden, "gelu", self.dtype, self.param_dtype,
+                           name="mlp")(norm("mlp_norm")(x))
     return x + h
 
 
@@ -154,8 +154,8 @@ class TextEncoder(nn.Module):
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None, :, None],
                                  (ids.shape[0], length, 1))
     for i in range(cfg.depth):
-      x = EncoderBlock(cfg.width, cfg.num_heads, dit.mlp_hidden(cfg.width, cfg.mlp_ratio,
-                                                                 "gelu"),
+      x = EncoderBlock(cfg.width, cfg.num_heads,
+                       layers.mlp_hidden(cfg.width, cfg.mlp_ratio, "gelu"),
                        cfg.position != "learned", cfg.attention_backend, dtype, param_dtype,
                        name=f"blocks_{i}")(x, mask, positions)
     x = nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, name="final_norm")(x)

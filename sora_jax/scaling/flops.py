@@ -37,6 +37,7 @@ import numpy as np
 
 from sora_jax.diffusion import flow
 from sora_jax.models import dit as dit_lib
+from sora_jax.models import layers
 from sora_jax.models import text as text_lib
 
 TIME_FREQUENCY_DIM = 256  # dit.ScalarEmbedder.frequency_dim
@@ -65,17 +66,13 @@ def dit_matmul_weights(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]
      "text": per caption token (text projection and every block's cross-attention K, V)}.
   """
   d, din = dcfg.width, dcfg.token_dim
-  hidden = dit_lib.mlp_hidden(d, dcfg.mlp_ratio, dcfg.mlp)
+  hidden = layers.mlp_hidden(d, dcfg.mlp_ratio, dcfg.mlp)
   mlp = (3 if dcfg.mlp == "swiglu" else 2) * d * hidden
   no_grad = din * d + TIME_FREQUENCY_DIM * d  # patch_embed, time_embed.in
   if dcfg.fps_conditioning:
     no_grad += TIME_FREQUENCY_DIM * d
-  if dcfg.self_condition:  # self_cond_embed, on the stop-gradient x0 estimate
-    no_grad += din * d
   adaln = 6 * d * d  # per block, or once with adaLN-single
   per_block = 4 * d * d + 2 * d * d + mlp  # self-attn, cross q/out, MLP
-  if dcfg.mlp_conv:  # the MLP's depthwise 3x3 over the token grid
-    per_block += 9 * hidden
   if dcfg.adaln == "per_block":
     per_block += adaln
   token = (no_grad + d * d * (2 if dcfg.fps_conditioning else 1)  # time (fps) MLP out
@@ -95,11 +92,9 @@ def dit_param_count(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]:
   (`configs/scaling.py`) scales. Checked against `jax.eval_shape` of the init in the tests.
   """
   d, din, dh = dcfg.width, dcfg.token_dim, dcfg.head_dim
-  hidden = dit_lib.mlp_hidden(d, dcfg.mlp_ratio, dcfg.mlp)
+  hidden = layers.mlp_hidden(d, dcfg.mlp_ratio, dcfg.mlp)
   dense = lambda i, o: i * o + o
   mlp = (2 if dcfg.mlp == "swiglu" else 1) * dense(d, hidden) + dense(hidden, d)
-  if dcfg.mlp_conv:  # its depthwise 3x3 kernel over the token grid
-    mlp += 9 * hidden
   qk = 2 * dh if dcfg.qk_norm else 0
   adaln_single = dcfg.adaln == "single"
   block = ((6 * d if adaln_single else dense(d, 6 * d)) + 4 * dense(d, d) + qk  # adaLN, attn
@@ -113,8 +108,6 @@ def dit_param_count(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]:
     embed += dense(TIME_FREQUENCY_DIM, d) + dense(d, d)
   if dcfg.pooled_text:
     embed += dense(text_dim, d) + dense(d, d)
-  if dcfg.self_condition:
-    embed += dense(din, d)
   return {"blocks": dcfg.depth * block, "total": dcfg.depth * block + embed}
 
 
@@ -155,7 +148,7 @@ def dit_train_flops(dcfg: dit_lib.DiTConfig, tcfg: text_lib.TextEncoderConfig, s
   if dcfg.pooled_text:  # each token's caption mean: forward + the text's gradient
     dit = dit + 4.0 * (text_dim or tcfg.width) * n_l
   w = tcfg.width
-  th = dit_lib.mlp_hidden(w, tcfg.mlp_ratio, "gelu")
+  th = layers.mlp_hidden(w, tcfg.mlp_ratio, "gelu")
   text = 3.0 * tcfg.depth * (2 * (4 * w * w + 2 * w * th) * l_tok + 4 * w * l_sq)
   return dit + text
 

@@ -67,11 +67,6 @@ from sora_jax.train import optim
 # another job); re-measure on your machine and set train.peak_flops.
 CPU_PEAK_FLOPS = 7.5e10
 NUM_T_BUCKETS = 4
-# What the loss weighs per token: "v" the velocity error (default; for x0-prediction the x0
-# error / t^2, which stresses small t), "x0" the x0 error (stresses large t, where sampling
-# decides layout), "contrast" the velocity error with each clip's tokens weighted by how
-# unlike the clip's mean token they are (flow.contrast_weight, mix `flow.contrast_mix`).
-LOSS_WEIGHTS = ("v", "x0", "contrast")
 
 
 @flax.struct.dataclass
@@ -161,12 +156,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.caption not in latents_lib.CAPTION_KEYS:
     raise ValueError(f"config.data.caption={config.data.caption!r}; expected one of "
                      f"{sorted(latents_lib.CAPTION_KEYS)}.")
-  if config.flow.get("loss_weight", "v") not in LOSS_WEIGHTS:
-    raise ValueError(f"config.flow.loss_weight={config.flow.loss_weight!r}; allowed: "
-                     f"{', '.join(LOSS_WEIGHTS)}.")
-  if not 0 <= config.flow.get("contrast_mix", 0.0) <= 1:
-    raise ValueError(f"config.flow.contrast_mix={config.flow.contrast_mix} must be in "
-                     "[0, 1].")
   if config.optim.get("name", "adamw") not in optim.OPTIMIZERS:
     raise ValueError(f"config.optim.name={config.optim.name!r}; allowed: "
                      f"{', '.join(optim.OPTIMIZERS)}.")
@@ -394,32 +383,12 @@ def make_train_step(config: ml_collections.ConfigDict):
                         float(config.ema), mixture, bool(config.ema_debias))
 
 
-def _predict(dcfg, tcfg, params, tokens, positions, segment_ids, t, text_ids, text_mask,
-             x0_prev=None):
+def _predict(dcfg, tcfg, params, tokens, positions, segment_ids, t, text_ids, text_mask):
   """Velocity [B, N, Din] of a packed batch (captions [B, K, L] encoded per row)."""
   emb = text_lib.TextEncoder(tcfg).apply(params["text"], text_ids, text_mask)
   text, tmask, tseg = text_lib.flatten_packed_text(emb, text_mask)
   return dit_lib.DiT(dcfg).apply(params["dit"], tokens, positions, segment_ids, t, text,
-                                 tmask, tseg, x0_prev=x0_prev)
-
-
-def self_condition(dcfg, tcfg, params, rng, batch, xt, t, ids, mask):
-  """Self-conditioning's input for this step: x0_prev [B, N, Din], or None without it.
-
-  On half the steps (a coin per step), a stop-gradient first estimate of x0 from the model
-  itself with no estimate (zeros); on the others zeros, so the model also learns to start
-  from nothing, as the first sampling step does.
-  """
-  if not dcfg.self_condition:
-    return None
-
-  def estimate():
-    v = _predict(dcfg, tcfg, params, xt, batch["positions"], batch["segment_ids"], t, ids,
-                 mask)
-    return jax.lax.stop_gradient(dit_lib.x0_from_velocity(xt, v, t, dcfg.prediction))
-
-  return jax.lax.cond(jax.random.bernoulli(rng, 0.5), estimate,
-                      lambda: jnp.zeros(xt.shape, jnp.float32))
+                                 tmask, tseg)
 
 
 def _per_clip_mse(v, target, segment_ids, keep):
@@ -466,16 +435,10 @@ def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay, mixture, ema_debias):
   o, f = dict(optim_items), dict(fl)
   tx = optim.make_optimizer(o, o.pop("steps"))
 
-  def loss_fn(params, batch, xt, target, t, ids, mask, given, x0_prev):
+  def loss_fn(params, batch, xt, target, t, ids, mask, given):
     v = _predict(dcfg, tcfg, params, xt, batch["positions"], batch["segment_ids"], t, ids,
-                 mask, x0_prev)
-    weight = None
-    if f.get("loss_weight", "v") == "x0":  # the x0 error (x0-prediction clamps t the same)
-      weight = jnp.square(jnp.maximum(t, dit_lib.X0_MIN_T))
-    elif f.get("loss_weight", "v") == "contrast":
-      weight = flow.contrast_weight(batch["tokens"], batch["segment_ids"],
-                                    f.get("contrast_mix", 0.5))
-    return flow.flow_loss(v, target, batch["segment_ids"], ~given, weight), v
+                 mask)
+    return flow.flow_loss(v, target, batch["segment_ids"], ~given), v
 
   def step_fn(state: DiTState, batch: dict[str, jax.Array], rng: jax.Array):
     t_rng, eps_rng, drop_rng, task_rng = jax.random.split(rng, 4)
@@ -486,11 +449,8 @@ def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay, mixture, ema_debias):
                                    base_tokens=f["base_tokens"] or None)
     xt, target = flow.add_noise(x0, jax.random.normal(eps_rng, x0.shape, x0.dtype), t)
     given, t, xt = condition_tokens(task_rng, batch, mixture, t, xt)
-    # Its own key (fold_in), so runs without self-conditioning keep their random streams.
-    x0_prev = self_condition(dcfg, tcfg, state.params, jax.random.fold_in(rng, 5), batch,
-                             xt, t, ids, mask)
     (loss, v), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, xt, target, t, ids, mask, given, x0_prev)
+        state.params, batch, xt, target, t, ids, mask, given)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(ema_decay, state.step, ema_debias)
