@@ -168,30 +168,6 @@ def load_config(spec: str):
   return module.get_config(arg or None)
 
 
-def abstract_batch(config, task_name: str):
-  """ShapeDtypeStructs of one global batch, as the task's `device_batch` produces it."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  s, b = jax.ShapeDtypeStruct, config.train.batch_size
-  if task_name == "dit":
-    from sora_jax.train import dit_task  # pylint: disable=g-import-not-at-top
-    p, dcfg = config.packing, dit_task.dit_config(config)
-    return {"tokens": s((b, p.seq_len, dcfg.token_dim), jnp.float32),
-            "positions": s((b, p.seq_len, 3), jnp.int32),
-            "segment_ids": s((b, p.seq_len), jnp.int32),
-            "text_ids": s((b, p.max_clips, p.text_len), jnp.int32),
-            "text_mask": s((b, p.max_clips, p.text_len), jnp.bool_)}
-  if task_name == "vae":
-    from sora_jax.train import vae_task  # pylint: disable=g-import-not-at-top
-    sizes = vae_task._data_sizes(config.data)  # pylint: disable=protected-access
-    if not sizes:
-      raise TargetError("config.data gives no clip size (set data.crop or data.name.sizes).")
-    t, h, w = sizes[0]
-    return {"video": s((b, t, h, w, 3), jnp.float32)}
-  raise TargetError(f"aot_compile knows the batches of tasks 'dit' and 'vae', not "
-                    f"{task_name!r}.")
-
-
 def _bytes_per_device(abstract, shardings) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   total = 0
@@ -203,7 +179,6 @@ def _bytes_per_device(abstract, shardings) -> int:
 
 def compile_train_step(args: argparse.Namespace) -> dict:
   """Builds the mesh on the target, compiles the step, returns the JSON report."""
-  import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from sora_jax.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.sharding import rules as rules_lib  # pylint: disable=g-import-not-at-top
@@ -218,20 +193,20 @@ def compile_train_step(args: argparse.Namespace) -> dict:
     if args.rules:
       config.sharding = {"rules": args.rules}
   devices = target_devices(args.topology, args.num_slices, args.gpu_target_config)
-  task = registry.get(config.task)
-  task.validate(config)
+  task = registry.make(config)
+  task.validate()
   preset = rules_lib.preset_of(config)
   rules_lib.get(preset)  # unknown preset: fail before any work
   mesh = mesh_lib.make_mesh(config.get("mesh"), devices=devices)
   mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
 
   rng = jax.random.key(config.seed)
-  abstract = jax.eval_shape(functools.partial(task.init_state, config), rng)
-  state_sh = task.state_shardings(config, mesh, abstract)
-  batch = abstract_batch(config, config.task)
+  abstract = jax.eval_shape(task.init_state, rng)
+  state_sh = task.state_shardings(mesh, abstract)
+  batch = task.abstract_batch()
   batch_sh = jax.tree.map(lambda _: mesh_lib.batch_sharding(mesh), batch)
   replicated = mesh_lib.replicated(mesh)
-  step = rules_lib.with_rules(task.make_train_step(config), preset)
+  step = rules_lib.with_rules(task.make_train_step(), preset)
   t0 = time.perf_counter()
   with rules_lib.mesh_and_rules(mesh, preset):
     jitted = jax.jit(step, in_shardings=(state_sh, batch_sh, replicated),
@@ -269,7 +244,7 @@ def main(argv=None) -> int:
   prepare_environment(args.topology)
   try:
     report = compile_train_step(args)
-  except TargetError as e:
+  except (TargetError, ValueError) as e:  # bad input (config, target): one line
     print(f"aot_compile: {e}", file=sys.stderr)
     return 2
   print(json.dumps(report, indent=2))

@@ -26,7 +26,7 @@ def test_parse_arg_types_and_unknown_keys():
 def test_vae_config_and_runlocal():
   cfg = vae_config.get_config("variant=tiny,runlocal=True")
   assert cfg.task == "vae" and cfg.train.steps <= 4
-  vae_task.validate(cfg)
+  vae_task.VAETask(cfg).validate()
   with pytest.raises(ValueError, match="known"):
     vae_config.get_config("varaint=tiny")
   with pytest.raises(ValueError, match="4k\\+1"):
@@ -39,24 +39,24 @@ def test_vae_config_and_runlocal():
 
 def test_vae_config_errors_before_compile():
   with pytest.raises(ValueError, match="Unknown VAE variant 'XXL'"):
-    vae_task.validate(vae_config.get_config("variant=XXL"))
+    vae_task.VAETask(vae_config.get_config("variant=XXL")).validate()
   cfg = vae_config.get_config("s=16")
   cfg.data.crop = (17, 56, 56)  # 56 is not divisible by 16
   with pytest.raises(ValueError, match="spatial factor 16"):
-    vae_task.validate(cfg)
+    vae_task.VAETask(cfg).validate()
   cfg = vae_config.get_config("ft=4,sizes=17x64x64")
   cfg.data.crop = (7, 64, 64)  # T - 1 = 6 is not a multiple of the temporal factor 4
   with pytest.raises(ValueError, match="temporal factor 4"):
-    vae_task.validate(cfg)
+    vae_task.VAETask(cfg).validate()
   with pytest.raises(ValueError, match="encoder='pca'; expected one of"):
-    vae_task.validate(vae_config.get_config("encoder=pca"))
+    vae_task.VAETask(vae_config.get_config("encoder=pca")).validate()
   with pytest.raises(ValueError, match="latent_norm='pixel'; allowed: channel, global"):
     vae_config.get_config("latent_norm=pixel")
 
 
 @pytest.mark.parametrize("preset", sorted(vae_config.PRESETS))
 def test_vae_presets_validate(preset):
-  vae_task.validate(vae_config.get_config(f"preset={preset}"))
+  vae_task.VAETask(vae_config.get_config(f"preset={preset}")).validate()
 
 
 def test_dit_workers_need_precomputed_latents():
@@ -68,11 +68,11 @@ def test_dit_workers_need_precomputed_latents():
 def test_dit_shape_overrides():
   from sora_jax.train import dit_task  # pylint: disable=g-import-not-at-top
   cfg = dit_config.get_config("variant=XS,width=96,heads=3,runlocal=False")
-  dcfg = dit_task.dit_config(cfg)
+  dcfg = dit_task.DiTTask(cfg).dit_config
   assert (dcfg.variant, dcfg.width, dcfg.depth, dcfg.num_heads) == ("XS", 96, 4, 3)
   assert "width" not in dit_config.get_config("variant=XS").model.overrides  # 0 = preset's
   with pytest.raises(ValueError, match="width=100 is not divisible by num_heads=3"):
-    dit_task.validate(dit_config.get_config("variant=XS,width=100,heads=3"))
+    dit_task.DiTTask(dit_config.get_config("variant=XS,width=100,heads=3")).validate()
   with pytest.raises(ValueError, match="depth=-1 must be >= 0"):
     dit_config.get_config("depth=-1")
 

@@ -47,21 +47,22 @@ def _rel(a, b):
 @pytest.mark.parametrize("adaln", dit_lib.ADALN_KINDS)
 def test_dit_train_flops_match_xla(monkeypatch, adaln):
   """One clip per row, no padding, full captions: every token XLA computes is counted."""
-  monkeypatch.setattr(dit_task, "latent_shapes", lambda config: [(4, 8, 8, 8)])
+  monkeypatch.setattr(dit_task.DiTTask, "latent_shapes", [(4, 8, 8, 8)])
   cfg = dit_config.get_config("runlocal=True")
   with cfg.unlocked():
     cfg.model.overrides = {"width": 128, "depth": 2, "num_heads": 4, "scan_layers": False,
                            "adaln": adaln}
     cfg.text.overrides = {"width": 64, "depth": 1, "num_heads": 2}
     cfg.packing.update({"text_len": 16, "max_clips": 1})
-  dcfg, tcfg = dit_task.dit_config(cfg), dit_task.text_config(cfg)
+  task = dit_task.DiTTask(cfg)
+  dcfg, tcfg = task.dit_config, task.text_config
   b, n, l = 2, 64, 16
   s = jax.ShapeDtypeStruct
   batch = {"tokens": s((b, n, dcfg.token_dim), jnp.float32),
            "positions": s((b, n, 3), jnp.int32), "segment_ids": s((b, n), jnp.int32),
            "text_ids": s((b, 1, l), jnp.int32), "text_mask": s((b, 1, l), jnp.bool_)}
-  state = jax.eval_shape(lambda: dit_task.init_state(cfg, jax.random.key(0)))
-  xla = flops.xla_step_flops(dit_task.make_train_step(cfg), state, batch, jax.random.key(0))
+  state = jax.eval_shape(lambda: task.init_state(jax.random.key(0)))
+  xla = flops.xla_step_flops(task.make_train_step(), state, batch, jax.random.key(0))
   analytic = float(dit_task.train_flops(dcfg, tcfg, np.ones((b, n), np.int32),
                                         np.ones((b, 1, l), bool)))
   assert _rel(analytic, xla["total"]) < 0.02, (analytic, xla)  # measured: exact
@@ -107,11 +108,12 @@ def _vae_xla(arg, shape, **model):
   cfg = vae_config.get_config(arg)
   with cfg.unlocked():
     cfg.model.update(model)
-  state = jax.eval_shape(lambda: vae_task.init_state(cfg, jax.random.key(0)))
-  xla = flops.xla_step_flops(vae_task.make_train_step(cfg), state,
+  task = vae_task.VAETask(cfg)
+  state = jax.eval_shape(lambda: task.init_state(jax.random.key(0)))
+  xla = flops.xla_step_flops(task.make_train_step(), state,
                              {"video": jax.ShapeDtypeStruct(shape, jnp.float32)},
                              jax.random.key(0))
-  return xla, flops.vae_train_flops(vae_task.vae_config(cfg), shape, vae_task.disc_config(cfg))
+  return xla, flops.vae_train_flops(task.vae_config, shape, task.disc_config)
 
 
 def test_vae_train_flops_match_xla():
@@ -125,7 +127,7 @@ def test_vae_train_flops_with_a_fixed_dct_encoder_match_xla():
   """encoder=dct (the demo's dct10): the encoder is one matmul, forward only."""
   xla, analytic = _vae_xla("variant=tiny,c=12,encoder=dct", (1, 9, 64, 64, 3))
   learned = flops.vae_train_flops(
-      vae_task.vae_config(vae_config.get_config("variant=tiny,c=12")), (1, 9, 64, 64, 3))
+      vae_task.VAETask(vae_config.get_config("variant=tiny,c=12")).vae_config, (1, 9, 64, 64, 3))
   assert analytic < 0.8 * learned, (analytic, learned)  # no encoder network charged
   assert _rel(analytic, xla["total"]) < 0.02, (analytic, xla)
 

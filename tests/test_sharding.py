@@ -175,10 +175,11 @@ def test_shard_state_boxed_and_unboxed_params_agree():
 
 def test_shard_indivisible_dimension_names_axis_and_sizes():
   cfg = _config("fsdp_tensor")
-  abstract = jax.eval_shape(functools.partial(dit_task.init_state, cfg), jax.random.key(0))
+  task = dit_task.DiTTask(cfg)
+  abstract = jax.eval_shape(task.init_state, jax.random.key(0))
   with pytest.raises(ValueError, match=r"logical axis 'heads'.* has size 2, which is not "
                                        r"divisible by mesh axes \('tensor',\) of sizes \[8\]"):
-    dit_task.state_shardings(cfg, mesh_lib.make_mesh({"tensor": 8}), abstract)
+    task.state_shardings(mesh_lib.make_mesh({"tensor": 8}), abstract)
 
 
 # ----------------------------------------------------------------------------- DiT step
@@ -201,17 +202,18 @@ def _packed_batch(cfg, seed=0):
     examples.append(packing.clip_example(r.normal(size=shape).astype(np.float32), ids,
                                          ids > 0, tuple(cfg.model.patch), i))
   rows = list(packing.pack_examples(examples, cfg.packing.seq_len, cfg.packing.max_clips))
-  return {k: np.stack([row[k] for row in rows[:8]]) for k in dit_task._DEVICE_KEYS}
+  return {k: np.stack([row[k] for row in rows[:8]]) for k in dit_task.DEVICE_KEYS}
 
 
 @pytest.fixture(scope="module")
 def reference_step():
   """Initial state, batch, rng and the 1-device result of one step."""
   cfg = _config("dp")
-  init = jax.jit(functools.partial(dit_task.init_state, cfg))
+  task = dit_task.DiTTask(cfg)
+  init = jax.jit(task.init_state)
   state = init.lower(jax.random.key(0)).compile(_FAST)(jax.random.key(0))
   batch, rng = _packed_batch(cfg), jax.random.key(1)
-  step = jax.jit(dit_task.make_train_step(cfg)).lower(state, batch, rng).compile(_FAST)
+  step = jax.jit(task.make_train_step()).lower(state, batch, rng).compile(_FAST)
   return state, batch, rng, step(state, batch, rng)
 
 
@@ -231,12 +233,13 @@ def test_shard_train_step_equals_single_device(reference_step, name, sizes, rule
   state0, host_batch, rng, (ref_state, ref_metrics) = reference_step
   cfg = _config(rules, attention)
   mesh = mesh_lib.make_mesh(sizes)
-  abstract = jax.eval_shape(functools.partial(dit_task.init_state, cfg), jax.random.key(0))
-  shardings = dit_task.state_shardings(cfg, mesh, abstract)
+  task = dit_task.DiTTask(cfg)
+  abstract = jax.eval_shape(task.init_state, jax.random.key(0))
+  shardings = task.state_shardings(mesh, abstract)
   state = jax.device_put(state0, shardings)
-  batch = dit_task.device_batch(cfg, host_batch, mesh)  # global arrays, batch-sharded
+  batch = task.device_batch(host_batch, mesh)  # global arrays, batch-sharded
   with rules_lib.mesh_and_rules(mesh, rules):
-    step = jax.jit(rules_lib.with_rules(dit_task.make_train_step(cfg), rules),
+    step = jax.jit(rules_lib.with_rules(task.make_train_step(), rules),
                    out_shardings=(shardings, None))
     lowered = step.lower(state, batch, rng)
     new, metrics = lowered.compile(_FAST)(state, batch, rng)
@@ -261,19 +264,20 @@ def test_shard_train_step_equals_single_device(reference_step, name, sizes, rule
 def test_shard_vae_spatial_step_equals_single_device():
   """The VAE preset splits frames by height over fsdp x context (convs exchange halos)."""
   cfg = vae_config_lib.get_config("variant=tiny,runlocal=True,rules=vae_spatial")
-  state0 = vae_task.init_state(cfg, jax.random.key(0))
+  task = vae_task.VAETask(cfg)
+  state0 = task.init_state(jax.random.key(0))
   video = np.random.default_rng(0).uniform(-1, 1, (4, 5, 32, 32, 3)).astype(np.float32)
   rng = jax.random.key(1)
-  step = jax.jit(vae_task.make_train_step(cfg))
+  step = jax.jit(task.make_train_step())
   ref_state, ref_metrics = step.lower(state0, {"video": video}, rng).compile(_FAST)(
       state0, {"video": video}, rng)
   mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "context": 2})
-  abstract = jax.eval_shape(functools.partial(vae_task.init_state, cfg), jax.random.key(0))
-  shardings = vae_task.state_shardings(cfg, mesh, abstract)
+  abstract = jax.eval_shape(task.init_state, jax.random.key(0))
+  shardings = task.state_shardings(mesh, abstract)
   state = jax.device_put(state0, shardings)
-  batch = vae_task.device_batch(cfg, {"video": video}, mesh)
+  batch = task.device_batch({"video": video}, mesh)
   with rules_lib.mesh_and_rules(mesh, "vae_spatial"):
-    step = jax.jit(rules_lib.with_rules(vae_task.make_train_step(cfg), "vae_spatial"),
+    step = jax.jit(rules_lib.with_rules(task.make_train_step(), "vae_spatial"),
                    out_shardings=(shardings, None))
     compiled = step.lower(state, batch, rng).compile(_FAST)
     new, metrics = compiled(state, batch, rng)
@@ -363,11 +367,12 @@ def test_restore_dit_state_and_iterator_on_another_mesh(tmp_path):
   """A DiT runlocal state (params, Adam, EMA) saved on 8 devices under "fsdp" restores on 4
   devices under "fsdp_tensor", with the data iterator at the same position."""
   cfg_a, cfg_b = _config("fsdp"), _config("fsdp_tensor")
-  init = functools.partial(dit_task.init_state, cfg_a)
+  task_a = dit_task.DiTTask(cfg_a)
+  init = task_a.init_state
   abstract = jax.eval_shape(init, jax.random.key(0))
   mesh_a = mesh_lib.make_mesh({"data": 2, "fsdp": 4})
   with jax.set_mesh(mesh_a):  # as the loop does: params never exist unsharded
-    init = jax.jit(init, out_shardings=dit_task.state_shardings(cfg_a, mesh_a, abstract))
+    init = jax.jit(init, out_shardings=task_a.state_shardings(mesh_a, abstract))
     state = init.lower(jax.random.key(0)).compile(_FAST)(jax.random.key(0))
   state = jax.jit(_distinct, out_shardings=jax.tree.map(lambda x: x.sharding, state))(state)
 
@@ -383,7 +388,7 @@ def test_restore_dit_state_and_iterator_on_another_mesh(tmp_path):
   ckpt.close()
 
   mesh_b = mesh_lib.make_mesh({"fsdp": 2, "tensor": 2}, devices=jax.devices()[:4])
-  shardings = dit_task.state_shardings(cfg_b, mesh_b, abstract)
+  shardings = dit_task.DiTTask(cfg_b).state_shardings(mesh_b, abstract)
   ckpt = checkpoints.Checkpointer(str(tmp_path))
   restored, it_b = ckpt.restore(5, checkpoints.abstract_with_shardings(abstract, shardings),
                                 data())

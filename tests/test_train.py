@@ -11,6 +11,8 @@ import pytest
 from configs import vae as vae_config
 from sora_jax import checkpoints
 from sora_jax.train import loop
+from sora_jax.train import registry
+from sora_jax.train import throughput
 from sora_jax.train import vae_task
 
 
@@ -58,11 +60,11 @@ def test_train_resume_equals_uninterrupted(tmp_path):
 def test_latent_statistics_channel_and_global(tmp_path):
   """`latent_norm=global` gives every channel the RMS of the per-channel stds; same means."""
   cfg = _config(tmp_path)
-  state = vae_task.init_state(cfg, jax.random.key(0))
-  channel = vae_task.checkpoint_extra(cfg, state)
+  state = vae_task.VAETask(cfg).init_state(jax.random.key(0))
+  channel = vae_task.VAETask(cfg).checkpoint_extra(state)
   with cfg.unlocked():
     cfg.eval.latent_norm = "global"
-  glob = vae_task.checkpoint_extra(cfg, state)
+  glob = vae_task.VAETask(cfg).checkpoint_extra(state)
   std = np.asarray(channel["latent_std"])
   assert std.std() > 0.05 * std.mean()  # the channels differ, so the two norms differ
   np.testing.assert_allclose(glob["latent_std"], np.sqrt(np.mean(std ** 2)), rtol=1e-6)
@@ -73,14 +75,14 @@ def test_latent_statistics_channel_and_global(tmp_path):
 def test_nan_guard_fails_fast(tmp_path, monkeypatch):
   cfg = _config(tmp_path, steps=3)
 
-  def poisoned(config):  # the guard is the loop's: a step that only returns NaN suffices
-    del config             # (and skips compiling the VAE's real step)
+  def poisoned(self):  # the guard is the loop's: a step that only returns NaN suffices
+    del self            # (and skips compiling the VAE's real step)
     def nan_step(state, batch, rng):
       del batch, rng
       return state, {"loss": jnp.full((), jnp.nan)}
     return nan_step
 
-  monkeypatch.setattr(vae_task, "make_train_step", poisoned)
+  monkeypatch.setattr(vae_task.VAETask, "make_train_step", poisoned)
   with pytest.raises(FloatingPointError, match="Non-finite loss nan at step 1"):
     loop.train_and_evaluate(cfg, str(tmp_path / "nan"))
   assert not os.path.exists(tmp_path / "nan" / "checkpoints" / "1")
@@ -96,7 +98,7 @@ def test_bad_config_fails_before_any_work(tmp_path):
                               f"data_dir={tmp_path / 'data'}")
   with pytest.raises(ValueError, match=r"48x48 gives latents of odd height or width.*"
                                        r"scale_eq=0.5.*divisible by 32"):
-    vae_task.validate(odd)
+    vae_task.VAETask(odd).validate()
 
 
 def _write_video_folder(folder):
@@ -122,3 +124,44 @@ def test_vae_trains_on_a_video_folder(tmp_path):
   final = loop.train_and_evaluate(cfg, str(tmp_path / "run"))
   assert np.isfinite(final["final/psnr_db"])
   assert "final/eval_all_ratio" not in final  # adherence is for Shapes World only
+
+
+def test_throughput_times_the_intervals_between_steps_and_skips_other_work():
+  """Charged: each step's FLOPs and tokens over the interval since the previous step; not:
+  the first interval (compile) and one marked `skip` (evaluation, checkpoint)."""
+  now = [0.0]
+  t = throughput.Throughput(clock=lambda: now[0])
+  for clock, flops in ((0.0, 5.0), (10.0, 4.0), (12.0, 6.0)):  # start, 2 s, then eval
+    now[0] = clock
+    t.step({"flops": flops, "tokens": 8})
+  t.skip()
+  for clock in (50.0, 53.0):  # after the skip: a reference, then 3 s
+    now[0] = clock
+    t.step({"flops": 2.0, "tokens": 4})
+  # intervals 0->10 (4 flops), 10->12 (6) and 50->53 (2): 12 FLOPs, 20 tokens in 15 s
+  assert t.report(peak=4.0) == pytest.approx(
+      {"flops_per_s": 12 / 15, "tokens_per_s": 20 / 15, "mfu": 12 / 15 / 4})
+  assert t.report(peak=4.0) == {}  # reset: nothing timed since
+
+
+def test_peak_flops_from_the_config_or_the_device_table():
+  class Device:
+    device_kind = "NVIDIA H100 80GB HBM3"
+
+  assert throughput.peak_flops(3e9, [Device()]) == 3e9
+  assert throughput.peak_flops(0.0, [Device()] * 8) == 8 * 989e12
+  Device.device_kind = "cpu"
+  assert throughput.peak_flops(0.0, [Device()]) == 0.0
+
+
+def test_tasks_are_per_run_objects_behind_the_protocol(tmp_path):
+  cfg = _config(tmp_path)
+  task = registry.make(cfg)
+  assert isinstance(task, vae_task.VAETask) and task.config is cfg
+  assert registry.make(cfg) is not task  # nothing shared through the module
+  for name in ("validate", "prepare", "make_train_data", "init_state", "state_shardings",
+               "device_batch", "abstract_batch", "make_train_step", "evaluate",
+               "checkpoint_extra"):
+    assert callable(getattr(task, name)), name
+  assert task.abstract_batch()["video"].shape == (cfg.train.batch_size, 5, 32, 32, 3)
+

@@ -1,14 +1,14 @@
 """The one training loop, shared by the VAE and the DiT.
 
-A task (`sora_jax/train/registry.py` names them) contributes pure pieces: how to validate its
+A task (`registry.Task`, one object per run) contributes its pieces: how to validate its
 config, its input pipeline, `init_state`, a `train_step`, and host-side evaluation. The loop
 does everything else the same way for both: mesh, sharded init, checkpoint restore (state
-and data iterator), the step loop with a NaN guard, metrics, progress with ETA, periodic
-evaluation and checkpoints, preemption, final evaluation.
+and data iterator), the step loop with a NaN guard, metrics, progress with ETA, throughput
+and MFU (`throughput.py`), periodic evaluation and checkpoints, preemption, final
+evaluation.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -26,6 +26,7 @@ from sora_jax.sharding import rules as rules_lib
 from sora_jax import checkpoints
 from sora_jax.train import metrics as metrics_lib
 from sora_jax.train import registry
+from sora_jax.train import throughput as throughput_lib
 
 
 class _Preemption:
@@ -58,13 +59,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     {"stopped_at": step} when stopped early.
   """
   # ------------------------------------------------------------------ setup
-  task = registry.get(config.task)
-  task.validate(config)  # every bad-input error before any compile or long work
+  task = registry.make(config)
+  task.validate()  # every bad-input error before any compile or long work
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(config.get("mesh"))
   mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
-  if hasattr(task, "prepare"):  # e.g. the DiT writes its tokenizer into the run
-    task.prepare(config, workdir)
+  task.prepare(workdir)  # e.g. the DiT writes its tokenizer into the run
   writer = metrics_lib.MetricWriter(workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -76,15 +76,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Processes holding the same batch rows (a context or tensor axis spanning hosts) load
   # the same shard; otherwise this is (process index, process count).
   process_shard = mesh_lib.process_batch_shard(mesh.devices, jax.process_index())
-  train_ds = task.make_train_data(config, process_shard)
+  train_ds = task.make_train_data(process_shard)
   train_iter = iter(train_ds)
 
   # ------------------------------------------------------------------ sharded init
   # eval_shape -> shardings -> jit(init, out_shardings): params are never materialised
   # unsharded (the sharding rules of each task decide the placement).
-  init_fn = functools.partial(task.init_state, config)
-  abstract = jax.eval_shape(init_fn, init_rng)
-  shardings = task.state_shardings(config, mesh, abstract)
+  abstract = jax.eval_shape(task.init_state, init_rng)
+  shardings = task.state_shardings(mesh, abstract)
 
   # ------------------------------------------------------------------ checkpoint restore
   ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
@@ -96,10 +95,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   else:
     start = 0
     with jax.set_mesh(mesh):  # placement comes from out_shardings; no activation rules
-      state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
+      state = jax.jit(task.init_state, out_shardings=shardings)(init_rng)
 
   # ------------------------------------------------------------------ step function
-  train_step = jax.jit(task.make_train_step(config), donate_argnums=(0,))
+  train_step = jax.jit(task.make_train_step(), donate_argnums=(0,))
   total = config.train.steps
   config_json = json.loads(config.to_json_best_effort())
 
@@ -109,9 +108,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # Extras that depend on the state (the VAE's latent statistics) are measured for the
     # last step only; state-independent ones (the DiT's) go with every checkpoint.
     extra = None
-    if getattr(task, "EXTRA_EVERY_CHECKPOINT", False) or step == total:
+    if task.extra_every_checkpoint or step == total:
       if "value" not in extras:
-        extras["value"] = task.checkpoint_extra(config, state)
+        extras["value"] = task.checkpoint_extra(state)
       extra = extras["value"]
     ckpt.save(step, state, train_iter, config_json, extra)
 
@@ -120,6 +119,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   bar = tqdm(total=total, initial=start, desc=config.task, unit="step",
              disable=jax.process_index() != 0 or not config.train.progress)
   t0, steps_timed = time.time(), 0
+  throughput = throughput_lib.Throughput()  # the first interval holds the compile
+  peak = throughput_lib.peak_flops(config.train.get("peak_flops", 0.0))
 
   def finish(step, metrics):
     """The host side of a step, once its device work is done: NaN guard, progress, logs."""
@@ -129,6 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise FloatingPointError(f"Non-finite loss {loss} at step {step}; metrics: "
                                f"{ {k: float(v) for k, v in metrics.items()} }")
     steps_timed += 1
+    throughput.step({k: metrics[k] for k in ("flops", "tokens") if k in metrics})
     bar.update(1)
     bar.set_postfix(loss=f"{loss:.4f}")
     if step % config.train.log_every == 0 or step == total:
@@ -141,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # loss every step right after its dispatch would leave the device idle during input.
   pending = None
   for step in range(start + 1, total + 1):
-    batch = task.device_batch(config, next(train_iter), mesh)
+    batch = task.device_batch(next(train_iter), mesh)
     with rules_lib.mesh_and_rules(mesh, rules_lib.preset_of(config)):
       state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
     if pending:
@@ -154,10 +156,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       finish(*pending)  # this step's loss is checked before any evaluation or checkpoint
       pending = None
     if evaluate:
-      writer.write_scalars(step, task.evaluate(config, state, step, workdir, writer,
-                                               final=False), prefix="eval/")
+      result = task.evaluate(state, step, workdir, writer, final=False)
+      writer.write_scalars(step, {**result, **throughput.report(peak)}, prefix="eval/")
     if checkpoint:
       save(step)
+    if evaluate or checkpoint:
+      throughput.skip()
     if stop and step != total:
       logging.warning("Stopping at step %d: checkpoint saved; run again to resume.", step)
       ckpt.close()
@@ -170,7 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt.wait()
 
   # ------------------------------------------------------------------ final evaluation
-  final = task.evaluate(config, state, total, workdir, writer, final=True)
+  final = {**task.evaluate(state, total, workdir, writer, final=True),
+           **throughput.report(peak)}
   final = writer.write_scalars(total, final, prefix="final/")
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "final_metrics.json"), "w") as f:

@@ -1,6 +1,7 @@
 """The VAE as a trainable task: state, step, evaluation and latent statistics.
 
-Plugged into the one loop (`loop.py`). The step updates the VAE on reconstruction + KL
+`VAETask(config)` is what the one loop (`loop.py`) trains for `config.task = "vae"`. The step
+updates the VAE on reconstruction + KL
 (+ edge, + optional perceptual, + optional hinge GAN) and, when the GAN is on, the 3D
 patch discriminator in the same step (`sora_jax/models/vae_losses.py`).
 
@@ -13,12 +14,12 @@ to express. A reconstruction grid (PNG and mp4) is written to `workdir/recon/`.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any
 
 import dm_pix
 import flax
+import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -44,101 +45,199 @@ class VAEState:
   opt_state: Any  # same keys
 
 
-# ------------------------------------------------------------------------ configs
-def vae_config(config: ml_collections.ConfigDict) -> vae_lib.VAEConfig:
-  model = dict(config.model)
-  return vae_lib.get_vae_config(model.pop("variant"), **model)
+class VAETask:
+  """The VAE of one run (its evaluation clips are read once and belong to this object).
+
+  Attributes:
+    config: the run's config (configs/vae.py).
+    extra_every_checkpoint: False: the latent statistics are measured on the final state,
+      so only the last checkpoint carries them.
+  """
+  extra_every_checkpoint = False
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  # ---------------------------------------------------------------------- configs
+  @functools.cached_property
+  def vae_config(self) -> vae_lib.VAEConfig:
+    model = dict(self.config.model)
+    return vae_lib.get_vae_config(model.pop("variant"), **model)
+
+  @functools.cached_property
+  def loss_config(self) -> vae_losses.LossConfig:
+    return vae_losses.LossConfig(**dict(self.config.loss))
+
+  @functools.cached_property
+  def disc_config(self) -> disc_lib.DiscriminatorConfig | None:
+    if not self.config.loss.gan_weight:
+      return None
+    return disc_lib.DiscriminatorConfig(**dict(self.config.disc))
+
+  @property
+  def data_sizes(self) -> list[tuple[int, int, int]]:
+    """The (T, H, W) clip sizes the config names ([] when only the data set knows them)."""
+    data = self.config.data
+    crop = data.get("crop")
+    if crop:
+      return [tuple(crop)]
+    name = data.get("name")
+    if isinstance(name, (dict, ml_collections.ConfigDict)) and "sizes" in name:
+      if "frames" in name:  # a video folder: one T, (H, W) targets (images are T = 1)
+        return [(name["frames"], h, w) for h, w in name["sizes"]]
+      return [tuple(s) for s in name["sizes"]]
+    return []
+
+  def validate(self) -> None:
+    """Raises one clear ValueError for a config the VAE cannot train on."""
+    vcfg = self.vae_config  # unknown variant / field / factor
+    lcfg = self.loss_config
+    self.disc_config  # pylint: disable=pointless-statement
+    for t, h, w in self.data_sizes:
+      where = "config.data sizes"
+      if (t - 1) % vcfg.temporal_factor:
+        raise ValueError(f"{where}: T={t} frames do not fit the VAE's temporal factor "
+                         f"{vcfg.temporal_factor} (T - 1 must be a multiple of it).")
+      if h % vcfg.spatial_factor or w % vcfg.spatial_factor:
+        raise ValueError(f"{where}: {h}x{w} is not divisible by the VAE's spatial factor "
+                         f"{vcfg.spatial_factor}.")
+      pooled = 2 * vcfg.spatial_factor
+      if lcfg.scale_eq_weight and (h % pooled or w % pooled):
+        raise ValueError(f"{where}: {h}x{w} gives latents of odd height or width, which the "
+                         f"scale-equivariance term (scale_eq={lcfg.scale_eq_weight}) pools "
+                         f"2x; use sizes divisible by {pooled} or scale_eq=0.")
+
+  def prepare(self, workdir: str) -> None:
+    del workdir  # the VAE writes no run files before training
+
+  # ---------------------------------------------------------------------- state
+  def init_state(self, rng: jax.Array) -> VAEState:
+    vrng, drng = jax.random.split(rng)
+    params = {"vae": vae_lib.init_params(self.vae_config, vrng)}
+    if self.disc_config is not None:
+      params["disc"] = disc_lib.init_discriminator(self.disc_config, drng)
+    tx = optim.make_optimizer(dict(self.config.optim), self.config.train.steps)
+    return VAEState(jnp.zeros((), jnp.int32), params,
+                    {k: tx.init(v) for k, v in params.items()})
+
+  def state_shardings(self, mesh, abstract_state):
+    """Placement by `config.sharding.rules` (`sharding/rules.py`): the VAE's conv kernels
+    carry logical names (the discriminator's do not: replicated); moments mirror params."""
+    s = self.vae_config.spatial_factor
+    video = jax.ShapeDtypeStruct((1, 1, s, s, 3), jnp.float32)
+    specs = {"vae": rules_lib.param_specs(vae_lib.VideoVAE(self.vae_config), video)["params"]}
+    return rules_lib.state_shardings(mesh, abstract_state, rules_lib.preset_of(self.config),
+                                     specs)
+
+  # ---------------------------------------------------------------------- data
+  def make_train_data(self, process_shard: tuple[int, int] | None = None):
+    index, count = process_shard or (None, None)
+    return pipeline.make_pixel_dataset(self.config.data, split="train",
+                                       batch_size=self.config.train.batch_size,
+                                       seed=self.config.seed, train=True,
+                                       process_index=index, process_count=count)
+
+  def device_batch(self, batch, mesh) -> dict[str, jax.Array]:
+    return pipeline.global_batch_to_device({"video": batch["video"]}, mesh,
+                                           mesh_lib.batch_sharding(mesh).spec)
+
+  def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """One global batch as `device_batch` gives it, as ShapeDtypeStructs (AOT compiles)."""
+    if not self.data_sizes:
+      raise ValueError("config.data gives no clip size (set data.crop or data.name.sizes).")
+    t, h, w = self.data_sizes[0]
+    return {"video": jax.ShapeDtypeStruct((self.config.train.batch_size, t, h, w, 3),
+                                          jnp.float32)}
+
+  # ---------------------------------------------------------------------- step
+  def make_train_step(self):
+    """The step function (state, batch, rng) -> (state, metrics)."""
+    optim_items = (tuple(sorted(self.config.optim.items()))
+                   + (("steps", self.config.train.steps),))
+    return _train_step_fn(self.vae_config, self.loss_config, self.disc_config, optim_items)
+
+  # ---------------------------------------------------------------------- evaluation
+  @functools.cached_property
+  def eval_clips(self) -> list[dict[str, Any]]:
+    """The fixed evaluation set: the first `eval.num_clips` validation clips."""
+    e = self.config.eval
+    ds = pipeline.make_pixel_dataset(self.config.data, split=e.split,
+                                     batch_size=e.batch_size, seed=0, train=False)
+    clips = []
+    for batch in ds:
+      for i in np.nonzero(batch["mask"])[0]:
+        clips.append({"video": batch["video"][i], "caption": batch["caption"][i]})
+      if len(clips) >= e.num_clips:
+        break
+    return clips[:e.num_clips]
+
+  def evaluate(self, state: VAEState, step: int, workdir: str, writer,
+               final: bool) -> dict[str, float]:
+    """PSNR, SSIM and (Shapes World) evaluator adherence of reconstructions."""
+    config, vcfg = self.config, self.vae_config
+    params = jax.device_get(state.params["vae"])
+    clips = self.eval_clips
+    psnrs, ssims, orig_ok, recon_ok, grid = [], [], [], [], []
+    shapes_world = config.data.source == "shapes_world"
+    for clip in clips:
+      video = clip["video"][None]
+      recon = np.asarray(_reconstruct(vcfg, params, video))
+      psnrs.append(float(_psnr(jnp.asarray(video), jnp.asarray(recon))[0]))
+      x01 = (video[0] + 1) / 2
+      y01 = (np.clip(recon[0], -1, 1) + 1) / 2
+      ssims.append(float(jnp.mean(dm_pix.ssim(jnp.asarray(x01), jnp.asarray(y01)))))
+      orig_u8 = np.asarray(vae_lib.postprocess(video[0]))
+      recon_u8 = np.asarray(vae_lib.postprocess(recon[0]))
+      if shapes_world:
+        caption = clip["caption"].decode()
+        orig_ok.append(sw_eval.score_clip(orig_u8, caption)["all"])
+        recon_ok.append(sw_eval.score_clip(recon_u8, caption)["all"])
+      same_size = orig_u8.shape == clips[0]["video"].shape[:-1] + (3,)
+      if len(grid) < config.eval.grid_clips and same_size:
+        grid.append(np.concatenate([orig_u8, recon_u8], axis=2))  # side by side
+    out = {"psnr_db": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)),
+           "num_clips": len(clips)}
+    if shapes_world:
+      out["eval_all_original"] = float(np.mean(orig_ok))
+      out["eval_all_recon"] = float(np.mean(recon_ok))
+      out["eval_all_ratio"] = out["eval_all_recon"] / max(out["eval_all_original"], 1e-9)
+    if grid and jax.process_index() == 0:
+      _write_grid(workdir, step, np.concatenate(grid, axis=1), writer)
+    return out
+
+  def checkpoint_extra(self, state: VAEState) -> dict[str, Any]:
+    """Mean and std of the latents on training clips, per channel (the DiT normalises by
+    them).
+
+    With `eval.latent_norm == "global"` every channel gets the same std, the root mean
+    square of the channels' stds: the normalised latents keep their relative channel scales.
+    """
+    config, vcfg = self.config, self.vae_config
+    params = jax.device_get(state.params["vae"])
+    ds = pipeline.make_pixel_dataset(config.data, split="train",
+                                     batch_size=config.eval.batch_size, seed=config.seed + 1,
+                                     train=False)
+    total, total_sq, count, clips = 0.0, 0.0, 0, 0
+    for batch in ds:
+      video = batch["video"][batch["mask"]]
+      z = np.asarray(_encode_mode(vcfg, params, video), np.float64)
+      flat = z.reshape(-1, z.shape[-1])
+      total = total + flat.sum(0)
+      total_sq = total_sq + (flat ** 2).sum(0)
+      count += flat.shape[0]
+      clips += video.shape[0]
+      if clips >= config.eval.latent_stats_clips:
+        break
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+    if config.eval.latent_norm == "global":
+      std = np.full_like(std, np.sqrt(np.mean(std ** 2)))
+    return {"latent_mean": mean.tolist(), "latent_std": std.tolist(), "num_clips": clips,
+            "latent_norm": config.eval.latent_norm}
 
 
-def loss_config(config: ml_collections.ConfigDict) -> vae_losses.LossConfig:
-  return vae_losses.LossConfig(**dict(config.loss))
-
-
-def disc_config(config: ml_collections.ConfigDict) -> disc_lib.DiscriminatorConfig | None:
-  if not config.loss.gan_weight:
-    return None
-  return disc_lib.DiscriminatorConfig(**dict(config.disc))
-
-
-def _data_sizes(data: ml_collections.ConfigDict) -> list[tuple[int, int, int]]:
-  crop = data.get("crop")
-  if crop:
-    return [tuple(crop)]
-  name = data.get("name")
-  if isinstance(name, (dict, ml_collections.ConfigDict)) and "sizes" in name:
-    if "frames" in name:  # a video folder: one T, (H, W) targets (images are T = 1)
-      return [(name["frames"], h, w) for h, w in name["sizes"]]
-    return [tuple(s) for s in name["sizes"]]
-  return []
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises one clear ValueError for a config the VAE cannot train on."""
-  vcfg = vae_config(config)  # unknown variant / field / factor
-  lcfg = loss_config(config)
-  disc_config(config)
-  for t, h, w in _data_sizes(config.data):
-    where = "config.data sizes"
-    if (t - 1) % vcfg.temporal_factor:
-      raise ValueError(f"{where}: T={t} frames do not fit the VAE's temporal factor "
-                       f"{vcfg.temporal_factor} (T - 1 must be a multiple of it).")
-    if h % vcfg.spatial_factor or w % vcfg.spatial_factor:
-      raise ValueError(f"{where}: {h}x{w} is not divisible by the VAE's spatial factor "
-                       f"{vcfg.spatial_factor}.")
-    pooled = 2 * vcfg.spatial_factor
-    if lcfg.scale_eq_weight and (h % pooled or w % pooled):
-      raise ValueError(f"{where}: {h}x{w} gives latents of odd height or width, which the "
-                       f"scale-equivariance term (scale_eq={lcfg.scale_eq_weight}) pools 2x; "
-                       f"use sizes divisible by {pooled} or scale_eq=0.")
-
-
-# ------------------------------------------------------------------------ state
-def _optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optim.make_optimizer(dict(config.optim), config.train.steps)
-
-
-def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> VAEState:
-  vrng, drng = jax.random.split(rng)
-  params = {"vae": vae_lib.init_params(vae_config(config), vrng)}
-  dcfg = disc_config(config)
-  if dcfg is not None:
-    params["disc"] = disc_lib.init_discriminator(dcfg, drng)
-  tx = _optimizer(config)
-  return VAEState(jnp.zeros((), jnp.int32), params,
-                  {k: tx.init(v) for k, v in params.items()})
-
-
-def state_shardings(config, mesh, abstract_state):
-  """Placement by `config.sharding.rules` (`sharding/rules.py`): the VAE's conv kernels
-  carry logical names (the discriminator's do not: replicated); moments mirror params."""
-  vcfg = vae_config(config)
-  s = vcfg.spatial_factor
-  video = jax.ShapeDtypeStruct((1, 1, s, s, 3), jnp.float32)
-  specs = {"vae": rules_lib.param_specs(vae_lib.VideoVAE(vcfg), video)["params"]}
-  return rules_lib.state_shardings(mesh, abstract_state, rules_lib.preset_of(config), specs)
-
-
-def make_train_data(config: ml_collections.ConfigDict,
-                    process_shard: tuple[int, int] | None = None):
-  index, count = process_shard or (None, None)
-  return pipeline.make_pixel_dataset(config.data, split="train",
-                                     batch_size=config.train.batch_size, seed=config.seed,
-                                     train=True, process_index=index, process_count=count)
-
-
-def device_batch(config, batch, mesh) -> dict[str, jax.Array]:
-  del config
-  return pipeline.global_batch_to_device({"video": batch["video"]}, mesh,
-                                         mesh_lib.batch_sharding(mesh).spec)
-
-
-# ------------------------------------------------------------------------ step
-def make_train_step(config: ml_collections.ConfigDict):
-  """The step function; one object per distinct config, so jax's caches hit on resume."""
-  optim_items = tuple(sorted(config.optim.items())) + (("steps", config.train.steps),)
-  return _train_step_fn(vae_config(config), loss_config(config), disc_config(config), optim_items)
-
-
+# ------------------------------------------------------------------------ pure pieces
+# Memoised on its hashable arguments, so jax.jit's cache (by function object) hits on resume.
 @functools.lru_cache(maxsize=8)
 def _train_step_fn(vcfg, lcfg, dcfg, optim_items):
   o = dict(optim_items)
@@ -176,63 +275,9 @@ def _psnr(a: jax.Array, b: jax.Array) -> jax.Array:
   return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
 
 
-# ------------------------------------------------------------------------ evaluation
-def _eval_clips(config) -> list[dict[str, Any]]:
-  """The fixed evaluation set: the first `eval.num_clips` validation clips (cached)."""
-  key = json.dumps(config.data.to_dict(), sort_keys=True, default=str) + str(config.eval.num_clips)
-  if key not in _EVAL_CACHE:
-    ds = pipeline.make_pixel_dataset(config.data, split=config.eval.split,
-                                     batch_size=config.eval.batch_size, seed=0, train=False)
-    clips = []
-    for batch in ds:
-      for i in np.nonzero(batch["mask"])[0]:
-        clips.append({"video": batch["video"][i], "caption": batch["caption"][i]})
-      if len(clips) >= config.eval.num_clips:
-        break
-    _EVAL_CACHE[key] = clips[:config.eval.num_clips]
-  return _EVAL_CACHE[key]
-
-
-_EVAL_CACHE: dict[str, list] = {}
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _reconstruct(vcfg, params, video):
   return vae_lib.reconstruct(params, video, vcfg)[0]
-
-
-def evaluate(config, state: VAEState, step: int, workdir: str, writer,
-             final: bool) -> dict[str, float]:
-  """PSNR, SSIM and (Shapes World) evaluator adherence of reconstructions."""
-  vcfg = vae_config(config)
-  params = jax.device_get(state.params["vae"])
-  clips = _eval_clips(config)
-  psnrs, ssims, orig_ok, recon_ok, grid = [], [], [], [], []
-  shapes_world = config.data.source == "shapes_world"
-  for clip in clips:
-    video = clip["video"][None]
-    recon = np.asarray(_reconstruct(vcfg, params, video))
-    psnrs.append(float(_psnr(jnp.asarray(video), jnp.asarray(recon))[0]))
-    x01 = (video[0] + 1) / 2
-    y01 = (np.clip(recon[0], -1, 1) + 1) / 2
-    ssims.append(float(jnp.mean(dm_pix.ssim(jnp.asarray(x01), jnp.asarray(y01)))))
-    orig_u8 = np.asarray(vae_lib.postprocess(video[0]))
-    recon_u8 = np.asarray(vae_lib.postprocess(recon[0]))
-    if shapes_world:
-      caption = clip["caption"].decode()
-      orig_ok.append(sw_eval.score_clip(orig_u8, caption)["all"])
-      recon_ok.append(sw_eval.score_clip(recon_u8, caption)["all"])
-    if len(grid) < config.eval.grid_clips and orig_u8.shape == clips[0]["video"].shape[:-1] + (3,):
-      grid.append(np.concatenate([orig_u8, recon_u8], axis=2))  # side by side
-  out = {"psnr_db": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)),
-         "num_clips": len(clips)}
-  if shapes_world:
-    out["eval_all_original"] = float(np.mean(orig_ok))
-    out["eval_all_recon"] = float(np.mean(recon_ok))
-    out["eval_all_ratio"] = out["eval_all_recon"] / max(out["eval_all_original"], 1e-9)
-  if grid and jax.process_index() == 0:
-    _write_grid(workdir, step, np.concatenate(grid, axis=1), writer)
-  return out
 
 
 def _write_grid(workdir: str, step: int, grid: np.ndarray, writer) -> None:
@@ -242,41 +287,10 @@ def _write_grid(workdir: str, step: int, grid: np.ndarray, writer) -> None:
   stem = os.path.join(out_dir, f"step_{step:07d}")
   frames = grid[:: max(1, grid.shape[0] // 4)][:4]  # up to 4 frames side by side
   sheet = np.concatenate(list(frames), axis=1)
-  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
   iio.imwrite(stem + ".png", sheet)
   if grid.shape[0] > 1 and grid.shape[1] % 2 == 0 and grid.shape[2] % 2 == 0:
     media.write_mp4(stem + ".mp4", grid)
   writer.write_image(step, "recon", sheet)
-
-
-# ------------------------------------------------------------------------ latent statistics
-def checkpoint_extra(config, state: VAEState) -> dict[str, Any]:
-  """Mean and std of the latents on training clips, per channel (the DiT normalises by them).
-
-  With `eval.latent_norm == "global"` every channel gets the same std, the root mean square
-  of the channels' stds: the normalised latents keep their relative channel scales.
-  """
-  vcfg = vae_config(config)
-  params = jax.device_get(state.params["vae"])
-  ds = pipeline.make_pixel_dataset(config.data, split="train", batch_size=config.eval.batch_size,
-                                   seed=config.seed + 1, train=False)
-  total, total_sq, count, clips = 0.0, 0.0, 0, 0
-  for batch in ds:
-    video = batch["video"][batch["mask"]]
-    z = np.asarray(_encode_mode(vcfg, params, video), np.float64)
-    flat = z.reshape(-1, z.shape[-1])
-    total = total + flat.sum(0)
-    total_sq = total_sq + (flat ** 2).sum(0)
-    count += flat.shape[0]
-    clips += video.shape[0]
-    if clips >= config.eval.latent_stats_clips:
-      break
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
-  if config.eval.latent_norm == "global":
-    std = np.full_like(std, np.sqrt(np.mean(std ** 2)))
-  return {"latent_mean": mean.tolist(), "latent_std": std.tolist(), "num_clips": clips,
-          "latent_norm": config.eval.latent_norm}
 
 
 @functools.partial(jax.jit, static_argnums=0)
