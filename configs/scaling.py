@@ -124,6 +124,7 @@ _DEFAULTS = dict(
 
 def block_params(width: int, depth: int, head_dim: int) -> int:
   """The DiT's block (non-embedding) parameters at this shape (MLP ratio 4, GELU)."""
+  # Imported here: launch/sweep.py reads configs where JAX may not be installed.
   from sora_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.scaling import flops  # pylint: disable=g-import-not-at-top
   cfg = dit_lib.get_dit_config("tiny", width=width, depth=depth, num_heads=width // head_dim)

@@ -5,7 +5,10 @@ Every import counts, at module level or inside a function, so a cycle cannot hid
 function body.
 """
 import ast
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -134,3 +137,24 @@ def test_the_checks_catch_a_cycle_and_a_back_edge():
   assert back_edges(graph) == ["data_pipelines.x -> sora_jax.inference.run"]
   with pytest.raises(KeyError, match="in no layer"):
     layer("elsewhere.module")
+
+
+# Entry points whose command-line flags are defined at import (absl's usual layout). Every
+# other module defines its flags only when run as a script, so importing it (the demo
+# imports the Shapes World exporter, say) adds no flag, and no required one.
+FLAG_ENTRY_POINTS = ("sora_jax.main", "sora_jax.demo", "data_pipelines.video_folder.build")
+
+
+def test_importing_a_library_module_defines_no_flags():
+  modules = sorted(m for m in _modules() if m.split(".")[0] in ("sora_jax", "data_pipelines")
+                   and m not in FLAG_ENTRY_POINTS)
+  code = ("import importlib, json, sys\n"
+          f"for m in {modules!r}: importlib.import_module(m)\n"
+          "from absl import flags\n"
+          "print(json.dumps(sorted(k for k, v in flags.FLAGS.flags_by_module_dict().items()"
+          " if v)))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  owners = json.loads(out.stdout.strip().splitlines()[-1])
+  assert not [o for o in owners if "sora_jax" in o or "data_pipelines" in o], owners

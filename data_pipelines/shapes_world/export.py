@@ -20,17 +20,6 @@ from data_pipelines import media
 from data_pipelines.shapes_world import generator
 from data_pipelines.shapes_world import world as W
 
-_SPLIT = flags.DEFINE_enum("split", "test", list(W.SPLITS), "Which split.")
-_LEVEL = flags.DEFINE_enum("level", "full", list(W.LEVELS), "Scene level.")
-_NUM = flags.DEFINE_integer("num", 16, "How many clips.", lower_bound=1)
-_START = flags.DEFINE_integer("start", 0, "First clip index.", lower_bound=0)
-_FRAMES = flags.DEFINE_integer("frames", 17, "T = 4k + 1 (1 is an image).")
-_HEIGHT = flags.DEFINE_integer("height", 64, "H, a multiple of 16 in [32, 256].")
-_WIDTH = flags.DEFINE_integer("width", 64, "W, a multiple of 16 in [32, 256].")
-_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
-_MP4 = flags.DEFINE_boolean("mp4", False, "Also write playable mp4 and gif files.")
-
-
 def export(out: str, split: str, level: str, num: int, frames: int, height: int,
            width: int, start: int = 0, mp4: bool = False) -> str:
   """Writes the clips and the manifest; returns the manifest path."""
@@ -49,15 +38,29 @@ def export(out: str, split: str, level: str, num: int, frames: int, height: int,
   return manifest
 
 
+def define_flags() -> None:
+  """The command's flags (defined only when run as a script: importing defines none)."""
+  flags.DEFINE_enum("split", "test", list(W.SPLITS), "Which split.")
+  flags.DEFINE_enum("level", "full", list(W.LEVELS), "Scene level.")
+  flags.DEFINE_integer("num", 16, "How many clips.", lower_bound=1)
+  flags.DEFINE_integer("start", 0, "First clip index.", lower_bound=0)
+  flags.DEFINE_integer("frames", 17, "T = 4k + 1 (1 is an image).")
+  flags.DEFINE_integer("height", 64, "H, a multiple of 16 in [32, 256].")
+  flags.DEFINE_integer("width", 64, "W, a multiple of 16 in [32, 256].")
+  flags.DEFINE_string("out", None, "Output directory.", required=True)
+  flags.DEFINE_boolean("mp4", False, "Also write playable mp4 and gif files.")
+
+
 def main(argv):
   del argv
+  f = flags.FLAGS
   try:
-    path = export(_OUT.value, _SPLIT.value, _LEVEL.value, _NUM.value, _FRAMES.value,
-                  _HEIGHT.value, _WIDTH.value, _START.value, _MP4.value)
+    path = export(f.out, f.split, f.level, f.num, f.frames, f.height, f.width, f.start, f.mp4)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  print(json.dumps({"manifest": path, "n": _NUM.value}))
+  print(json.dumps({"manifest": path, "n": f.num}))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -19,9 +19,6 @@ from absl import flags
 from data_pipelines import media
 from data_pipelines.shapes_world import evaluator
 
-_PER_CLIP = flags.DEFINE_string("per_clip", None, "Optional JSONL of per-clip scores.")
-
-
 def read_manifest(directory: str) -> list[dict]:
   """Reads and validates DIR/manifest.jsonl; every error names the line."""
   path = os.path.join(directory, "manifest.jsonl")
@@ -70,11 +67,13 @@ def main(argv):
   if len(argv) != 2:
     sys.exit("usage: python -m data_pipelines.shapes_world.score DIR [--per_clip F]")
   try:
-    result = evaluate_dir(argv[1], _PER_CLIP.value)
+    result = evaluate_dir(argv[1], flags.FLAGS.per_clip)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   print(json.dumps(result))
 
 
 if __name__ == "__main__":
+  # Defined only when run as a script: importing this module defines no flags.
+  flags.DEFINE_string("per_clip", None, "Optional JSONL of per-clip scores.")
   app.run(main)

@@ -39,6 +39,7 @@ from sora_jax.diffusion import flow
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import layers
 from sora_jax.models import text as text_lib
+from sora_jax.models import vae_blocks
 
 TIME_FREQUENCY_DIM = 256  # dit.ScalarEmbedder.frequency_dim
 
@@ -211,7 +212,6 @@ class _ConvCounter:
 
 
 def _vae_structure(vcfg) -> dict[str, Any]:
-  from sora_jax.models import vae_blocks  # pylint: disable=g-import-not-at-top
   return {"patched": vcfg.patch_frames > 1 or vcfg.patch_size > 1,
           "stem_only": vae_blocks.stem_only(vcfg.level_mults, vcfg.temporal_downsamples)}
 

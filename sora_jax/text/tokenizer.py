@@ -20,9 +20,14 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator, Sequence
 
+from absl import app
+from absl import flags
+from etils import epath
 import numpy as np
 import sentencepiece as spm
-from etils import epath
+
+from data_pipelines.shapes_world import generator
+from data_pipelines.shapes_world import world
 
 PAD_ID = 0
 UNK_ID = 1
@@ -114,8 +119,6 @@ def shapes_world_captions(split: str, num: int, level: str = "full", frames: int
                           height: int = 64, width: int = 64,
                           include_short: bool = True) -> Iterator[str]:
   """Detailed (and short) captions of Shapes World clips 0..num-1, without rendering."""
-  from data_pipelines.shapes_world import generator  # pylint: disable=g-import-not-at-top
-  from data_pipelines.shapes_world import world  # pylint: disable=g-import-not-at-top
   for i in range(num):
     scene = generator.sample_scene(split, i, frames, height, width, level)
     yield world.detailed_caption(scene)
@@ -125,18 +128,17 @@ def shapes_world_captions(split: str, num: int, level: str = "full", frames: int
 
 def _main(argv):
   del argv
-  flags = _FLAGS
-  texts = shapes_world_captions(flags.shapes_world_split, flags.num, flags.level,
-                                flags.frames, flags.height, flags.width)
-  tok = Tokenizer.train(texts, flags.vocab_size, flags.model_type)
-  tok.save(flags.out)
-  print(f"Wrote {flags.out}: {tok.vocab_size} ids ({flags.model_type}, asked for at most "
-        f"{flags.vocab_size}) from {flags.num} Shapes World {flags.shapes_world_split} clips.")
+  args = _FLAGS
+  texts = shapes_world_captions(args.shapes_world_split, args.num, args.level,
+                                args.frames, args.height, args.width)
+  tok = Tokenizer.train(texts, args.vocab_size, args.model_type)
+  tok.save(args.out)
+  print(f"Wrote {args.out}: {tok.vocab_size} ids ({args.model_type}, asked for at most "
+        f"{args.vocab_size}) from {args.num} Shapes World {args.shapes_world_split} clips.")
 
 
 def _define_flags():
   """CLI flags, defined only when run as a script (importing this module defines none)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("out", None, "Where to write the .model file.", required=True)
   flags.DEFINE_string("shapes_world_split", "train", "Shapes World split to read captions of.")
   flags.DEFINE_integer("num", 2000, "Number of clips.", lower_bound=1)
@@ -150,6 +152,5 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   _FLAGS = _define_flags()
   app.run(_main)
