@@ -56,7 +56,18 @@ def test_vae_config_errors_before_compile():
 
 @pytest.mark.parametrize("preset", sorted(vae_config.PRESETS))
 def test_vae_presets_validate(preset):
-  vae_task.VAETask(vae_config.get_config(f"preset={preset}")).validate()
+  """Each preset's values reach the config, its VAE builds, and it validates."""
+  cfg = vae_config.get_config(f"preset={preset}")
+  args = {**vae_config._DEFAULTS, **vae_config.PRESETS[preset]}  # pylint: disable=protected-access
+  assert (cfg.model.variant, cfg.model.encoder) == (args["variant"], args["encoder"])
+  assert (cfg.train.steps, cfg.train.batch_size) == (args["steps"], args["batch"])
+  assert (cfg.optim.lr, cfg.loss.kl_weight) == (args["lr"], args["kl"])
+  task = vae_task.VAETask(cfg)
+  if args["c"]:
+    assert task.vae_config.latent_channels == args["c"]
+  task.validate()
+  # An explicit argument beats the preset's.
+  assert vae_config.get_config(f"preset={preset},steps=7").train.steps == 7
 
 
 def test_dit_workers_need_precomputed_latents():

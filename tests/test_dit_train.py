@@ -94,6 +94,50 @@ def _overfit_batch(cfg, num_clips=8):
   return {k: np.stack([r[k] for r in rows]) for k in dit_task.DEVICE_KEYS}
 
 
+def test_the_train_steps_ema_is_the_debiased_average_of_its_params(data_dir):
+  """The EMA the train step keeps (decay 0.9, debiased) is, after n steps, exactly
+  sum_i (1 - d) d^(n - i) p_i / (1 - d^n) of the params p_1..p_n it produced (float32:
+  rtol 1e-5); the first step's EMA is that step's params."""
+  cfg = _config(data_dir, ",cfg_drop=0,lr=3e-3,warmup=1,ema=0.9", steps=150)
+  batch = _overfit_batch(cfg)
+  task = dit_task.DiTTask(cfg)
+  state = task.init_state(jax.random.key(0))
+  step = jax.jit(task.make_train_step())
+  history = []
+  for i in range(4):
+    state, _ = step(state, batch, jax.random.key(i))
+    history.append(jax.device_get(state.params))
+    n, d = i + 1, 0.9
+    weights = [(1 - d) * d ** (n - 1 - j) / (1 - d ** n) for j in range(n)]
+    expected = jax.tree.map(lambda *ps: sum(w * p for w, p in zip(weights, ps)), *history)
+    jax.tree.map(lambda e, x: np.testing.assert_allclose(e, x, rtol=1e-5, atol=1e-6),
+                 jax.device_get(state.ema_params), expected)
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                                       history[0], history[-1]))
+  assert max(moved) > 1e-3  # the params moved, so the average is not trivially equal
+
+
+def test_condition_tokens_gives_the_drawn_frames_clean_at_t0():
+  """i2v on a packed row: the first latent frame of the 2-frame clip is given (its clean
+  tokens, t = 0); an image (1 frame) and padding never are; the rest is left as it was."""
+  seg = np.array([[1] * 8 + [2] * 4 + [0] * 4], np.int32)
+  positions = np.zeros((1, 16, 3), np.int32)
+  positions[0, 4:8, 0] = 1  # clip 1: latent frames 0 and 1, 4 tokens each; clip 2: an image
+  rng = np.random.default_rng(0)
+  tokens, xt = (rng.normal(size=(1, 16, 5)).astype(np.float32) for _ in range(2))
+  t = np.full((1, 16), 0.7, np.float32)
+  batch = {"segment_ids": seg, "positions": positions, "tokens": tokens}
+  given, t2, xt2 = dit_task.condition_tokens(jax.random.key(0), batch, (("i2v", 1.0),), t, xt)
+  want = np.zeros((1, 16), bool)
+  want[0, :4] = True
+  np.testing.assert_array_equal(given, want)
+  np.testing.assert_array_equal(t2, np.where(want, 0.0, t))
+  np.testing.assert_array_equal(xt2, np.where(want[..., None], tokens, xt))
+  # Plain text-to-video gives nothing.
+  given, t2, xt2 = dit_task.condition_tokens(jax.random.key(0), batch, (("t2v", 1.0),), t, xt)
+  assert not np.any(given) and np.array_equal(t2, t) and np.array_equal(xt2, xt)
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_overfit_eight_clips(data_dir, optimizer):
   """With fixed noise and timesteps, 150 steps drive the loss below 25% of its start."""

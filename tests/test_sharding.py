@@ -217,7 +217,11 @@ def _trained_looking(state, seed=0):
   keys = jax.random.split(jax.random.key(seed), len(leaves))
   params = jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
                                      for x, k in zip(leaves, keys)])
-  return state.replace(step=jnp.asarray(50, jnp.int32), params=params,
+  # The schedule reads the optimizer's own step counts, not `state.step`.
+  opt_state = jax.tree_util.tree_map_with_path(
+      lambda p, x: jnp.full_like(x, 50) if "count" in jax.tree_util.keystr(p) else x,
+      state.opt_state)
+  return state.replace(step=jnp.asarray(50, jnp.int32), params=params, opt_state=opt_state,
                        ema_params=jax.tree.map(jnp.copy, params))
 
 

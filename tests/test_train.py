@@ -2,6 +2,7 @@
 import json
 import os
 
+import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,7 +103,6 @@ def test_bad_config_fails_before_any_work(tmp_path):
 
 
 def _write_video_folder(folder):
-  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
   folder.mkdir()
   rows = []
   for k in range(3):
@@ -122,8 +122,14 @@ def test_vae_trains_on_a_video_folder(tmp_path):
   cfg.train.steps = 2
   cfg.train.progress = False
   final = loop.train_and_evaluate(cfg, str(tmp_path / "run"))
-  assert np.isfinite(final["final/psnr_db"])
+  assert 0 < final["final/psnr_db"] < 60 and -1 <= final["final/ssim"] <= 1
   assert "final/eval_all_ratio" not in final  # adherence is for Shapes World only
+  # The clips it trained and evaluated on are the folder's, cut to 5x32x32: a red square on
+  # black (the reconstruction grid's first column holds the originals' first frames).
+  sheet = iio.imread(tmp_path / "run" / "recon" / "step_0000002.png")
+  original = sheet[:, :32].astype(int)
+  assert sheet.shape[0] % 32 == 0 and np.mean(original.max(-1) < 30) > 0.5
+  assert np.any((original[..., 0] > 150) & (original[..., 2] < 100))
 
 
 def test_throughput_times_the_intervals_between_steps_and_skips_other_work():
@@ -164,4 +170,19 @@ def test_tasks_are_per_run_objects_behind_the_protocol(tmp_path):
                "checkpoint_extra"):
     assert callable(getattr(task, name)), name
   assert task.abstract_batch()["video"].shape == (cfg.train.batch_size, 5, 32, 32, 3)
+
+
+def test_reconstruction_psnr_and_ssim_on_known_inputs():
+  """PSNR on [0, 1]: an error of 0.1 everywhere (0.2 in [-1, 1]) is 20 dB exactly, a perfect
+  reconstruction hits the 100 dB floor of the MSE; SSIM is 1 for identical frames and drops
+  for noise; a reconstruction outside [-1, 1] is clipped first."""
+  rng = np.random.default_rng(0)
+  video = rng.uniform(-0.5, 0.5, (3, 16, 16, 3)).astype(np.float32)
+  psnr, ssim = vae_task.reconstruction_quality(video, video + 0.2)
+  assert psnr == pytest.approx(20.0, abs=1e-3) and 0.5 < ssim < 1.0
+  assert vae_task.reconstruction_quality(video, video) == pytest.approx((100.0, 1.0), abs=1e-4)
+  noisy = video + rng.normal(0, 0.3, video.shape).astype(np.float32)
+  assert vae_task.reconstruction_quality(video, noisy)[1] < min(0.8, ssim)  # 0.65 measured
+  clipped = vae_task.reconstruction_quality(np.ones_like(video), np.full_like(video, 5.0))
+  assert clipped == pytest.approx((100.0, 1.0), abs=1e-4)
 

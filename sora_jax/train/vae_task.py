@@ -182,10 +182,9 @@ class VAETask:
     for clip in clips:
       video = clip["video"][None]
       recon = np.asarray(_reconstruct(vcfg, params, video))
-      psnrs.append(float(_psnr(jnp.asarray(video), jnp.asarray(recon))[0]))
-      x01 = (video[0] + 1) / 2
-      y01 = (np.clip(recon[0], -1, 1) + 1) / 2
-      ssims.append(float(jnp.mean(dm_pix.ssim(jnp.asarray(x01), jnp.asarray(y01)))))
+      psnr, ssim = reconstruction_quality(video[0], recon[0])
+      psnrs.append(psnr)
+      ssims.append(ssim)
       orig_u8 = np.asarray(vae_lib.postprocess(video[0]))
       recon_u8 = np.asarray(vae_lib.postprocess(recon[0]))
       if shapes_world:
@@ -266,6 +265,15 @@ def _train_step_fn(vcfg, lcfg, dcfg, optim_items):
     return VAEState(state.step + 1, params, opt_state), metrics
 
   return step_fn
+
+
+def reconstruction_quality(video, recon) -> tuple[float, float]:
+  """(PSNR in dB, mean SSIM over frames) of a reconstruction, both [T, H, W, 3] in [-1, 1]
+  (measured on [0, 1], the reconstruction clipped first)."""
+  x01 = (jnp.asarray(video) + 1) / 2
+  y01 = (jnp.clip(jnp.asarray(recon), -1, 1) + 1) / 2
+  psnr = float(_psnr(jnp.asarray(video)[None], jnp.asarray(recon)[None])[0])
+  return psnr, float(jnp.mean(dm_pix.ssim(x01, y01)))
 
 
 def _psnr(a: jax.Array, b: jax.Array) -> jax.Array:
