@@ -86,16 +86,16 @@ def test_two_process_context_ring_shard_run(one_process_run, tmp_path):
   """Mesh context=8 over both processes (data x fsdp = 1 row block): both processes load the
   same batch rows (`process_row_shards` = 1) and ring attention passes K/V blocks between
   the processes. Its losses and gradient norms are those of the same run in one process
-  (the same 8-device mesh): 6 steps, so the blocks' zero-initialised gates have moved and
-  attention shapes the loss by the end (rtol 1e-4)."""
+  (the same 8-device mesh): 4 steps (runlocal's most), so the blocks' zero-initialised gates
+  have moved and attention shapes the later losses (rtol 1e-4)."""
   _, data = one_process_run
   args = (",rules=fsdp_context,attention=ring",
           ["--config.mesh.data=1", "--config.mesh.context=8"])
   pair, single = str(tmp_path / "ring_pair"), str(tmp_path / "ring_single")
-  _two_processes(_main(pair, data, 6, *args))
-  subprocess.run(_main(single, data, 6, *args), cwd=ROOT, env=_env(8), check=True,
+  _two_processes(_main(pair, data, 4, *args))
+  subprocess.run(_main(single, data, 4, *args), cwd=ROOT, env=_env(8), check=True,
                  timeout=900, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  assert _train_steps(pair) == _train_steps(single) == list(range(1, 7))
+  assert _train_steps(pair) == _train_steps(single) == [1, 2, 3, 4]
   for a, b in zip(_train_rows(pair), _train_rows(single)):
     for key in ("train/loss", "train/grad_norm"):
       assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
