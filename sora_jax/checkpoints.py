@@ -10,18 +10,24 @@ One composite checkpoint per saved step (MaxText's layout):
   config: the run's config as JSON (so a notebook or the sampler can rebuild the model),
   extra:  optional JSON the task adds (e.g. the VAE's latent statistics).
 Saves are asynchronous; `wait()` before reading a checkpoint or exiting.
+
+A step that fails a cheap file check (`problem`) or its restore is damaged: training moves it
+to `workdir/checkpoints_damaged/` (never deletes it) and resumes from the step before;
+readers (`read_run`: sampling, evaluation) skip it.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 from etils import epath
 import grain
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 _ITEMS = ("state", "data", "config", "extra")
@@ -73,6 +79,55 @@ class Checkpointer:
     restored = self._mgr.restore(step, args=ocp.args.Composite(**args))
     return restored["state"], (restored["data"] if restore_data else data_iter)
 
+  def problem(self, step: int) -> str | None:
+    """Why `step` cannot be restored, from cheap file checks; None when it looks whole.
+
+    Catches a missing `state` item or `state/_METADATA` and an empty or unparsable JSON
+    (data iterator, config, extra); damaged array data shows only when restoring.
+    """
+    return step_problem(self.directory, step)
+
+  def move_aside(self, step: int, reason: str) -> str:
+    """Moves a damaged step to `workdir/checkpoints_damaged/<step>[.n]`; returns the path."""
+    src = epath.Path(self.directory) / str(step)
+    root = epath.Path(self.directory + "_damaged")
+    dst, n = root / str(step), 0
+    while dst.exists():
+      n += 1
+      dst = root / f"{step}.{n}"
+    if jax.process_index() == 0:
+      root.mkdir(parents=True, exist_ok=True)
+      src.rename(dst)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint_move_aside_{step}")
+    logging.warning("Checkpoint step %d is damaged (%s): moved to %s.", step, reason, dst)
+    self._mgr.reload()
+    return os.fspath(dst)
+
+  def restore_latest(self, abstract_state: Any, make_iter: Callable[[], Any] | None = None
+                     ) -> tuple[int | None, Any, Any]:
+    """(step, state, data iterator) of the newest step that restores, or (None, None, a
+    fresh iterator) when none does. Damaged steps on the way are moved aside.
+
+    Args:
+      abstract_state: as for `restore`.
+      make_iter: returns a fresh data iterator (each try starts from a new one).
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      reason = self.problem(step)
+      if reason is None:
+        try:
+          state, data_iter = self.restore(step, abstract_state, make_iter and make_iter())
+          return step, state, data_iter
+        except Exception as e:  # pylint: disable=broad-except  # any failure: damaged
+          reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+      self.move_aside(step, reason)
+    return None, None, make_iter and make_iter()
+
+  def saved_param_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """{'a/b/kernel': shape} of the params saved at `step` (from metadata only)."""
+    return _param_shapes(_state_metadata(self.directory, step).get("params", {}))
+
   def data_process_count(self, step: int) -> int | None:
     """How many processes saved step's data iterator (grain's `process_<i>-of-<n>.json`)."""
     path = epath.Path(self.directory) / str(step) / "data"  # epath: local or gs://
@@ -113,10 +168,45 @@ def restore_state_host(workdir: str, step: int) -> Any:
   no topology are involved, so nothing depends on the shardings saved with it.
   """
   path = epath.Path(_directory(workdir)) / str(step) / "state"
-  meta = ocp.PyTreeCheckpointHandler().metadata(path)
   args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                      getattr(meta, "tree", meta))
+                      _state_metadata(_directory(workdir), step))
   return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+
+
+def _state_metadata(directory: str, step: int) -> Any:
+  """The saved state's tree of array metadata (shapes, dtypes), without reading arrays."""
+  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(directory) / str(step) / "state")
+  return getattr(meta, "tree", meta)
+
+
+def _param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path):
+          tuple(leaf.shape) for path, leaf in flat}
+
+
+def param_shape_changes(saved: dict[str, tuple[int, ...]], abstract_params: Any) -> list[str]:
+  """'path: saved (..) -> now (..)' for each param whose shape (or presence) changed."""
+  now = _param_shapes(abstract_params)
+  return [f"{k}: saved {saved.get(k, 'absent')} -> now {now.get(k, 'absent')}"
+          for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+
+def step_problem(directory: str, step: int) -> str | None:
+  """`Checkpointer.problem` on a checkpoints directory."""
+  root = epath.Path(directory) / str(step)
+  if not (root / "state").exists():
+    return "its 'state' item is missing"
+  if not (root / "state" / "_METADATA").exists():
+    return "state/_METADATA is missing"
+  files = [p for p in (root / "data").glob("*.json")] + [
+      root / item / "metadata" for item in ("config", "extra") if (root / item).exists()]
+  for path in files:
+    try:
+      json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+      return f"{path.parent.name}/{path.name} is not readable JSON ({type(e).__name__})"
+  return None
 
 
 def _directory(workdir: str) -> str:
@@ -145,13 +235,25 @@ def read_run(workdir: str, train_what: str, name: str = "--workdir", step: int |
     if not steps:
       raise ValueError(f"{name} {workdir!r} has no saved checkpoint step.")
     if step is None:
-      step = steps[-1]
+      good = [s for s in steps if not _skip_damaged(workdir, s)]
+      if not good:
+        raise ValueError(f"{name} {workdir!r}: every saved step {steps} is damaged.")
+      step = good[-1]
     elif step not in steps:
       raise ValueError(f"{name} {workdir!r} has no checkpoint at step {step}; saved steps: "
                        f"{steps}.")
+    elif reason := step_problem(_directory(workdir), step):
+      raise ValueError(f"{name} {workdir!r} step {step} is damaged: {reason}.")
     config, extra = ckpt.restore_json(step, "config"), ckpt.restore_json(step, "extra")
   finally:
     ckpt.close()
   if not config:
     raise ValueError(f"{name} {workdir!r} step {step} has no config JSON.")
   return step, config, extra
+
+
+def _skip_damaged(workdir: str, step: int) -> bool:
+  reason = step_problem(_directory(workdir), step)
+  if reason:
+    logging.warning("Skipping damaged checkpoint step %d of %s: %s.", step, workdir, reason)
+  return reason is not None

@@ -44,6 +44,49 @@ class _Preemption:
     self.requested = True
 
 
+# Config sections a resumed run may change: how it runs, not what it trains.
+_RUNTIME_SECTIONS = ("train", "eval", "mesh", "sharding")
+
+
+def check_resume(config: ml_collections.ConfigDict, ckpt: checkpoints.Checkpointer,
+                 abstract_state: Any) -> None:
+  """One ValueError for a run that cannot go on in `ckpt`'s workdir under `config`:
+  `train.steps` below 1 or below the latest saved step, or params of other shapes than the
+  newest whole step's (naming the config keys that differ from the saved run's)."""
+  total = config.train.steps
+  if total < 1:
+    raise ValueError(f"config.train.steps={total}; expected >= 1.")
+  steps = sorted(ckpt.all_steps())
+  if steps and steps[-1] > total:
+    raise ValueError(f"config.train.steps={total}, but {ckpt.directory} holds step "
+                     f"{steps[-1]}: pass steps >= {steps[-1]} to resume, or a new --workdir.")
+  whole = [s for s in steps if ckpt.problem(s) is None]
+  if not whole:
+    return
+  try:
+    saved = ckpt.saved_param_shapes(whole[-1])
+  except Exception:  # pylint: disable=broad-except  # unreadable: restore moves it aside
+    return
+  changes = checkpoints.param_shape_changes(saved, abstract_state.params)
+  if changes:
+    keys = config_changes(ckpt.restore_json(whole[-1], "config") or {},
+                          json.loads(config.to_json_best_effort()))
+    raise ValueError(
+        f"The run in {ckpt.directory} (step {whole[-1]}) has params of other shapes than this "
+        f"config's ({len(changes)} differ, e.g. {changes[0]}); config keys that differ from "
+        f"the saved run: {'; '.join(keys) or 'none'}. Resume with the saved values, or use "
+        "a new --workdir.")
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+  """'key: old -> new' for each config leaf that differs, outside `_RUNTIME_SECTIONS`."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    return [c for k in sorted(set(old) | set(new))
+            if not (not prefix and k in _RUNTIME_SECTIONS)
+            for c in config_changes(old.get(k), new.get(k), f"{prefix}{k}.")]
+  return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop_at: int | None = None) -> dict[str, Any]:
   """Trains `config.task` in `workdir`, resuming from its latest checkpoint.
@@ -62,6 +105,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   task = registry.make(config)
   task.validate()  # every bad-input error before any compile or long work
   os.makedirs(workdir, exist_ok=True)
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  abstract = jax.eval_shape(task.init_state, init_rng)
+  ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  check_resume(config, ckpt, abstract)  # before anything in the workdir is rewritten
   mesh = mesh_lib.make_mesh(config.get("mesh"))
   mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
   task.prepare(workdir)  # e.g. the DiT writes its tokenizer into the run
@@ -69,29 +117,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  rng = jax.random.key(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
 
   # ------------------------------------------------------------------ input
   # Processes holding the same batch rows (a context or tensor axis spanning hosts) load
   # the same shard; otherwise this is (process index, process count).
   process_shard = mesh_lib.process_batch_shard(mesh.devices, jax.process_index())
   train_ds = task.make_train_data(process_shard)
-  train_iter = iter(train_ds)
 
   # ------------------------------------------------------------------ sharded init
   # eval_shape -> shardings -> jit(init, out_shardings): params are never materialised
   # unsharded (the sharding rules of each task decide the placement).
-  abstract = jax.eval_shape(task.init_state, init_rng)
   shardings = task.state_shardings(mesh, abstract)
 
   # ------------------------------------------------------------------ checkpoint restore
-  ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  start = ckpt.latest_step()
+  # The newest step that restores; damaged ones are moved aside with a warning.
+  start, state, train_iter = ckpt.restore_latest(
+      checkpoints.abstract_with_shardings(abstract, shardings), lambda: iter(train_ds))
   if start is not None:
     logging.warning("Resuming from step %d in %s", start, ckpt.directory)
-    state, train_iter = ckpt.restore(
-        start, checkpoints.abstract_with_shardings(abstract, shardings), train_iter)
   else:
     start = 0
     with jax.set_mesh(mesh):  # placement comes from out_shardings; no activation rules
