@@ -14,9 +14,9 @@ import json
 import os
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
+from data_pipelines import usage
 from sora_jax.inference import adherence
 from sora_jax.inference import cli
 from sora_jax.inference import run as run_lib
@@ -47,16 +47,24 @@ def define_flags():
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  cli.check_run()
-  splits = [s.strip() for s in FLAGS.split.split(",") if s.strip()]
-  level = FLAGS.level or adherence.run_level(FLAGS.workdir)
-  for s in splits:  # bad split / level / n: an error before the model loads
-    adherence.split_prompts(s, 1, level, FLAGS.frames, FLAGS.height, FLAGS.width)
-  if FLAGS.n < 1:
-    raise app.UsageError(f"--n={FLAGS.n}; expected >= 1.")
-  sampler = sampler_lib.Sampler(run_lib.Run.load(FLAGS.workdir, FLAGS.step),
-                              cli.sampling_options())
-  sampler.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
+  with usage.checking():  # every input, before the model loads
+    cli.check_run()
+    splits = [s.strip() for s in FLAGS.split.split(",") if s.strip()]
+    if not splits:
+      raise usage.InputError(f"--split={FLAGS.split!r} names no split; expected e.g. "
+                             "--split=test or --split=test,compositional.")
+    level = FLAGS.level or adherence.run_level(FLAGS.workdir)
+    for s in splits:  # bad split / level: an error before the model loads
+      adherence.split_prompts(s, 1, level, FLAGS.frames, FLAGS.height, FLAGS.width)
+    for name in ("n", "batch"):
+      if FLAGS[name].value < 1:
+        raise usage.InputError(f"--{name}={FLAGS[name].value}; expected >= 1.")
+    if FLAGS.task_clips < 0:
+      raise usage.InputError(f"--task_clips={FLAGS.task_clips}; expected >= 0.")
+    options = cli.sampling_options()
+  sampler = sampler_lib.Sampler(run_lib.Run.load(FLAGS.workdir, FLAGS.step), options)
+  with usage.checking():
+    sampler.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
   default_dir = "eval" if FLAGS.step is None else f"eval_step{FLAGS.step}"
   out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, default_dir)
   result = adherence.evaluate(sampler, out_dir, splits, FLAGS.n, level, FLAGS.frames,
@@ -69,4 +77,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  usage.run(main)

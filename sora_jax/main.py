@@ -13,11 +13,14 @@ process feeds its own shard of the data into global arrays, and only process 0 w
 metrics and run files. `--distributed=on` forces the join where the launcher is not
 recognised (e.g. GCE TPU VMs, which jax finds through the metadata server); `off` skips it.
 """
+import os
+
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from data_pipelines import usage
 from sora_jax.sharding import distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -34,6 +37,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
+  config_file = flags.FLAGS["config"].config_filename.split(":", 1)[0]
+  if not os.path.isfile(config_file):  # config_flags defers this error to the first read
+    raise usage.InputError(f"--config: no such config file {config_file!r}; expected e.g. "
+                           "--config=configs/dit.py:runlocal=True.")
   distributed.initialize_distributed(_DISTRIBUTED.value)
   import jax  # pylint: disable=g-import-not-at-top
   from sora_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -42,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  usage.run(main)

@@ -30,11 +30,11 @@ import json
 import os
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 import numpy as np
 
 from data_pipelines import media
+from data_pipelines import usage
 from sora_jax.diffusion import conditioning
 from sora_jax.inference import cli
 from sora_jax.inference import run as run_lib
@@ -111,8 +111,18 @@ def check_args(task: str, strength: float, seconds: float, out: str | None,
     raise ValueError("--out is required (e.g. --out samples/clip.mp4).")
   if not out.endswith(".mp4"):
     raise ValueError(f"--out={out!r}: expected a path ending in .mp4.")
+  check_writable(out, "--out", os.path.dirname(os.path.abspath(out)))
   if prompt is None:
     raise ValueError("--prompt is required.")
+
+
+def check_writable(value: str, flag: str, directory: str) -> None:
+  """`directory` exists as a writable directory, or can be made in one."""
+  existing = directory
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f"{flag}={value!r}: {existing!r} is not a writable directory.")
 
 
 def read_prompts(path: str) -> list[dict]:
@@ -152,36 +162,40 @@ def write_outputs(stem: str, video: np.ndarray, fps: int, npy: bool) -> list[str
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  # The workdir is checked before any input file is read or the model is loaded.
-  cli.check_run()
-  mesh = None
-  if FLAGS.mesh:  # checked before any input file is read or the model is loaded
-    mesh = mesh_lib.make_mesh(mesh_lib.parse_sizes(FLAGS.mesh))
-  if FLAGS.prompts_file or FLAGS.out_dir:
-    if not (FLAGS.prompts_file and FLAGS.out_dir):
-      raise app.UsageError("Batch mode needs both --prompts_file and --out_dir.")
-    rows = read_prompts(FLAGS.prompts_file)
-    run = run_lib.Run.load(FLAGS.workdir, FLAGS.step, mesh)
-    sampler = sampler_lib.Sampler(run, cli.sampling_options())
+  with usage.checking():  # every input, before any input file is read or the model loads
+    cli.check_run()
+    mesh = mesh_lib.make_mesh(mesh_lib.parse_sizes(FLAGS.mesh)) if FLAGS.mesh else None
+    batch_mode = bool(FLAGS.prompts_file or FLAGS.out_dir)
+    if batch_mode and not (FLAGS.prompts_file and FLAGS.out_dir):
+      raise usage.InputError("Batch mode needs both --prompts_file and --out_dir.")
+    if batch_mode:
+      rows = read_prompts(FLAGS.prompts_file)
+      if FLAGS.batch < 1:
+        raise usage.InputError(f"--batch={FLAGS.batch}; expected >= 1.")
+      check_writable(FLAGS.out_dir, "--out_dir", os.path.abspath(FLAGS.out_dir))
+    else:
+      check_args(FLAGS.task, FLAGS.strength, FLAGS.seconds, FLAGS.out, FLAGS.prompt)
+      inputs = read_inputs(FLAGS.task, {"image": FLAGS.image, "video": FLAGS.video,
+                                        "video_end": FLAGS.video_end}, FLAGS.height,
+                           FLAGS.width)
+    options = cli.sampling_options()
+  run = run_lib.Run.load(FLAGS.workdir, FLAGS.step, mesh)
+  sampler = sampler_lib.Sampler(run, options, progress=not batch_mode)
+  with usage.checking():
     sampler.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
+  if batch_mode:
     tasks.sample_batch(sampler, rows, FLAGS.out_dir, FLAGS.frames, FLAGS.height, FLAGS.width,
                        FLAGS.seed, FLAGS.batch, FLAGS.fps)
     print(json.dumps({"out_dir": FLAGS.out_dir, "num": len(rows)}))
     return
-  check_args(FLAGS.task, FLAGS.strength, FLAGS.seconds, FLAGS.out, FLAGS.prompt)
-  inputs = read_inputs(FLAGS.task, {"image": FLAGS.image, "video": FLAGS.video,
-                                    "video_end": FLAGS.video_end}, FLAGS.height, FLAGS.width)
-  run = run_lib.Run.load(FLAGS.workdir, FLAGS.step, mesh)
-  sampler = sampler_lib.Sampler(run, cli.sampling_options(), progress=True)
-  sampler.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
   video = tasks.run_task(sampler, FLAGS.task, FLAGS.prompt, inputs, frames=FLAGS.frames,
-                   height=FLAGS.height, width=FLAGS.width, seed=FLAGS.seed,
-                   direction=FLAGS.direction, strength=FLAGS.strength,
-                   seconds=FLAGS.seconds, fps=FLAGS.fps, given=FLAGS.given)
+                         height=FLAGS.height, width=FLAGS.width, seed=FLAGS.seed,
+                         direction=FLAGS.direction, strength=FLAGS.strength,
+                         seconds=FLAGS.seconds, fps=FLAGS.fps, given=FLAGS.given)
   paths = write_outputs(FLAGS.out[:-4], video, FLAGS.fps, FLAGS.npy)
   print(json.dumps({"task": FLAGS.task, "frames": int(video.shape[0]), "files": paths}))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  usage.run(main)

@@ -2,6 +2,8 @@
 the run and solver flags, and the checks they make before any model loads."""
 from __future__ import annotations
 
+import math
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -39,6 +41,13 @@ def check_run() -> int:
     raise app.UsageError("--workdir is required.")
   if FLAGS.shift < 0:
     raise app.UsageError(f"--shift={FLAGS.shift}; expected > 0 (or 0 = the run's default).")
+  if FLAGS.steps < 1:
+    raise app.UsageError(f"--steps={FLAGS.steps}; expected >= 1 solver steps.")
+  if not math.isfinite(FLAGS.guidance):
+    raise app.UsageError(f"--guidance={FLAGS.guidance}; expected a finite scale (1 = none).")
+  for name in ("frames", "height", "width"):
+    if FLAGS[name].value < 1:
+      raise app.UsageError(f"--{name}={FLAGS[name].value}; expected >= 1.")
   return run_lib.read_dit_run(FLAGS.workdir, FLAGS.step)[0]
 
 

@@ -129,6 +129,9 @@ def batch_size_per_shard(mesh: Mesh) -> int:
 
 def check_batch_size(batch_size: int, mesh: Mesh, where: str = "batch_size") -> None:
   n = batch_size_per_shard(mesh)
+  if batch_size < 1:
+    raise ValueError(f"{where}={batch_size}; expected >= 1 (and divisible by the mesh's "
+                     f"data x fsdp size {n}).")
   if batch_size % n:
     raise ValueError(f"{where}={batch_size} must be divisible by the mesh's data x fsdp "
                      f"size {n} (mesh {dict(mesh.shape)}).")

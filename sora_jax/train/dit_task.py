@@ -154,6 +154,7 @@ class DiTTask:
     if config.data.caption not in latents_lib.CAPTION_KEYS:
       raise ValueError(f"config.data.caption={config.data.caption!r}; expected one of "
                        f"{sorted(latents_lib.CAPTION_KEYS)}.")
+    optim.check(config.optim)
     if config.optim.get("name", "adamw") not in optim.OPTIMIZERS:
       raise ValueError(f"config.optim.name={config.optim.name!r}; allowed: "
                        f"{', '.join(optim.OPTIMIZERS)}.")

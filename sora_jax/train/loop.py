@@ -21,6 +21,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
+from data_pipelines import usage
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import rules as rules_lib
 from sora_jax import checkpoints
@@ -102,16 +103,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     {"stopped_at": step} when stopped early.
   """
   # ------------------------------------------------------------------ setup
-  task = registry.make(config)
-  task.validate()  # every bad-input error before any compile or long work
-  os.makedirs(workdir, exist_ok=True)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  abstract = jax.eval_shape(task.init_state, init_rng)
-  ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  check_resume(config, ckpt, abstract)  # before anything in the workdir is rewritten
-  mesh = mesh_lib.make_mesh(config.get("mesh"))
-  mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+  with usage.checking():  # every bad-input error before any compile or long work
+    task = registry.make(config)
+    task.validate()
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise ValueError(f"--workdir={workdir!r} is a file; expected a directory (new or a "
+                       "run to resume).")
+    mesh = mesh_lib.make_mesh(config.get("mesh"))
+    mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+    os.makedirs(workdir, exist_ok=True)
+    abstract = jax.eval_shape(task.init_state, init_rng)
+    ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    check_resume(config, ckpt, abstract)  # before anything in the workdir is rewritten
   task.prepare(workdir)  # e.g. the DiT writes its tokenizer into the run
   writer = metrics_lib.MetricWriter(workdir)
   if jax.process_index() == 0:

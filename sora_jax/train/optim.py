@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+import math
 from typing import Any
 
 import jax
@@ -36,6 +37,18 @@ def muon_dims(params: Any) -> Any:
     return MuonDimensionNumbers(reduction_axis=-2, output_axis=-1)
 
   return jax.tree_util.tree_map_with_path(dims, params)
+
+
+def check(o: Mapping[str, Any]) -> None:
+  """One ValueError for an optimizer section no run can train with (before any compile)."""
+  for key in ("lr", "b1", "b2", "weight_decay", "grad_clip", "final_lr_frac"):
+    if key in o and not math.isfinite(o[key]):
+      raise ValueError(f"config.optim.{key}={o[key]}; expected a finite number.")
+  if o["lr"] <= 0 or o["warmup_steps"] < 0:
+    raise ValueError(f"config.optim.lr={o['lr']} must be > 0 and config.optim.warmup_steps="
+                     f"{o['warmup_steps']} >= 0.")
+  if not (0 <= o["b1"] < 1 and 0 <= o["b2"] < 1):
+    raise ValueError(f"config.optim.b1={o['b1']} and b2={o['b2']}; expected each in [0, 1).")
 
 
 def make_optimizer(o: Mapping[str, Any], steps: int) -> optax.GradientTransformation:

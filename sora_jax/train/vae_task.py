@@ -90,6 +90,7 @@ class VAETask:
 
   def validate(self) -> None:
     """Raises one clear ValueError for a config the VAE cannot train on."""
+    optim.check(self.config.optim)
     vcfg = self.vae_config  # unknown variant / field / factor
     lcfg = self.loss_config
     self.disc_config  # pylint: disable=pointless-statement
