@@ -12,7 +12,6 @@ import json
 import os
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -20,6 +19,7 @@ import numpy as np
 
 from data_pipelines import latents as latents_lib
 from data_pipelines import media
+from data_pipelines import usage
 from data_pipelines.shapes_world import export
 from data_pipelines.shapes_world import generator as sw
 from data_pipelines.shapes_world import score
@@ -181,8 +181,10 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
+  with usage.checking():
+    check_resume(_CONFIG.value, _WORKDIR.value)
   run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  usage.run(main)

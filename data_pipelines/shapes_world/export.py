@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-from absl import app
 from absl import flags
 
 from data_pipelines import media
+from data_pipelines import usage
 from data_pipelines.shapes_world import generator
 from data_pipelines.shapes_world import world as W
 
@@ -56,11 +55,11 @@ def main(argv):
   f = flags.FLAGS
   try:
     path = export(f.out, f.split, f.level, f.num, f.frames, f.height, f.width, f.start, f.mp4)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  except ValueError as e:  # sizes the generator does not make
+    raise usage.InputError(str(e)) from e
   print(json.dumps({"manifest": path, "n": f.num}))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  usage.run(main)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-from absl import app
 from absl import flags
 
 from data_pipelines import media
+from data_pipelines import usage
 from data_pipelines.shapes_world import evaluator
 
 def read_manifest(directory: str) -> list[dict]:
@@ -65,15 +64,16 @@ def evaluate_dir(directory: str, per_clip: str | None = None) -> dict:
 
 def main(argv):
   if len(argv) != 2:
-    sys.exit("usage: python -m data_pipelines.shapes_world.score DIR [--per_clip F]")
+    raise usage.InputError("expected one directory: python -m data_pipelines.shapes_world."
+                           "score DIR [--per_clip F]")
   try:
     result = evaluate_dir(argv[1], flags.FLAGS.per_clip)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+  except (ValueError, FileNotFoundError) as e:  # a bad manifest or clip file
+    raise usage.InputError(str(e)) from e
   print(json.dumps(result))
 
 
 if __name__ == "__main__":
   # Defined only when run as a script: importing this module defines no flags.
   flags.DEFINE_string("per_clip", None, "Optional JSONL of per-clip scores.")
-  app.run(main)
+  usage.run(main)

@@ -10,11 +10,10 @@ the build report (build_report.json) as one line of JSON. Bad input exits with s
 and the reason on stderr.
 """
 import json
-import sys
 
-from absl import app
 from absl import flags
 
+from data_pipelines import usage
 from data_pipelines.video_folder import builder as builder_lib
 
 _FOLDER = flags.DEFINE_string("folder", None, "Folder of media files + captions.jsonl.")
@@ -43,7 +42,7 @@ def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise usage.InputError(f"unexpected arguments: {argv[1:]}")
   try:
     config = builder_lib.make_config(
         _FOLDER.value, frames=_FRAMES.value, sizes=parse_sizes(_SIZES.value),
@@ -51,10 +50,9 @@ def main(argv):
         name=_NAME.value)
     report = builder_lib.build(config, _DATA_DIR.value, overwrite=_OVERWRITE.value)
   except builder_lib.BadInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    raise usage.InputError(str(e)) from e
   print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  usage.run(main)

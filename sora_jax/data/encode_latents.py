@@ -25,7 +25,6 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -33,6 +32,7 @@ import numpy as np
 
 from data_pipelines import latents as latents_lib
 from data_pipelines import pipeline
+from data_pipelines import usage
 from sora_jax.inference import run as run_lib
 from sora_jax.models import vae as vae_lib
 
@@ -172,9 +172,9 @@ def main(argv):
   try:
     print(json.dumps(encode_split(flags.FLAGS)))
   except ValueError as e:  # bad input: one clear line, no traceback
-    raise SystemExit(f"sora_jax.data.encode_latents: {e}") from None
+    raise usage.InputError(str(e)) from e
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  usage.run(main)
