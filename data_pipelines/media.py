@@ -43,6 +43,52 @@ def write_gif(path: str | os.PathLike, video: np.ndarray, fps: int = DEFAULT_FPS
   iio.imwrite(path, video, plugin="pillow", duration=int(1000 / fps), loop=0)
 
 
+class StreamWriter:
+  """Writes a video of `total` frames chunk by chunk: `stem.mp4`, and `stem.npy` (a memory
+  map) with `npy`; only the chunk being written is held in memory.
+
+    with media.StreamWriter("out/long", total, 64, 64) as w:
+      for chunk in chunks:  # uint8 [n, H, W, 3]
+        w.write(chunk)
+  """
+
+  def __init__(self, stem: str | os.PathLike, total: int, height: int, width: int, *,
+               npy: bool = False, fps: int = DEFAULT_FPS):
+    import imageio_ffmpeg  # pylint: disable=g-import-not-at-top  # imageio's optional backend
+    self.stem, self.total, self.written = os.fspath(stem), total, 0
+    self.paths = [self.stem + ".mp4"] + ([self.stem + ".npy"] if npy else [])
+    self._npy = np.lib.format.open_memmap(self.stem + ".npy", mode="w+", dtype=np.uint8,
+                                          shape=(total, height, width, 3)) if npy else None
+    with _ffmpeg_fork():
+      self._mp4 = imageio_ffmpeg.write_frames(
+          self.paths[0], (width, height), fps=fps, codec="libx264", macro_block_size=1,
+          output_params=["-crf", "12"])
+      self._mp4.send(None)  # starts ffmpeg
+
+  def write(self, chunk: np.ndarray) -> None:
+    chunk = check_clip(chunk, self.stem)
+    if self.written + chunk.shape[0] > self.total:
+      raise ValueError(f"{self.stem}: {self.written} + {chunk.shape[0]} frames written, "
+                       f"more than the {self.total} announced.")
+    if self._npy is not None:
+      self._npy[self.written:self.written + chunk.shape[0]] = chunk
+    for frame in chunk:
+      self._mp4.send(np.ascontiguousarray(frame))
+    self.written += chunk.shape[0]
+
+  def close(self) -> None:
+    self._mp4.close()
+    if self._npy is not None:
+      self._npy.flush()
+      del self._npy
+
+  def __enter__(self) -> StreamWriter:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
 def write_clip(stem: str | os.PathLike, video: np.ndarray, *, npy: bool = True,
                mp4: bool = False, gif: bool = False, fps: int = DEFAULT_FPS) -> list[str]:
   """Writes `stem.npy` / `stem.mp4` / `stem.gif`; returns the paths written."""

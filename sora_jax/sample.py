@@ -12,7 +12,8 @@
 
 Tasks: t2v, t2i, i2v, extend, interpolate, loop, edit (`sora_jax/diffusion/conditioning.py`).
 `--seconds N` (t2v and extend) makes a long video by chained forward extension at the
-nominal 8 fps, streamed window by window.
+nominal 8 fps; a long t2v video is streamed to its files window by window (memory does not
+grow with its length; no gif), up to MAX_SECONDS. `--prompt ""` needs `--unconditional`.
 
 Batch mode: `--prompts_file` is a text file with one prompt a line, or a JSON-lines file
 with {"prompt": ..., optional "name", "seed", "task" (t2v or t2i)}; it writes
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 
 from absl import flags
 import numpy as np
+from tqdm import tqdm
 
 from data_pipelines import media
 from data_pipelines import usage
@@ -49,6 +51,7 @@ def define_flags():
   cli.define_flags()
   flags.DEFINE_enum("task", "t2v", conditioning.TASKS, "What to generate.")
   flags.DEFINE_string("prompt", None, "The caption.")
+  flags.DEFINE_bool("unconditional", False, "Allow an empty --prompt (no caption).")
   flags.DEFINE_string("image", None, "i2v: the image (png/jpg/npy, or a video's first frame).")
   flags.DEFINE_string("video", None, "extend / interpolate (start) / edit: a video file.")
   flags.DEFINE_string("video_end", None, "interpolate: the video to reach.")
@@ -99,14 +102,19 @@ def read_inputs(task: str, paths: dict[str, str | None], height: int,
   return out
 
 
+MAX_SECONDS = 3600.0  # an hour at 8 fps: 28,800 frames, ~3,600 windows
+
+
 def check_args(task: str, strength: float, seconds: float, out: str | None,
-               prompt: str | None) -> None:
+               prompt: str | None, unconditional: bool = False) -> None:
   if not 0.0 <= strength <= 1.0:
     raise ValueError(f"--strength={strength}; expected a value in [0, 1].")
   if seconds < 0:
     raise ValueError(f"--seconds={seconds}; expected >= 0.")
   if seconds and task not in ("t2v", "extend"):
     raise ValueError(f"--seconds applies to --task t2v or extend, not {task!r}.")
+  if seconds > MAX_SECONDS:
+    raise ValueError(f"--seconds={seconds}; expected <= {MAX_SECONDS:g} (an hour).")
   if not out:
     raise ValueError("--out is required (e.g. --out samples/clip.mp4).")
   if not out.endswith(".mp4"):
@@ -114,6 +122,8 @@ def check_args(task: str, strength: float, seconds: float, out: str | None,
   check_writable(out, "--out", os.path.dirname(os.path.abspath(out)))
   if prompt is None:
     raise ValueError("--prompt is required.")
+  if not prompt.strip() and not unconditional:
+    raise ValueError("--prompt is empty; pass --unconditional to sample without a caption.")
 
 
 def check_writable(value: str, flag: str, directory: str) -> None:
@@ -155,6 +165,20 @@ def read_prompts(path: str) -> list[dict]:
 
 
 # ------------------------------------------------------------------ writing
+def stream_long_video(sampler, prompt: str, seconds: float, fps: int, stem: str,
+                      frames: int, height: int, width: int, given: int, seed: int,
+                      npy: bool) -> tuple[list[str], int]:
+  """A long t2v video written window by window to `stem.mp4` (+ `.npy`): (paths, frames)."""
+  total = int(round(seconds * fps))
+  os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+  with media.StreamWriter(stem, total, height, width, npy=npy, fps=fps) as writer, \
+      tqdm(total=total, desc="frames", unit="frame") as bar:
+    for chunk in tasks.long_video(sampler, prompt, total, height, width, frames, given, seed):
+      writer.write(chunk)
+      bar.update(chunk.shape[0])
+  return writer.paths, writer.written
+
+
 def write_outputs(stem: str, video: np.ndarray, fps: int, npy: bool) -> list[str]:
   os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
   return media.write_clip(stem, video, npy=npy, mp4=True, gif=True, fps=fps)
@@ -174,7 +198,8 @@ def main(argv: Sequence[str]) -> None:
         raise usage.InputError(f"--batch={FLAGS.batch}; expected >= 1.")
       check_writable(FLAGS.out_dir, "--out_dir", os.path.abspath(FLAGS.out_dir))
     else:
-      check_args(FLAGS.task, FLAGS.strength, FLAGS.seconds, FLAGS.out, FLAGS.prompt)
+      check_args(FLAGS.task, FLAGS.strength, FLAGS.seconds, FLAGS.out, FLAGS.prompt,
+                 FLAGS.unconditional)
       inputs = read_inputs(FLAGS.task, {"image": FLAGS.image, "video": FLAGS.video,
                                         "video_end": FLAGS.video_end}, FLAGS.height,
                            FLAGS.width)
@@ -187,6 +212,12 @@ def main(argv: Sequence[str]) -> None:
     tasks.sample_batch(sampler, rows, FLAGS.out_dir, FLAGS.frames, FLAGS.height, FLAGS.width,
                        FLAGS.seed, FLAGS.batch, FLAGS.fps)
     print(json.dumps({"out_dir": FLAGS.out_dir, "num": len(rows)}))
+    return
+  if FLAGS.task == "t2v" and FLAGS.seconds:  # streamed: one window in memory at a time
+    paths, total = stream_long_video(sampler, FLAGS.prompt, FLAGS.seconds, FLAGS.fps,
+                                     FLAGS.out[:-4], FLAGS.frames, FLAGS.height,
+                                     FLAGS.width, FLAGS.given, FLAGS.seed, FLAGS.npy)
+    print(json.dumps({"task": FLAGS.task, "frames": total, "files": paths}))
     return
   video = tasks.run_task(sampler, FLAGS.task, FLAGS.prompt, inputs, frames=FLAGS.frames,
                          height=FLAGS.height, width=FLAGS.width, seed=FLAGS.seed,

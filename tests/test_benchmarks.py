@@ -34,3 +34,10 @@ def test_peer_script_help_needs_no_torch():
   out = scripts.run("benchmarks/peer_wan.py", "--help")
   assert out.returncode == 0, out.stderr
   assert "WanTransformer3DModel" in out.stdout and "--width" in out.stdout
+
+
+def test_long_video_memory_bad_lengths_is_one_clear_error():
+  out = scripts.run("benchmarks/long_video_memory.py", "--seconds", "10,forever")
+  assert out.returncode == 2, out.stderr
+  assert "--seconds '10,forever': expected lengths in (0, 3600] s" in out.stderr
+  assert "Traceback" not in out.stderr

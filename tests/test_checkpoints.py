@@ -12,6 +12,7 @@ import pytest
 from configs import vae as vae_config
 from sora_jax import checkpoints
 from sora_jax.train import loop
+from sora_jax.train import registry
 
 
 def _truncate_arrays(step_dir: pathlib.Path):
@@ -104,6 +105,8 @@ def vae_run(tmp_path_factory):
     ("", 3, r"config.train.steps=3, but .* holds step 4: pass steps >= 4 to resume"),
     (",c=4", 4, r"params of other shapes than this config's .*model\.latent_channels: 8 -> "
                 r"4.*Resume with the saved values"),
+    (",level=basic", 4, r"trained on other data: data\.name\.level: 'full' -> 'basic'.*"
+                        r"--config\.train\.accept_data_change=True"),
 ])
 def test_resume_guards_fail_before_anything_is_rewritten(vae_run, extra, steps, message):
   root, workdir = vae_run
@@ -129,3 +132,15 @@ def test_training_resumes_from_the_step_before_a_damaged_one(vae_run, tmp_path, 
   rows = [json.loads(l) for l in open(workdir / "metrics.jsonl") if "train/loss" in l]
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 3, 4]  # 3 and 4 trained again
   assert checkpoints.read_run(str(workdir), "a VAE")[0] == 4
+
+
+
+def test_other_data_on_purpose_passes_the_guard(vae_run):
+  root, workdir = vae_run
+  cfg = _config(root, ",level=basic")
+  cfg.unlock()
+  cfg.train.accept_data_change = True
+  ckpt = checkpoints.Checkpointer(workdir)
+  abstract = jax.eval_shape(registry.make(cfg).init_state, jax.random.key(0))
+  loop.check_resume(cfg, ckpt, abstract)  # no error
+  ckpt.close()

@@ -276,6 +276,22 @@ def test_long_video_memory_does_not_grow_with_length(run):
   assert peaks[1] - peaks[0] < 0.5 * 80 * last.nbytes, (peaks, last.nbytes)
 
 
+def test_a_long_video_streams_to_its_files(gen, tmp_path):
+  """`sample --task t2v --seconds` writes window by window: the files hold exactly the
+  frames `long_video` yields, in order (npy bit for bit; mp4 frame count), and the writer
+  refuses frames beyond the total it announced."""
+  stem = str(tmp_path / "long")
+  paths, total = sample_cli.stream_long_video(gen, PROMPT, 5.0, 8, stem, 9, 32, 32, 1, 3,
+                                              npy=True)
+  assert total == 40 and paths == [stem + ".mp4", stem + ".npy"]
+  expected = np.concatenate(list(tasks.long_video(gen, PROMPT, 40, 32, 32, 9, 1, 3)))
+  np.testing.assert_array_equal(np.load(stem + ".npy"), expected)
+  assert media.read_clip(stem + ".mp4").shape == (40, 32, 32, 3)
+  with media.StreamWriter(str(tmp_path / "short"), 2, 32, 32) as writer:
+    with pytest.raises(ValueError, match="more than the 2 announced"):
+      writer.write(expected[:3])
+
+
 @pytest.mark.slow  # a subprocess that imports and compiles everything again
 def test_sample_cli_single_task_writes_mp4_gif_npy(run, tmp_path):
   out = tmp_path / "clip.mp4"

@@ -47,13 +47,16 @@ class _Preemption:
 
 # Config sections a resumed run may change: how it runs, not what it trains.
 _RUNTIME_SECTIONS = ("train", "eval", "mesh", "sharding")
+# Keys that change the data a run trains on (paths and reader settings may move).
+_DATA_KEYS = ("data.source", "data.name", "data.crop", "data.caption", "packing.")
 
 
 def check_resume(config: ml_collections.ConfigDict, ckpt: checkpoints.Checkpointer,
                  abstract_state: Any) -> None:
   """One ValueError for a run that cannot go on in `ckpt`'s workdir under `config`:
-  `train.steps` below 1 or below the latest saved step, or params of other shapes than the
-  newest whole step's (naming the config keys that differ from the saved run's)."""
+  `train.steps` below 1 or below the latest saved step, params of other shapes than the
+  newest whole step's, or other data (unless `train.accept_data_change`), naming the config
+  keys that differ from the saved run's."""
   total = config.train.steps
   if total < 1:
     raise ValueError(f"config.train.steps={total}; expected >= 1.")
@@ -69,9 +72,18 @@ def check_resume(config: ml_collections.ConfigDict, ckpt: checkpoints.Checkpoint
   except Exception:  # pylint: disable=broad-except  # unreadable: restore moves it aside
     return
   changes = checkpoints.param_shape_changes(saved, abstract_state.params)
+  diff = config_changes(ckpt.restore_json(whole[-1], "config") or {},
+                        json.loads(config.to_json_best_effort()))
+  keys = [f"{k}: {old!r} -> {new!r}" for k, old, new in diff]
+  # A key the saved run lacks is newer code, not other data.
+  data_keys = [f"{k}: {old!r} -> {new!r}" for k, old, new in diff
+               if k.startswith(_DATA_KEYS) and old is not None]
+  if data_keys and not changes and not config.train.get("accept_data_change", False):
+    raise ValueError(
+        f"The run in {ckpt.directory} (step {whole[-1]}) trained on other data: "
+        f"{'; '.join(data_keys)}. Pass --config.train.accept_data_change=True to go on with "
+        "the new data on purpose, or use a new --workdir.")
   if changes:
-    keys = config_changes(ckpt.restore_json(whole[-1], "config") or {},
-                          json.loads(config.to_json_best_effort()))
     raise ValueError(
         f"The run in {ckpt.directory} (step {whole[-1]}) has params of other shapes than this "
         f"config's ({len(changes)} differ, e.g. {changes[0]}); config keys that differ from "
@@ -79,13 +91,13 @@ def check_resume(config: ml_collections.ConfigDict, ckpt: checkpoints.Checkpoint
         "a new --workdir.")
 
 
-def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
-  """'key: old -> new' for each config leaf that differs, outside `_RUNTIME_SECTIONS`."""
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+  """(key, old, new) for each config leaf that differs, outside `_RUNTIME_SECTIONS`."""
   if isinstance(old, dict) and isinstance(new, dict):
     return [c for k in sorted(set(old) | set(new))
             if not (not prefix and k in _RUNTIME_SECTIONS)
             for c in config_changes(old.get(k), new.get(k), f"{prefix}{k}.")]
-  return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+  return [] if old == new else [(prefix[:-1], old, new)]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
