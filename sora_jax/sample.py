@@ -106,7 +106,7 @@ MAX_SECONDS = 3600.0  # an hour at 8 fps: 28,800 frames, ~3,600 windows
 
 
 def check_args(task: str, strength: float, seconds: float, out: str | None,
-               prompt: str | None, unconditional: bool = False) -> None:
+               prompt: str | None, unconditional: bool = False, given: int = 2) -> None:
   if not 0.0 <= strength <= 1.0:
     raise ValueError(f"--strength={strength}; expected a value in [0, 1].")
   if seconds < 0:
@@ -115,6 +115,8 @@ def check_args(task: str, strength: float, seconds: float, out: str | None,
     raise ValueError(f"--seconds applies to --task t2v or extend, not {task!r}.")
   if seconds > MAX_SECONDS:
     raise ValueError(f"--seconds={seconds}; expected <= {MAX_SECONDS:g} (an hour).")
+  if given < 1 and (task == "extend" or seconds):
+    raise ValueError(f"--given={given}; expected >= 1 latent frames of overlap.")
   if not out:
     raise ValueError("--out is required (e.g. --out samples/clip.mp4).")
   if not out.endswith(".mp4"):
@@ -199,7 +201,7 @@ def main(argv: Sequence[str]) -> None:
       check_writable(FLAGS.out_dir, "--out_dir", os.path.abspath(FLAGS.out_dir))
     else:
       check_args(FLAGS.task, FLAGS.strength, FLAGS.seconds, FLAGS.out, FLAGS.prompt,
-                 FLAGS.unconditional)
+                 FLAGS.unconditional, FLAGS.given)
       inputs = read_inputs(FLAGS.task, {"image": FLAGS.image, "video": FLAGS.video,
                                         "video_end": FLAGS.video_end}, FLAGS.height,
                            FLAGS.width)

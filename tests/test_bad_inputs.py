@@ -109,6 +109,8 @@ def _cases(r):
       (sample, t2v + ["--bogus_flag", "1"], "bogus_flag"),
       (sample, t2v + ["--seconds", "1e9"], "expected <= 3600"),
       (sample, w + ["--prompt", ""] + out, "pass --unconditional"),
+      (sample, t2v + ["--task", "extend", "--video", str(r / "image.npy"), "--given", "0"],
+       "--given=0; expected >= 1"),
       (sample, w + ["--prompt", "x", "--out", str(r / "a_file" / "x.mp4")],
        "is not a writable directory"),
       (sample, w + ["--prompts_file", str(r / "prompts.txt"), "--out_dir",
