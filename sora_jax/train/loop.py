@@ -100,6 +100,24 @@ def config_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any,
   return [] if old == new else [(prefix[:-1], old, new)]
 
 
+def _checked_run(config: ml_collections.ConfigDict, workdir: str, init_rng: jax.Array):
+  """(task, mesh, abstract state, checkpointer) once every input check has passed; each
+  bad input is one `usage.InputError`, raised before any compile or file is rewritten."""
+  with usage.checking():
+    task = registry.make(config)
+    task.validate()
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise ValueError(f"--workdir={workdir!r} is a file; expected a directory (new or a "
+                       "run to resume).")
+    mesh = mesh_lib.make_mesh(config.get("mesh"))
+    mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+    os.makedirs(workdir, exist_ok=True)
+    abstract = jax.eval_shape(task.init_state, init_rng)
+    ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    check_resume(config, ckpt, abstract)
+  return task, mesh, abstract, ckpt
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop_at: int | None = None) -> dict[str, Any]:
   """Trains `config.task` in `workdir`, resuming from its latest checkpoint.
@@ -115,20 +133,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     {"stopped_at": step} when stopped early.
   """
   # ------------------------------------------------------------------ setup
-  rng = jax.random.key(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  with usage.checking():  # every bad-input error before any compile or long work
-    task = registry.make(config)
-    task.validate()
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-      raise ValueError(f"--workdir={workdir!r} is a file; expected a directory (new or a "
-                       "run to resume).")
-    mesh = mesh_lib.make_mesh(config.get("mesh"))
-    mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
-    os.makedirs(workdir, exist_ok=True)
-    abstract = jax.eval_shape(task.init_state, init_rng)
-    ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    check_resume(config, ckpt, abstract)  # before anything in the workdir is rewritten
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  task, mesh, abstract, ckpt = _checked_run(config, workdir, init_rng)
   task.prepare(workdir)  # e.g. the DiT writes its tokenizer into the run
   writer = metrics_lib.MetricWriter(workdir)
   if jax.process_index() == 0:
