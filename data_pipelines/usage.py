@@ -1,6 +1,7 @@
 """A user's error at the command line: one line naming the value and what is allowed, exit 2.
 
-Every CLI runs through `run(main)` instead of `absl.app.run(main)`:
+Every absl CLI runs through `run(main)` instead of `absl.app.run(main)` (argparse scripts
+use `ArgumentParser`):
 - a flag or `--config.` override that does not parse,
 - an `InputError` (raised by checks, or by `checking()` from a ValueError it wraps),
 - an `absl.app.UsageError`,
@@ -10,6 +11,7 @@ dependency graph, so the data tools and sora_jax's CLIs share it.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import os
@@ -50,6 +52,13 @@ def fail(message: str) -> NoReturn:
   line = " ".join(part.strip() for part in message.splitlines() if part.strip())
   print(f"{prog}: error: {line or 'bad input'}", file=sys.stderr, flush=True)
   sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the scripts without absl: a bad argument is one line too (no usage)."""
+
+  def error(self, message: str) -> NoReturn:
+    fail(message)
 
 
 def _parse_flags(argv: Sequence[str]) -> list[str]:

@@ -40,6 +40,8 @@ import re
 import sys
 import time
 
+from data_pipelines import usage
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)  # `configs` and `sora_jax` from this checkout
 _TPU_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
@@ -52,7 +54,7 @@ class TargetError(RuntimeError):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
+  parser = usage.ArgumentParser(
       description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True,

@@ -59,6 +59,8 @@ import shlex
 import subprocess
 import sys
 
+from data_pipelines import usage
+
 TARGETS = ("local", "tpu_pod", "slurm", "xpk")
 # The training entry point on every host of a multi-host job: `--distributed=on` joins the
 # processes (jax.distributed.initialize) before any device is touched (sora_jax/main.py).
@@ -420,7 +422,7 @@ def write_scripts(runs, args) -> list[str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
+  parser = usage.ArgumentParser(
       prog="launch/sweep.py", description=__doc__.split("\n\n")[0],
       epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("config", help="config file with a sweep(add, arg), optionally "
@@ -463,7 +465,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  runs = expand(args.config, args.workdir_root)
+  try:
+    runs = expand(args.config, args.workdir_root)
+  except (ValueError, OSError) as e:  # the config file or its argument
+    usage.fail(f"{args.config}: {e}")
   if args.dry_run:
     if args.precompute_latents:
       runs = [dict(r, config=_set_arg(r["config"], "latents", args.precompute_latents))

@@ -141,6 +141,12 @@ def _cases(r):
       ("sora_jax.demo", ["--config", "configs/demo.py:quick=True,quality=True"],
        "exclude each other"),
       ("sora_jax.demo", ["--config", "configs/demo.py:bogus=1"], "bogus"),
+      # launch scripts (argparse)
+      ("launch/sweep.py", ["configs/scaling.py:bogus=1", "--dry_run"],
+       "Unknown config argument 'bogus'"),
+      ("launch/sweep.py", ["configs/scaling.py", "--parallel", "0"], "--parallel=0"),
+      ("launch/sweep.py", ["configs/scaling.py", "--target", "mars"], "invalid choice: 'mars'"),
+      ("launch/aot_compile.py", [], "the following arguments are required"),
   ]
 
 
@@ -151,7 +157,8 @@ def _snapshot(root: pathlib.Path) -> dict:
 def _run_cli(cli, args):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
   env["JAX_PLATFORMS"] = "cpu"
-  return subprocess.run([sys.executable, "-m", cli, *args], cwd=ROOT, env=env,
+  command = [cli] if cli.endswith(".py") else ["-m", cli]  # a script or a module
+  return subprocess.run([sys.executable, *command, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
 
 
@@ -164,11 +171,11 @@ def test_every_bad_input_is_one_line_and_exit_code_2(run):
   for (cli, args, fragment), proc in zip(cases, results):
     # jax and absl may log warnings before the check; the error is the last line, alone.
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    errors = [l for l in lines if f"{cli}: error: " in l]
+    errors = [l for l in lines if f"{os.path.basename(cli)}: error: " in l]
     if (proc.returncode != 2 or len(errors) != 1 or errors[0] != lines[-1]
         or fragment not in errors[0] or "Traceback" in proc.stderr):
       problems.append(f"{cli} {' '.join(args)}: rc={proc.returncode}, stderr tail: "
                       f"{proc.stderr[-600:]!r}")
   assert not problems, "\n".join(problems)
   assert _snapshot(run) == before  # nothing already written changed
-  assert len(cases) >= 60
+  assert len(cases) >= 70
