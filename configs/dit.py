@@ -127,7 +127,10 @@ def get_config(arg=None):
                  "timesteps": (0.1, 0.3, 0.5, 0.7, 0.9)}
 
   if arg.runlocal:  # seconds on a laptop or in a test
-    config.model.overrides.update({"width": 32, "depth": 2, "num_heads": 2})
+    # runlocal's sizes, except the ones given explicitly (width=48 stays 48).
+    config.model.overrides.update({k: v for k, v in
+                                   {"width": 32, "depth": 2, "num_heads": 2}.items()
+                                   if not shape.get(k)})
     config.text.update({"variant": "tiny", "vocab_size": 256})
     config.text.overrides.update({"width": 32, "depth": 1, "num_heads": 2})
     config.tokenizer.update({"vocab_size": 256, "num_clips": 64})

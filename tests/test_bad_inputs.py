@@ -66,6 +66,8 @@ def _cases(r):
        "--distributed"),
       (main, ["--config", dit, "--config.mesh.data=3", "--workdir", str(r / "m")],
        "mesh"),
+      (main, ["--config", f"{dit},width=33", "--workdir", str(r / "m")],
+       "width=33 is not divisible by num_heads=2"),
       (main, ["--config", f"{dit},lr=nan", "--workdir", str(r / "m")],
        "config.optim.lr=nan; expected a finite number"),
       (main, ["--config", f"{dit},lr=-1", "--workdir", str(r / "m")],

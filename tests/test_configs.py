@@ -153,3 +153,11 @@ def test_recipes_pass_arguments_as_a_mapping():
     dit_config.get_config({"steps": 2.5})
   with pytest.raises(ValueError, match=r"runlocal=1 is not a valid bool"):
     dit_config.get_config({"runlocal": 1})
+
+
+def test_runlocal_keeps_the_sizes_given_explicitly():
+  """runlocal shrinks the DiT to width 32, depth 2, 2 heads, except what the user gave."""
+  small = dit_config.get_config("runlocal=True").model.overrides
+  assert (small.width, small.depth, small.num_heads) == (32, 2, 2)
+  given = dit_config.get_config("runlocal=True,width=48,heads=4").model.overrides
+  assert (given.width, given.depth, given.num_heads) == (48, 2, 4)
