@@ -199,7 +199,7 @@ def step_problem(directory: str, step: int) -> str | None:
     return "its 'state' item is missing"
   if not (root / "state" / "_METADATA").exists():
     return "state/_METADATA is missing"
-  files = [p for p in (root / "data").glob("*.json")] + [
+  files = list((root / "data").glob("*.json")) + [
       root / item / "metadata" for item in ("config", "extra") if (root / item).exists()]
   for path in files:
     try:

@@ -3,6 +3,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 
 import grain
 import jax
@@ -19,7 +20,8 @@ def _truncate_arrays(step_dir: pathlib.Path):
   files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
   assert files
   for p in files:
-    p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2])
+    data = p.read_bytes()
+    p.write_bytes(data[:len(data) // 2])
 
 
 DAMAGE = {  # the damage -> what it does to a step directory
@@ -123,7 +125,7 @@ def test_resume_guards_fail_before_anything_is_rewritten(vae_run, extra, steps, 
 def test_training_resumes_from_the_step_before_a_damaged_one(vae_run, tmp_path, caplog):
   root, source = vae_run
   workdir = tmp_path / "run"
-  os.system(f"cp -r {source} {workdir}")
+  shutil.copytree(source, workdir)
   _truncate_arrays(workdir / "checkpoints" / "4")
   with caplog.at_level(logging.WARNING):
     loop.train_and_evaluate(_config(root), str(workdir))
