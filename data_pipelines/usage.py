@@ -37,6 +37,25 @@ def checking() -> Iterator[None]:
     raise InputError(str(e)) from e
 
 
+def check_directory(flag: str, value: str, writable: bool = True) -> None:
+  """`value` is a directory, or one can be made there (and written, if `writable`).
+
+  Raises ValueError naming `flag` for a file in the way or an ancestor that is not a
+  writable directory, so the run stops before anything is computed.
+  """
+  path = os.path.abspath(value)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"{flag}={value!r} is a file; expected a directory.")
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f"{flag}={value!r}: {existing!r} is a file, so no directory can be "
+                     "made there.")
+  if (writable or existing != path) and not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f"{flag}={value!r}: {existing!r} is not writable.")
+
+
 def fail(message: str) -> NoReturn:
   """Prints the one-line error and exits with code 2."""
   spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # set by `python -m`

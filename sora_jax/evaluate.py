@@ -62,9 +62,8 @@ def main(argv: Sequence[str]) -> None:
     if FLAGS.task_clips < 0:
       raise usage.InputError(f"--task_clips={FLAGS.task_clips}; expected >= 0.")
     options = cli.sampling_options()
+    cli.check_window(FLAGS.batch)
   sampler = sampler_lib.Sampler(run_lib.Run.load(FLAGS.workdir, FLAGS.step), options)
-  with usage.checking():
-    sampler.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
   default_dir = "eval" if FLAGS.step is None else f"eval_step{FLAGS.step}"
   out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, default_dir)
   result = adherence.evaluate(sampler, out_dir, splits, FLAGS.n, level, FLAGS.frames,

@@ -121,20 +121,11 @@ def check_args(task: str, strength: float, seconds: float, out: str | None,
     raise ValueError("--out is required (e.g. --out samples/clip.mp4).")
   if not out.endswith(".mp4"):
     raise ValueError(f"--out={out!r}: expected a path ending in .mp4.")
-  check_writable(out, "--out", os.path.dirname(os.path.abspath(out)))
+  usage.check_directory(f"--out={out!r}: its directory", os.path.dirname(os.path.abspath(out)))
   if prompt is None:
     raise ValueError("--prompt is required.")
   if not prompt.strip() and not unconditional:
     raise ValueError("--prompt is empty; pass --unconditional to sample without a caption.")
-
-
-def check_writable(value: str, flag: str, directory: str) -> None:
-  """`directory` exists as a writable directory, or can be made in one."""
-  existing = directory
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-    raise ValueError(f"{flag}={value!r}: {existing!r} is not a writable directory.")
 
 
 def read_prompts(path: str) -> list[dict]:
@@ -198,7 +189,7 @@ def main(argv: Sequence[str]) -> None:
       rows = read_prompts(FLAGS.prompts_file)
       if FLAGS.batch < 1:
         raise usage.InputError(f"--batch={FLAGS.batch}; expected >= 1.")
-      check_writable(FLAGS.out_dir, "--out_dir", os.path.abspath(FLAGS.out_dir))
+      usage.check_directory("--out_dir", FLAGS.out_dir)
     else:
       check_args(FLAGS.task, FLAGS.strength, FLAGS.seconds, FLAGS.out, FLAGS.prompt,
                  FLAGS.unconditional, FLAGS.given)
@@ -206,10 +197,9 @@ def main(argv: Sequence[str]) -> None:
                                         "video_end": FLAGS.video_end}, FLAGS.height,
                            FLAGS.width)
     options = cli.sampling_options()
+    cli.check_window(FLAGS.batch if batch_mode else 1, mesh.size if mesh else 1)
   run = run_lib.Run.load(FLAGS.workdir, FLAGS.step, mesh)
   sampler = sampler_lib.Sampler(run, options, progress=not batch_mode)
-  with usage.checking():
-    sampler.latent_shape(FLAGS.frames, FLAGS.height, FLAGS.width)
   if batch_mode:
     tasks.sample_batch(sampler, rows, FLAGS.out_dir, FLAGS.frames, FLAGS.height, FLAGS.width,
                        FLAGS.seed, FLAGS.batch, FLAGS.fps)

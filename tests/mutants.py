@@ -83,7 +83,7 @@ MUTANTS = [
      "  check_resume(config, ckpt, abstract)", "  ckpt.all_steps()",
      ["tests/test_checkpoints.py", "-k", "guards"]),
     ("the sampler checks its output path after sampling", "sora_jax/sample.py",
-     '  check_writable(out, "--out", os.path.dirname(os.path.abspath(out)))\n', "",
+     '  usage.check_directory(f"--out={out!r}: its directory", os.path.dirname(os.path.abspath(out)))\n', "",
      ["tests/test_bad_inputs.py"]),
     ("a resumed run restarts its data iterator", "sora_jax/checkpoints.py",
      "    restore_data = data_iter is not None and saved == jax.process_count()\n",

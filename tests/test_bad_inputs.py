@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import dit as dit_config
+from data_pipelines import usage
 from sora_jax import checkpoints
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -22,7 +23,8 @@ def run(tmp_path_factory):
   and sampling metadata), a VAE-looking run, a file, an image and a prompts file."""
   root = tmp_path_factory.mktemp("bad")
   config = json.loads(dit_config.get_config("runlocal=True").to_json_best_effort())
-  extra = {"latent_mean": [0.0] * 8, "latent_std": [1.0] * 8, "tokenizer": "tokenizer.model"}
+  extra = {"latent_mean": [0.0] * 8, "latent_std": [1.0] * 8, "tokenizer": "tokenizer.model",
+           "vae": "random:tiny:seed=0"}
   for name, task in (("dit", "dit"), ("vae", "vae")):
     ckpt = checkpoints.Checkpointer(str(root / name), async_save=False)
     ckpt.save(2, {"w": np.zeros(3, np.float32)}, config=dict(config, task=task), extra=extra)
@@ -58,6 +60,10 @@ def _cases(r):
       (main, ["--config", dit, "--config.train.steps=-5", "--workdir", str(r / "m")],
        "config.train.steps=-5; expected >= 1"),
       (main, ["--config", dit, "--workdir", str(r / "a_file")], "is a file"),
+      (main, ["--config", dit, "--workdir", str(r / "a_file" / "run")],
+       "so no directory can be made there"),
+      (main, ["--config", dit, f"--config.data.data_dir={r / 'a_file'}", "--workdir",
+              str(r / "m")], "config.data.data_dir="),
       (main, ["--config", dit], "--workdir"),
       (main, ["--config", "configs/vae.py:preset=nope", "--workdir", str(r / "m")],
        "Unknown preset 'nope'"),
@@ -110,13 +116,15 @@ def _cases(r):
                       "--batch", "0"], "--batch=0"),
       (sample, t2v + ["--bogus_flag", "1"], "bogus_flag"),
       (sample, t2v + ["--seconds", "1e9"], "expected <= 3600"),
+      (sample, t2v + ["--frames", "100001"], "needs at least"),
+      (evaluate, w + ["--frames", "100001"], "needs at least"),
       (sample, w + ["--prompt", ""] + out, "pass --unconditional"),
       (sample, t2v + ["--task", "extend", "--video", str(r / "image.npy"), "--given", "0"],
        "--given=0; expected >= 1"),
       (sample, w + ["--prompt", "x", "--out", str(r / "a_file" / "x.mp4")],
-       "is not a writable directory"),
+       "its directory="),
       (sample, w + ["--prompts_file", str(r / "prompts.txt"), "--out_dir",
-                      str(r / "a_file" / "o")], "is not a writable directory"),
+                      str(r / "a_file" / "o")], "so no directory can be made there"),
       # evaluation
       (evaluate, w + ["--split", ","], "names no split"),
       (evaluate, w + ["--n", "0"], "--n=0"),
@@ -181,3 +189,19 @@ def test_every_bad_input_is_one_line_and_exit_code_2(run):
   assert not problems, "\n".join(problems)
   assert _snapshot(run) == before  # nothing already written changed
   assert len(cases) >= 70
+
+
+def test_check_directory_names_what_is_in_the_way(tmp_path, monkeypatch):
+  (tmp_path / "file").write_text("x")
+  usage.check_directory("--d", str(tmp_path / "new" / "deeper"))  # can be made: fine
+  with pytest.raises(ValueError, match=r"--d='.*file' is a file; expected a directory"):
+    usage.check_directory("--d", str(tmp_path / "file"))
+  with pytest.raises(ValueError, match="is a file, so no directory can be made there"):
+    usage.check_directory("--d", str(tmp_path / "file" / "sub"))
+  # Root ignores permission bits, so the read-only case stands in os.access's answer.
+  monkeypatch.setattr(os, "access", lambda path, mode: False)
+  with pytest.raises(ValueError, match=r"--d='.*new': '.*' is not writable"):
+    usage.check_directory("--d", str(tmp_path / "new"))
+  with pytest.raises(ValueError, match="is not writable"):
+    usage.check_directory("--d", str(tmp_path / "sub"), writable=False)  # must be made
+  usage.check_directory("--d", str(tmp_path), writable=False)  # exists: read is enough

@@ -61,3 +61,11 @@ def sampling_options() -> sampler_lib.SamplingOptions:
       steps=FLAGS.steps, method=FLAGS.sampler, guidance=FLAGS.guidance,
       shift=FLAGS.shift or None, negative_prompt=FLAGS.negative_prompt,
       guidance_interval=interval)
+
+
+def check_window(batch: int, devices: int = 1) -> None:
+  """--frames/--height/--width fit the run (sizes) and one device's memory, from the run's
+  JSON files alone (before the model loads)."""
+  dcfg, vcfg = run_lib.read_dit_configs(FLAGS.workdir, FLAGS.step)
+  sampler_lib.check_window(dcfg, vcfg, FLAGS.frames, FLAGS.height, FLAGS.width, batch,
+                           FLAGS.guidance, devices)

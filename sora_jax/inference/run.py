@@ -157,17 +157,31 @@ def read_dit_run(workdir: str, step: int | None = None
   return step, config, extra
 
 
-def _run_vae(workdir: str, config: Mapping[str, Any], extra: Mapping[str, Any]) -> FrozenVAE:
-  """The VAE a DiT run's latents came from, with the normalisation it trained on."""
+def _run_vae_source(workdir: str, config: Mapping[str, Any], extra: Mapping[str, Any]
+                    ) -> tuple[str | None, vae_lib.VAEConfig]:
+  """(the VAE's workdir, or None for a random VAE; its config) of a DiT run: JSON only."""
   desc = str(extra.get("vae", ""))
   if desc.startswith("random:"):
-    vae = random_vae(config["vae"]["random_model"])
-  else:
-    path = desc.rsplit("@", 1)[0] if "@" in desc else config["vae"]["workdir"]
-    if not os.path.isdir(path):
-      raise ValueError(f"The DiT run {workdir!r} was trained on latents of the VAE in "
-                       f"{path!r}, which does not exist here.")
-    vae = load_vae(path)
+    return None, vae_config_from_json(config["vae"]["random_model"])
+  path = desc.rsplit("@", 1)[0] if "@" in desc else config["vae"]["workdir"]
+  if not os.path.isdir(path):
+    raise ValueError(f"The DiT run {workdir!r} was trained on latents of the VAE in "
+                     f"{path!r}, which does not exist here.")
+  return path, vae_config_from_json(read_vae_run(path)[1]["model"])
+
+
+def read_dit_configs(workdir: str, step: int | None = None
+                     ) -> tuple[dit_lib.DiTConfig, vae_lib.VAEConfig]:
+  """The DiT and VAE configs of a run, from its JSON files alone (no params are read)."""
+  step, config, extra = read_dit_run(workdir, step)
+  vcfg = _run_vae_source(workdir, config, extra)[1]
+  return dit_configs(config, vcfg.latent_channels)[0], vcfg
+
+
+def _run_vae(workdir: str, config: Mapping[str, Any], extra: Mapping[str, Any]) -> FrozenVAE:
+  """The VAE a DiT run's latents came from, with the normalisation it trained on."""
+  path, _ = _run_vae_source(workdir, config, extra)
+  vae = random_vae(config["vae"]["random_model"]) if path is None else load_vae(path)
   return dataclasses.replace(vae, mean=np.asarray(extra["latent_mean"], np.float32),
                              std=np.asarray(extra["latent_std"], np.float32))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,60 @@ from sora_jax.models import text as text_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import rules as rules_lib
+
+
+def device_memory_bytes(device: jax.Device | None = None) -> int:
+  """The memory one device may use: the accelerator's limit, or the host's RAM on CPU."""
+  device = device or jax.local_devices()[0]
+  stats = device.memory_stats() or {}  # None on CPU
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def latent_shape(dcfg: dit_lib.DiTConfig, vcfg: vae_lib.VAEConfig, frames: int, height: int,
+                 width: int) -> tuple[int, int, int, int]:
+  """Pixel (T, H, W) -> latent (T', h, w, C), with one clear error for a bad size."""
+  ft, s, patch = vcfg.temporal_factor, vcfg.spatial_factor, dcfg.patch
+  if frames < 1 or (frames - 1) % ft or height % (s * patch[1]) or width % (s * patch[2]):
+    raise ValueError(f"Size {frames}x{height}x{width} (TxHxW): T must be 1 + a multiple "
+                     f"of {ft} and H, W multiples of {s * patch[1]}x{s * patch[2]} (VAE "
+                     f"factor {s} x DiT patch).")
+  shape = vae_lib.latent_shape(vcfg, (1, frames, height, width, 3))[1:]
+  patches.check_patch(shape, patch, where=f"latents of a {frames}x{height}x{width} clip")
+  return shape
+
+
+def window_bytes(dcfg: dit_lib.DiTConfig, vcfg: vae_lib.VAEConfig, frames: int,
+                 height: int, width: int, rows: int, devices: int = 1) -> int:
+  """A lower bound on one device's memory for sampling `rows` windows of this size.
+
+  Dense attention holds a layer's fp32 logits, probabilities and mask ([rows, H, N, N]);
+  cuDNN's flash kernel holds no N x N. The params and the activations linear in N are
+  small next to it at the sizes this guards against.
+  """
+  tokens = math.prod(latent_shape(dcfg, vcfg, frames, height, width)[:3])
+  tokens //= math.prod(dcfg.patch)
+  dense = not (jax.default_backend() == "gpu" and dcfg.dtype in ("bfloat16", "float16")
+               and dcfg.attention_backend in ("auto", "cudnn"))
+  per_token = 64 * dcfg.width  # activations, latents and the decoded pixels' share
+  return rows * (tokens * per_token + (9 * dcfg.num_heads * tokens ** 2 if dense else 0)
+                 ) // devices
+
+
+def check_window(dcfg: dit_lib.DiTConfig, vcfg: vae_lib.VAEConfig, frames: int, height: int,
+                 width: int, batch: int, guidance: float, devices: int = 1) -> None:
+  """One clear error, before any load or compile, for a window that is a bad size or
+  cannot fit one device's memory (rows: the batch, doubled by guidance)."""
+  rows = batch * (1 if guidance == 1 else 2)
+  need = window_bytes(dcfg, vcfg, frames, height, width, rows, devices)
+  have = device_memory_bytes()
+  if need > have:
+    raise ValueError(
+        f"--frames={frames} at {height}x{width} (batch {batch}) needs at least "
+        f"{need / 2**30:,.0f} GiB on one device, which has {have / 2**30:,.0f} GiB: give "
+        "fewer --frames or a smaller --height/--width, or sample a long video window by "
+        "window with --seconds.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,16 +172,7 @@ class Sampler:
 
   def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     """Pixel (T, H, W) -> latent (T', h, w, C), with one clear error for a bad size."""
-    ft, s = self.factors
-    patch = self.run.dit_config.patch
-    if (frames < 1 or (frames - 1) % ft or height % (s * patch[1])
-        or width % (s * patch[2])):
-      raise ValueError(f"Size {frames}x{height}x{width} (TxHxW): T must be 1 + a multiple "
-                       f"of {ft} and H, W multiples of {s * patch[1]}x{s * patch[2]} (VAE "
-                       f"factor {s} x DiT patch).")
-    shape = vae_lib.latent_shape(self.run.vae.config, (1, frames, height, width, 3))[1:]
-    patches.check_patch(shape, patch, where=f"latents of a {frames}x{height}x{width} clip")
-    return shape
+    return latent_shape(self.run.dit_config, self.run.vae.config, frames, height, width)
 
   def overlap_frames(self, given_latent_frames: int) -> tuple[int, int]:
     """Pixel frames covered by k given latent frames (at a clip's start, at its end)."""

@@ -106,9 +106,9 @@ def _checked_run(config: ml_collections.ConfigDict, workdir: str, init_rng: jax.
   with usage.checking():
     task = registry.make(config)
     task.validate()
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-      raise ValueError(f"--workdir={workdir!r} is a file; expected a directory (new or a "
-                       "run to resume).")
+    usage.check_directory("--workdir", workdir)
+    if config.get("data") and config.data.get("data_dir"):  # read, or built there
+      usage.check_directory("config.data.data_dir", config.data.data_dir, writable=False)
     mesh = mesh_lib.make_mesh(config.get("mesh"))
     mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
     os.makedirs(workdir, exist_ok=True)
