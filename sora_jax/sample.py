@@ -12,8 +12,8 @@
 
 Tasks: t2v, t2i, i2v, extend, interpolate, loop, edit (`sora_jax/diffusion/conditioning.py`).
 `--seconds N` (t2v and extend) makes a long video by chained forward extension at the
-nominal 8 fps; a long t2v video is streamed to its files window by window (memory does not
-grow with its length; no gif), up to MAX_SECONDS. `--prompt ""` needs `--unconditional`.
+nominal 8 fps; a long t2v video, or one extended forward, is streamed to its files window by
+window (memory does not grow with its length; no gif), up to MAX_SECONDS. `--prompt ""` needs `--unconditional`.
 
 Batch mode: `--prompts_file` is a text file with one prompt a line, or a JSON-lines file
 with {"prompt": ..., optional "name", "seed", "task" (t2v or t2i)}; it writes
@@ -160,13 +160,19 @@ def read_prompts(path: str) -> list[dict]:
 # ------------------------------------------------------------------ writing
 def stream_long_video(sampler, prompt: str, seconds: float, fps: int, stem: str,
                       frames: int, height: int, width: int, given: int, seed: int,
-                      npy: bool) -> tuple[list[str], int]:
-  """A long t2v video written window by window to `stem.mp4` (+ `.npy`): (paths, frames)."""
+                      npy: bool, video: np.ndarray | None = None) -> tuple[list[str], int]:
+  """A long video written window by window to `stem.mp4` (+ `.npy`): (paths, frames).
+
+  t2v, or `video` extended forward (its frames first).
+  """
   total = int(round(seconds * fps))
+  if video is not None:
+    height, width = video.shape[1:3]
   os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
   with media.StreamWriter(stem, total, height, width, npy=npy, fps=fps) as writer, \
       tqdm(total=total, desc="frames", unit="frame") as bar:
-    for chunk in tasks.long_video(sampler, prompt, total, height, width, frames, given, seed):
+    for chunk in tasks.long_video(sampler, prompt, total, height, width, frames, given, seed,
+                                  video):
       writer.write(chunk)
       bar.update(chunk.shape[0])
   return writer.paths, writer.written
@@ -205,10 +211,12 @@ def main(argv: Sequence[str]) -> None:
                        FLAGS.seed, FLAGS.batch, FLAGS.fps)
     print(json.dumps({"out_dir": FLAGS.out_dir, "num": len(rows)}))
     return
-  if FLAGS.task == "t2v" and FLAGS.seconds:  # streamed: one window in memory at a time
+  if FLAGS.seconds and (FLAGS.task == "t2v" or FLAGS.direction == "forward"):
+    # Streamed: one window in memory at a time.
     paths, total = stream_long_video(sampler, FLAGS.prompt, FLAGS.seconds, FLAGS.fps,
                                      FLAGS.out[:-4], FLAGS.frames, FLAGS.height,
-                                     FLAGS.width, FLAGS.given, FLAGS.seed, FLAGS.npy)
+                                     FLAGS.width, FLAGS.given, FLAGS.seed, FLAGS.npy,
+                                     inputs.get("video") if FLAGS.task == "extend" else None)
     print(json.dumps({"task": FLAGS.task, "frames": total, "files": paths}))
     return
   video = tasks.run_task(sampler, FLAGS.task, FLAGS.prompt, inputs, frames=FLAGS.frames,

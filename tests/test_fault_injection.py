@@ -76,7 +76,7 @@ def _interrupted_run(workdir, data, sig, rng) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, tries", [(signal.SIGKILL, 6), (signal.SIGTERM, 2)],
+@pytest.mark.parametrize("sig, tries", [(signal.SIGKILL, 8), (signal.SIGTERM, 2)],
                          ids=["SIGKILL", "SIGTERM"])
 def test_killed_runs_resume_to_the_same_params(reference, tmp_path, sig, tries):
   data, expected = reference

@@ -287,6 +287,16 @@ def test_a_long_video_streams_to_its_files(gen, tmp_path):
   expected = np.concatenate(list(tasks.long_video(gen, PROMPT, 40, 32, 32, 9, 1, 3)))
   np.testing.assert_array_equal(np.load(stem + ".npy"), expected)
   assert media.read_clip(stem + ".mp4").shape == (40, 32, 32, 3)
+  # `--task extend --seconds` streams too: the video, then the windows chained extension
+  # gives (each window seeded one more).
+  video, stem = expected[:9], str(tmp_path / "extended")
+  _, total = sample_cli.stream_long_video(gen, PROMPT, 3.0, 8, stem, 9, 0, 0, 1, 3,
+                                          npy=True, video=video)
+  chained = video
+  for i in range(2):
+    chained = tasks.extend(gen, PROMPT, chained, "forward", 9, 1, 3 + i)
+  assert total == 24
+  np.testing.assert_array_equal(np.load(stem + ".npy"), chained[:24])
   with media.StreamWriter(str(tmp_path / "short"), 2, 32, 32) as writer:
     with pytest.raises(ValueError, match="more than the 2 announced"):
       writer.write(expected[:3])

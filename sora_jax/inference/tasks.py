@@ -175,25 +175,29 @@ def edit(sampler: Sampler, prompt: str, video: np.ndarray, strength: float = 0.6
 
 
 def long_video(sampler: Sampler, prompt: str, total_frames: int, height: int = 64,
-               width: int = 64, frames: int = 17, given: int = 2,
-               seed: int = 0) -> Iterator[np.ndarray]:
+               width: int = 64, frames: int = 17, given: int = 2, seed: int = 0,
+               video: np.ndarray | None = None) -> Iterator[np.ndarray]:
   """Yields the frames of a video of `total_frames`, window by window (bounded memory).
 
-  The first window is text-to-video; each next one extends the last `1 + ft (given - 1)`
-  frames forward. Only the current window is held; callers stream chunks to disk.
+  The first window is text-to-video, or `video` (extended forward: it is yielded first);
+  each next one extends the last `1 + ft (given - 1)` frames forward. Only the current
+  window is held; callers stream chunks to disk.
   """
   if total_frames < 1:
     raise ValueError(f"total frames={total_frames}; expected >= 1.")
-  window = t2v(sampler, prompt, frames, height, width, seed)
+  if video is None:
+    window, i = t2v(sampler, prompt, frames, height, width, seed), 1
+  else:
+    window, i = _check_video(video, "extend forward video"), 0
   done = min(total_frames, window.shape[0])
   yield window[:done]
-  i = 1
+  start, _ = sampler.overlap_frames(given)
+  window = window[-start:]
   while done < total_frames:
     new = extend_window(sampler, prompt, window, "forward", frames, given, seed + i)
     new = new[:total_frames - done]
     done += new.shape[0]
-    start, _ = sampler.overlap_frames(given)
-    window = np.concatenate([window[-start:], new])  # what the next window needs
+    window = np.concatenate([window, new])[-start:]  # what the next window needs
     i += 1
     yield new
 
@@ -244,14 +248,15 @@ def run_task(sampler: Sampler, task: str, prompt: str, inputs: dict[str, np.ndar
   """One task's video (uint8 [T, H, W, 3])."""
   if seconds:
     total = int(round(seconds * fps))
-    if task == "t2v":
-      windows = long_video(sampler, prompt, total, height, width, frames, given, seed)
+    if task == "t2v" or direction == "forward":
+      windows = long_video(sampler, prompt, total, height, width, frames, given, seed,
+                           inputs.get("video") if task == "extend" else None)
       return np.concatenate(list(tqdm(windows, desc="windows")))
     video = inputs["video"]
-    while video.shape[0] < total:  # extend window by window until long enough
+    while video.shape[0] < total:  # backward: each window goes before the last
       video = extend(sampler, prompt, video, direction, frames, given, seed)
       seed += 1
-    return video[:total] if direction == "forward" else video[-total:]
+    return video[-total:]
   if task in ("t2v", "t2i"):
     return t2v(sampler, prompt, 1 if task == "t2i" else frames, height, width, seed)
   if task == "i2v":
