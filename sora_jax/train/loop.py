@@ -27,6 +27,7 @@ from sora_jax.sharding import rules as rules_lib
 from sora_jax import checkpoints
 from sora_jax.train import metrics as metrics_lib
 from sora_jax.train import registry
+from sora_jax.train import stepping
 from sora_jax.train import throughput as throughput_lib
 
 
@@ -164,9 +165,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state = jax.jit(task.init_state, out_shardings=shardings)(init_rng)
 
   # ------------------------------------------------------------------ step function
-  train_step = jax.jit(task.make_train_step(), donate_argnums=(0,))
+  train_step = jax.jit(stepping.guarded(task.make_train_step()), donate_argnums=(0,))
   total = config.train.steps
   config_json = json.loads(config.to_json_best_effort())
+  batches = stepping.DevicePrefetch(train_iter, lambda b: task.device_batch(b, mesh))
 
   extras = {}  # computed once: {"value": JSON}
 
@@ -178,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if "value" not in extras:
         extras["value"] = task.checkpoint_extra(state)
       extra = extras["value"]
-    ckpt.save(step, state, train_iter, config_json, extra)
+    ckpt.save(step, state, batches.snapshot(), config_json, extra)
 
   # ------------------------------------------------------------------ loop
   preemption = _Preemption()
@@ -187,40 +189,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   t0, steps_timed = time.time(), 0
   throughput = throughput_lib.Throughput()  # the first interval holds the compile
   peak = throughput_lib.peak_flops(config.train.get("peak_flops", 0.0))
+  inflight = stepping.InFlight()
 
-  def finish(step, metrics):
-    """The host side of a step, once its device work is done: NaN guard, progress, logs."""
+  def check():
+    """Reads the held steps' metrics in one transfer: NaN guard, throughput, logs."""
     nonlocal t0, steps_timed
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):  # fail fast, before a NaN reaches a checkpoint
-      raise FloatingPointError(f"Non-finite loss {loss} at step {step}; metrics: "
-                               f"{ {k: float(v) for k, v in metrics.items()} }")
-    steps_timed += 1
-    throughput.step({k: metrics[k] for k in ("flops", "tokens") if k in metrics})
-    bar.update(1)
-    bar.set_postfix(loss=f"{loss:.4f}")
+    bar.update(len(inflight) - inflight.done)
+    read = inflight.read()
+    for step, metrics in read:  # fail before a checkpoint (the state skipped the update)
+      if not math.isfinite(float(metrics["loss"])):
+        raise FloatingPointError(f"Non-finite loss {float(metrics['loss'])} at step {step}; "
+                                 f"metrics: { {k: float(v) for k, v in metrics.items()} }")
+    steps_timed += len(read)
+    throughput.step({k: sum(float(m[k]) for _, m in read) for k in ("flops", "tokens")
+                     if k in read[-1][1]})
+    step, metrics = read[-1]
+    bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
     if step % config.train.log_every == 0 or step == total:
       dt = (time.time() - t0) / steps_timed
       writer.write_scalars(step, {**metrics, "sec_per_step": dt}, prefix="train/")
       t0, steps_timed = time.time(), 0
 
-  # One step in flight: step s is dispatched (asynchronously), then step s - 1's loss is
-  # read, so the host prepares batch s + 1 while the accelerator runs step s. Reading the
-  # loss every step right after its dispatch would leave the device idle during input.
-  pending = None
+  # Steps are dispatched ahead (asynchronously) and their metrics read every log_every
+  # steps: the host prepares the next batches while the device runs (stepping.py).
   for step in range(start + 1, total + 1):
-    batch = task.device_batch(next(train_iter), mesh)
+    batch = next(batches)
     with rules_lib.mesh_and_rules(mesh, rules_lib.preset_of(config)):
-      state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
-    if pending:
-      finish(*pending)
-    pending = (step, metrics)
+      state, metrics = train_step(state, batch, step_rng)
+    bar.update(inflight.add(step, metrics))
     evaluate = config.train.eval_every and step % config.train.eval_every == 0 and step != total
     stop = preemption.requested or step == stop_at
     checkpoint = step % config.train.checkpoint_every == 0 or step == total or stop
-    if evaluate or checkpoint:
-      finish(*pending)  # this step's loss is checked before any evaluation or checkpoint
-      pending = None
+    if evaluate or checkpoint or step % config.train.log_every == 0:
+      check()  # every loss up to here is checked before any evaluation or checkpoint
     if evaluate:
       result = task.evaluate(state, step, workdir, writer, final=False)
       writer.write_scalars(step, {**result, **throughput.report(peak)}, prefix="eval/")
