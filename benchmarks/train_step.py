@@ -97,13 +97,15 @@ def _inputs(dcfg, grid, batch):
 
 
 def case_config(name: str, dtype: str = "float32", attention: str = "xla",
-                adaln: str = "per_block", remat: str = "none", scan_layers: bool = True):
+                adaln: str = "per_block", remat: str = "none", scan_layers: bool = True,
+                adaln_slots: int = 4):
   """(DiTConfig, latent grid, batch) of case `name`."""
   overrides, grid, batch = CASES[name]
   overrides = dict(overrides)
   dcfg = dit_lib.get_dit_config(overrides.pop("variant"), latent_channels=CHANNELS,
                                 patch=(1, 2, 2), dtype=dtype, attention_backend=attention,
-                                adaln=adaln, remat=remat, scan_layers=scan_layers,
+                                adaln=adaln, adaln_slots=adaln_slots, remat=remat,
+                                scan_layers=scan_layers,
                                 **overrides)
   return dcfg, grid, batch
 
@@ -122,8 +124,9 @@ def peer_case(name: str, steps: int, dtype: str, gpu: bool) -> dict:
 
 def bench_case(name: str, steps: int, peak: float, dtype: str, attention: str,
                adaln: str = "per_block", remat: str = "none",
-               scan_layers: bool = True) -> dict:
-  dcfg, grid, batch = case_config(name, dtype, attention, adaln, remat, scan_layers)
+               scan_layers: bool = True, adaln_slots: int = 4) -> dict:
+  dcfg, grid, batch = case_config(name, dtype, attention, adaln, remat, scan_layers,
+                                  adaln_slots)
   model, tx = dit_lib.DiT(dcfg), optax.adamw(1e-4)
   b = _inputs(dcfg, grid, batch)
   params = model.init(jax.random.key(0), b["tokens"], b["positions"], b["segment_ids"],
@@ -160,7 +163,7 @@ def bench_case(name: str, steps: int, peak: float, dtype: str, attention: str,
   n_params = sum(x.size for x in jax.tree.leaves(params))
   return {"case": name, "params": int(n_params), "width": dcfg.width, "depth": dcfg.depth, "heads": dcfg.num_heads,
           "tokens_per_row": tokens // batch, "batch": batch, "dtype": dtype,
-          "attention": attention, "adaln": adaln, "remat": remat, "scan_layers": scan_layers,
+          "attention": attention, "adaln": adaln, "adaln_slots": adaln_slots, "remat": remat, "scan_layers": scan_layers,
           "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
           "step_s_all": [round(t, 4) for t in times], "tokens_per_s": round(tokens / step_s, 1),
           "train_flops": flops, "flops_per_s": flops / step_s, "mfu": flops / step_s / peak,
@@ -183,6 +186,9 @@ def main():
                       help="attention backend (models/attention.py)")
   parser.add_argument("--adaln", default="per_block", choices=dit_lib.ADALN_KINDS,
                       help="adaLN kind of our DiT (DiTConfig.adaln)")
+  parser.add_argument("--adaln_slots", type=int, default=4,
+                      help="DiTConfig.adaln_slots (training's default: one clip a row gives "
+                           "4 slots); 0 = the modulation per token")
   parser.add_argument("--remat", default="none", choices=tuple(dit_lib.REMAT_POLICIES),
                       help="what each block keeps for the backward pass (DiTConfig.remat)")
   parser.add_argument("--unrolled", action="store_true",
@@ -206,7 +212,7 @@ def main():
   for c in cases:
     try:
       row = bench_case(c, args.steps, peak, args.dtype, args.attention, args.adaln,
-                       args.remat, not args.unrolled)
+                       args.remat, not args.unrolled, adaln_slots=args.adaln_slots)
     except Exception as e:  # pylint: disable=broad-except
       row = {"case": c, "error": f"{type(e).__name__}: {str(e)[:500]}"}  # e.g. out of memory
     if args.peer:

@@ -546,3 +546,29 @@ def test_packed_equals_unpacked_loss_and_grads():
   assert sum(float(jnp.abs(g).sum()) for g in ref_flat) > 1.0
   for (path, g), r in zip(flat, ref_flat):
     np.testing.assert_allclose(g, r, **TOL, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("adaln", ["per_block", "single"])
+def test_per_slot_modulation_equals_per_token(adaln):
+  """adaln_slots computes the blocks' modulation once per (clip, given) slot: on packed rows
+  where each clip's generated tokens share one t and its given tokens have t = 0, the
+  outputs and gradients are the per-token model's."""
+  base = _tiny_dit(adaln=adaln)
+  inputs = _random_inputs(base, b=2, n=12)
+  seg = np.asarray(inputs["segment_ids"])
+  clip_t = np.random.default_rng(3).uniform(0.1, 1.0, size=(2, 3))
+  t = np.take_along_axis(clip_t, seg, axis=1)
+  t[:, :2] = 0.0  # the first tokens of each row are given (conditioning frames)
+  inputs["t"] = jnp.asarray(t, jnp.float32)
+  per_token, per_slot = dit.DiT(base), dit.DiT(_tiny_dit(adaln=adaln, adaln_slots=8))
+  params = _perturb(_random_params(per_token, *inputs.values()))
+
+  def loss(model, p):
+    return jnp.sum(jnp.square(model.apply(p, **inputs)) * (seg > 0)[..., None])
+
+  want, want_grads = _jit(jax.value_and_grad(functools.partial(loss, per_token)))(params)
+  got, got_grads = _jit(jax.value_and_grad(functools.partial(loss, per_slot)))(params)
+  assert float(want) > 1.0
+  np.testing.assert_allclose(got, want, **TOL)
+  for (path, g), r in zip(jax.tree.leaves_with_path(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, r, **TOL, err_msg=jax.tree_util.keystr(path))

@@ -116,9 +116,11 @@ def dit_configs(config: Mapping[str, Any], latent_channels: int
                 ) -> tuple[dit_lib.DiTConfig, text_lib.TextEncoderConfig]:
   """(DiT, text encoder) configs of a DiT run config (its ConfigDict or saved JSON)."""
   m, t = config["model"], config["text"]
+  overrides = _dit_overrides(m.get("overrides") or {})
+  # The modulation once per (clip, given) slot of a packed row: exact here (DiTConfig).
+  overrides.setdefault("adaln_slots", 2 * (config["packing"]["max_clips"] + 1))
   dcfg = dit_lib.get_dit_config(m["variant"], patch=tuple(m["patch"]),
-                                latent_channels=latent_channels,
-                                **_dit_overrides(m.get("overrides") or {}))
+                                latent_channels=latent_channels, **overrides)
   tcfg = text_lib.get_text_config(t["variant"], vocab_size=t["vocab_size"],
                                   max_len=config["packing"]["text_len"],
                                   **dict(t.get("overrides") or {}))

@@ -64,7 +64,8 @@ def dit_matmul_weights(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]
     {"token": per image/video token, through all layers;
      "token_no_input_grad": the part of "token" whose input needs no gradient (the patch
        embedding and the timestep MLP's first layer);
-     "text": per caption token (text projection and every block's cross-attention K, V)}.
+     "text": per caption token (text projection and every block's cross-attention K, V);
+     "slot": per modulation slot (`DiTConfig.adaln_slots`; 0 when it is per token)}.
   """
   d, din = dcfg.width, dcfg.token_dim
   hidden = layers.mlp_hidden(d, dcfg.mlp_ratio, dcfg.mlp)
@@ -72,18 +73,17 @@ def dit_matmul_weights(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]
   no_grad = din * d + TIME_FREQUENCY_DIM * d  # patch_embed, time_embed.in
   if dcfg.fps_conditioning:
     no_grad += TIME_FREQUENCY_DIM * d
-  adaln = 6 * d * d  # per block, or once with adaLN-single
+  # The blocks' modulation: per block, or once with adaLN-single; per token, or per slot.
+  adaln = 6 * d * d * (dcfg.depth if dcfg.adaln == "per_block" else 1)
   per_block = 4 * d * d + 2 * d * d + mlp  # self-attn, cross q/out, MLP
-  if dcfg.adaln == "per_block":
-    per_block += adaln
   token = (no_grad + d * d * (2 if dcfg.fps_conditioning else 1)  # time (fps) MLP out
            + dcfg.depth * per_block + 2 * d * d + d * din)  # final adaLN + linear
-  if dcfg.adaln == "single":
-    token += adaln
+  slot = adaln if dcfg.adaln_slots else 0
+  token += adaln - slot
   if dcfg.pooled_text:  # the pooled caption's MLP, run per token
     token += text_dim * d + d * d
   text = text_dim * d + d * d + dcfg.depth * 2 * d * d
-  return {"token": token, "token_no_input_grad": no_grad, "text": text}
+  return {"token": token, "token_no_input_grad": no_grad, "text": text, "slot": slot}
 
 
 def dit_param_count(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]:
@@ -118,6 +118,7 @@ def dit_train_flops(dcfg: dit_lib.DiTConfig, tcfg: text_lib.TextEncoderConfig, s
 
   See the module docstring for what is counted. Per step:
     DiT: 2 * (3 W_token - W_no_grad) * tokens + 6 * W_text * caption tokens
+         + 6 * W_slot * rows * adaln_slots                 (modulation computed per slot)
          + 12 * depth * D * (sum_clips n^2 + sum_clips n l)            (attention)
          + 4 * Dt * sum_clips n l                          (pooled caption, if pooled_text)
     text encoder: 6 * depth * (4 Dt^2 + 2 Dt H) * caption tokens + 12 * depth * Dt * sum l^2
@@ -145,7 +146,8 @@ def dit_train_flops(dcfg: dit_lib.DiTConfig, tcfg: text_lib.TextEncoderConfig, s
   n_l = xp.sum(xp.where(real, xp.take_along_axis(cap_len, k, axis=1), 0.0))  # sum n l
   l_tok, l_sq = xp.sum(cap_len), xp.sum(cap_len ** 2)
   dit = (2.0 * (3 * weights["token"] - weights["token_no_input_grad"]) * n_tok
-         + 6.0 * weights["text"] * l_tok + 12.0 * dcfg.depth * d * (n_sq + n_l))
+         + 6.0 * weights["text"] * l_tok + 12.0 * dcfg.depth * d * (n_sq + n_l)
+         + 6.0 * weights["slot"] * segment_ids.shape[0] * dcfg.adaln_slots)  # every slot
   if dcfg.pooled_text:  # each token's caption mean: forward + the text's gradient
     dit = dit + 4.0 * (text_dim or tcfg.width) * n_l
   w = tcfg.width
