@@ -34,6 +34,9 @@ The image has no imageio-ffmpeg, so the ladder evaluates with --nomp4 (scores re
 `benchmarks` (issues 3, 4 and 5): train_step.py B and L in bf16 with cuDNN attention beside
 the PyTorch peer on the same GPU; context_attention.py --gpu (8k-32k tokens); vae.py with
 720p x 33 clips; launch/aot_compile.py for an H100 target from its XLA target config.
+Issue 37's GPU figures (B and L tokens/s and MFU beside the peer, attention TFLOP/s at
+8k-32k tokens, the loop's steps/s against the bare step of the tiny DiT at 2k and 64k
+records) in one call of at most 490 s: `benchmarks --only train_step,attention,loop_overhead`.
 Each JSON goes to D, each step under its own time limit so one failure keeps the rest.
 
 Results are copied into benchmarks/results/ by hand, with the machine named. Not for CI.
@@ -290,6 +293,8 @@ def benchmarks(args) -> dict:
       ("train_step", [PY, "benchmarks/train_step.py", "--cases", "B,L", "--dtype", "bfloat16",
                       "--attention", "auto", "--steps", "10", "--peer"], 200),
       ("attention", [PY, "benchmarks/context_attention.py", "--gpu", "--reps", "3"], 200),
+      ("loop_overhead", [PY, "benchmarks/loop_overhead.py", "--records", "2000,64000",
+                         "--steps", "100"], 90),
       ("vae", [PY, "benchmarks/vae.py", "--sizes", "17x64x64,33x256x256,33x720x1280"], 120),
       ("aot", [PY, "launch/aot_compile.py", "--config", "configs/dit.py:variant=B",
                "--topology", "h100-2x8", "--mesh", "fsdp=-1", "--rules", "fsdp",
