@@ -182,7 +182,7 @@ def main():
                       help="peak FLOP/s for MFU (0 = measure a matmul in --dtype here)")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="compute dtype (parameters stay float32)")
-  parser.add_argument("--attention", default="xla", choices=("xla", "cudnn", "auto"),
+  parser.add_argument("--attention", default="xla", choices=("xla", "cudnn", "auto", "blocked"),
                       help="attention backend (models/attention.py)")
   parser.add_argument("--adaln", default="per_block", choices=dit_lib.ADALN_KINDS,
                       help="adaLN kind of our DiT (DiTConfig.adaln)")

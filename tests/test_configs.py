@@ -95,9 +95,10 @@ def test_demo_config():
     demo_config.get_config("fast=True")
   demo, quality = demo_config.get_config(), demo_config.get_config("quality=True")
   tokens = lambda c: c.dit.train.steps * c.dit.train.batch_size * c.dit.packing.seq_len
-  assert tokens(quality) == 5 * tokens(demo)  # the quality recipe: 5x the demo's tokens
-  assert quality.dit.train.batch_size == demo.dit.train.batch_size  # 5x the steps
-  wider = demo_config.get_config("dit_batch=4,dit_steps=3000")
+  # The quality recipe as measured (EXPERIMENTS.md): 30000 steps of the demo's batch.
+  assert quality.dit.train.steps == 30000 > 3 * demo.dit.train.steps
+  assert quality.dit.train.batch_size == demo.dit.train.batch_size
+  wider = demo_config.get_config("dit_batch=4,dit_steps=3750")
   assert tokens(wider) == tokens(demo) and wider.dit.train.batch_size == 4
   assert quality.dit.ema == 0.999 and quality.dit.model == demo.dit.model
   # dct10 (C = 12) caps `all` below the quality target; quality trains on dct21 (C = 21)

@@ -3,6 +3,7 @@ import json
 import os
 
 import imageio.v3 as iio
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +14,7 @@ from configs import vae as vae_config
 from sora_jax import checkpoints
 from sora_jax.train import loop
 from sora_jax.train import registry
+from sora_jax.train import stepping
 from sora_jax.train import throughput
 from sora_jax.train import vae_task
 
@@ -186,3 +188,30 @@ def test_reconstruction_psnr_and_ssim_on_known_inputs():
   clipped = vae_task.reconstruction_quality(np.ones_like(video), np.full_like(video, 5.0))
   assert clipped == pytest.approx((100.0, 1.0), abs=1e-4)
 
+
+
+
+@flax.struct.dataclass
+class _State:
+  step: jax.Array
+  w: jax.Array
+
+
+def test_guarded_step_skips_a_non_finite_update_and_folds_the_rng_in_jit():
+  """A step whose loss or grad norm is not finite leaves the state's arrays as they were
+  (the counter advances); step s gets fold_in(base, s) for a state at step s - 1."""
+  def task_step(state, batch, rng):
+    w = state.w + batch["delta"]
+    return _State(state.step + 1, w), {"loss": jnp.sum(w), "grad_norm": batch["norm"],
+                                       "key": jax.random.key_data(rng)}
+
+  step = jax.jit(stepping.guarded(task_step))
+  base, state = jax.random.key(7), _State(jnp.int32(4), jnp.ones(3))
+  new, metrics = step(state, {"delta": jnp.full(3, 0.5), "norm": 1.0}, base)
+  np.testing.assert_array_equal(new.w, 1.5)
+  assert int(new.step) == 5
+  np.testing.assert_array_equal(metrics["key"], jax.random.key_data(jax.random.fold_in(base, 5)))
+  for delta, norm in ((jnp.full(3, jnp.nan), 1.0), (jnp.zeros(3), jnp.inf)):
+    skipped, metrics = step(new, {"delta": delta, "norm": norm}, base)
+    np.testing.assert_array_equal(skipped.w, 1.5)  # the update was not applied
+    assert int(skipped.step) == 6

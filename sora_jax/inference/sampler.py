@@ -68,13 +68,14 @@ def window_bytes(dcfg: dit_lib.DiTConfig, vcfg: vae_lib.VAEConfig, frames: int,
   """A lower bound on one device's memory for sampling `rows` windows of this size.
 
   Dense attention holds a layer's fp32 logits, probabilities and mask ([rows, H, N, N]);
-  cuDNN's flash kernel holds no N x N. The params and the activations linear in N are
+  cuDNN's flash kernel and the blocked backend hold no N x N. The params and the activations linear in N are
   small next to it at the sizes this guards against.
   """
   tokens = math.prod(latent_shape(dcfg, vcfg, frames, height, width)[:3])
   tokens //= math.prod(dcfg.patch)
-  dense = not (jax.default_backend() == "gpu" and dcfg.dtype in ("bfloat16", "float16")
-               and dcfg.attention_backend in ("auto", "cudnn"))
+  flash = (jax.default_backend() == "gpu" and dcfg.dtype in ("bfloat16", "float16")
+           and dcfg.attention_backend in ("auto", "cudnn"))
+  dense = not (flash or dcfg.attention_backend == "blocked")
   per_token = 64 * dcfg.width  # activations, latents and the decoded pixels' share
   return rows * (tokens * per_token + (9 * dcfg.num_heads * tokens ** 2 if dense else 0)
                  ) // devices

@@ -14,6 +14,8 @@ Backends, one function each, picked by name through a small dispatcher:
   "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` (flash attention); GPU only,
            bf16/fp16 inputs.
   "auto":  "cudnn" on GPU with bf16/fp16 inputs and a head dim cuDNN supports, else "xla".
+  "blocked": keys in blocks with an online softmax and a recomputing backward pass
+           (`blocked_attention`): never holds [B, H, N, S]; any backend.
   "ring", "all_to_all": context parallelism over the mesh's `context` axis (ring attention
            or DeepSpeed-Ulysses, `sora_jax/sharding/context.py`), with "auto" as the local
            kernel; dense "auto" when there is no mesh or its context axis has size 1.
@@ -29,12 +31,13 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sora_jax.models import rope
 from sora_jax.sharding import context as context_lib
 
 CONTEXT_BACKENDS = ("ring", "all_to_all")
-BACKENDS = ("xla", "cudnn", "auto") + CONTEXT_BACKENDS
+BACKENDS = ("xla", "cudnn", "auto", "blocked") + CONTEXT_BACKENDS
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
@@ -81,6 +84,123 @@ def _cudnn_attention(q, k, v, mask):
                      f"{q.dtype}. Set the model dtype to bfloat16 or use backend='auto'.")
   mask = None if mask is None else mask[:, None]  # [B, 1, N, S], broadcast over heads
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+
+
+BLOCK = 128  # keys a step of the blocked backend
+
+
+def _block_mask(q_seg, kv_seg, kv_mask, j0: int, size: int):
+  """[B, 1, N, size] bool of keys j0..j0+size, or None (the masks of `attention_mask`)."""
+  mask = None
+  if q_seg is not None:
+    kv = jax.lax.dynamic_slice_in_dim(kv_seg, j0, size, axis=1)
+    mask = q_seg[:, None, :, None] == kv[:, None, None, :]
+  if kv_mask is not None:
+    kv = jax.lax.dynamic_slice_in_dim(kv_mask, j0, size, axis=1)[:, None, None, :]
+    mask = kv if mask is None else mask & kv
+  return mask
+
+
+def _blocked_forward(q, k, v, q_seg, kv_seg, kv_mask):
+  """(out [B, H, N, Dh] f32, logsumexp [B, H, N] f32): online softmax over key blocks."""
+  b, n, h, d = q.shape
+  s_len = k.shape[1]
+  scale = d ** -0.5
+  qt = jnp.swapaxes(q, 1, 2).astype(jnp.float32) * scale  # [B, H, N, Dh]
+  neg = jnp.finfo(jnp.float32).min
+
+  def body(carry, j0):
+    m, l, acc = carry
+    kj = jax.lax.dynamic_slice_in_dim(k, j0, BLOCK, axis=1).astype(jnp.float32)
+    vj = jax.lax.dynamic_slice_in_dim(v, j0, BLOCK, axis=1).astype(jnp.float32)
+    logits = jnp.einsum("bhnd,bshd->bhns", qt, kj)
+    mask = _block_mask(q_seg, kv_seg, kv_mask, j0, BLOCK)
+    if mask is not None:
+      logits = jnp.where(mask, logits, neg)
+    m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+    p = jnp.exp(logits - m_new[..., None])
+    if mask is not None:  # a masked key adds exactly 0, also while a row has seen nothing
+      p = jnp.where(mask, p, 0.0)
+    corr = jnp.exp(m - m_new)
+    l = l * corr + jnp.sum(p, axis=-1)
+    acc = acc * corr[..., None] + jnp.einsum("bhns,bshd->bhnd", p, vj)
+    return (m_new, l, acc), None
+
+  init = (jnp.full((b, h, n), neg, jnp.float32), jnp.zeros((b, h, n), jnp.float32),
+          jnp.zeros((b, h, n, d), jnp.float32))
+  (m, l, acc), _ = jax.lax.scan(body, init, jnp.arange(0, s_len, BLOCK))
+  out = acc / jnp.maximum(l, 1e-30)[..., None]  # a row that saw nothing: acc = 0 -> 0
+  return out, m + jnp.log(jnp.maximum(l, 1e-30))
+
+
+@jax.custom_vjp
+def _blocked_core(q, k, v, q_seg, kv_seg, kv_mask):
+  return _blocked_forward(q, k, v, q_seg, kv_seg, kv_mask)[0]
+
+
+def _blocked_fwd(q, k, v, q_seg, kv_seg, kv_mask):
+  out, lse = _blocked_forward(q, k, v, q_seg, kv_seg, kv_mask)
+  return out, (q, k, v, q_seg, kv_seg, kv_mask, out, lse)
+
+
+def _blocked_bwd(res, g):
+  """Recomputes each key block's probabilities from the saved logsumexp (FlashAttention-2)."""
+  q, k, v, q_seg, kv_seg, kv_mask, out, lse = res
+  d = q.shape[-1]
+  scale = d ** -0.5
+  qt = jnp.swapaxes(q, 1, 2).astype(jnp.float32) * scale
+  g = g.astype(jnp.float32)
+  delta = jnp.sum(g * out, axis=-1)  # [B, H, N]
+
+  def body(dq, j0):
+    kj = jax.lax.dynamic_slice_in_dim(k, j0, BLOCK, axis=1).astype(jnp.float32)
+    vj = jax.lax.dynamic_slice_in_dim(v, j0, BLOCK, axis=1).astype(jnp.float32)
+    logits = jnp.einsum("bhnd,bshd->bhns", qt, kj)
+    p = jnp.exp(logits - lse[..., None])
+    mask = _block_mask(q_seg, kv_seg, kv_mask, j0, BLOCK)
+    if mask is not None:
+      p = jnp.where(mask, p, 0.0)
+    dv = jnp.einsum("bhns,bhnd->bshd", p, g)
+    dp = jnp.einsum("bhnd,bshd->bhns", g, vj)
+    ds = p * (dp - delta[..., None])
+    dq = dq + jnp.einsum("bhns,bshd->bhnd", ds, kj)
+    dk = jnp.einsum("bhns,bhnd->bshd", ds, qt)  # qt holds the scale
+    return dq, (dk, dv)
+
+  dq, (dk, dv) = jax.lax.scan(body, jnp.zeros(qt.shape, jnp.float32),
+                              jnp.arange(0, k.shape[1], BLOCK))
+  s_len = k.shape[1]
+  # [nb, B, BLOCK, H, Dh] -> [B, S, H, Dh]
+  unblock = lambda x: jnp.moveaxis(x, 0, 1).reshape(x.shape[1], s_len, *x.shape[3:])
+  dq = jnp.swapaxes(dq * scale, 1, 2)
+  none = lambda x: None if x is None else np.zeros(x.shape, jax.dtypes.float0)
+  return (dq.astype(q.dtype), unblock(dk).astype(k.dtype), unblock(dv).astype(v.dtype),
+          none(q_seg), none(kv_seg), none(kv_mask))
+
+
+_blocked_core.defvjp(_blocked_fwd, _blocked_bwd)
+
+
+def blocked_attention(q, k, v, q_segment_ids=None, kv_segment_ids=None,
+                      kv_mask=None) -> jax.Array:
+  """Attention that never holds [B, H, N, S]: keys in blocks of BLOCK with an online softmax,
+  and a backward pass that recomputes each block (FlashAttention-2, Dao 2023, in plain XLA).
+
+  Same contract as `attention`; S is padded to a multiple of BLOCK with masked keys.
+  """
+  s_len = k.shape[1]
+  pad = -s_len % BLOCK
+  if pad:
+    widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+    k, v = jnp.pad(k, widths), jnp.pad(v, widths)
+    kv_mask = jnp.ones(k.shape[:1] + (s_len,), bool) if kv_mask is None else kv_mask
+    kv_mask = jnp.pad(kv_mask.astype(bool), ((0, 0), (0, pad)))
+    if kv_segment_ids is not None:
+      kv_segment_ids = jnp.pad(kv_segment_ids, ((0, 0), (0, pad)))
+  if kv_mask is not None:
+    kv_mask = kv_mask.astype(bool)
+  out = _blocked_core(q, k, v, q_segment_ids, kv_segment_ids, kv_mask)
+  return jnp.swapaxes(out, 1, 2).astype(q.dtype)
 
 
 def _auto_backend(q) -> Callable:
@@ -135,6 +255,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids=None,
       self_attention = k.shape[1] == q.shape[1]
     return fn(q, k, v, q_segment_ids, kv_segment_ids, kv_mask,
               self_attention=self_attention, local=_local_auto)
+  if backend == "blocked":
+    return blocked_attention(q, k, v, q_segment_ids, kv_segment_ids, kv_mask)
   fns = {"xla": _xla_attention, "cudnn": _cudnn_attention}
   fn = _auto_backend(q) if backend == "auto" else fns[backend]
   return _masked(fn, q, k, v, q_segment_ids, kv_segment_ids, kv_mask)
