@@ -37,7 +37,8 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   seed         the run's random seed.
   eval_every   steps between mid-run evaluations (0 = only the final one).
   rules        sharding preset (sharding/rules.py): dp, fsdp, fsdp_tensor or fsdp_context.
-  attention    attention backend (models/attention.py), e.g. ring or all_to_all; '' = xla.
+  attention    attention backend (models/attention.py), e.g. blocked (long rows on a CPU), ring
+               or all_to_all; '' = xla.
   runlocal     shrink everything so a test or a laptop runs it in seconds.
 Mesh sizes: --config.mesh.fsdp=8 etc. (data, fsdp, context, tensor; one may be -1); slices:
 --config.mesh.dcn.data=2. fsdp_context puts tokens over the context axis: pair with
