@@ -192,7 +192,7 @@ def make_latent_dataset(records, tokenizer, *, patch: Sequence[int], seq_len: in
   ds = ds.map(_Read(records)).map(_ToClip(tokenizer, text_len, tuple(patch),
                                           CAPTION_KEYS[caption]))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
-  ds = packing.pack_dataset(ds, seq_len, max_clips, text_len, num_bins=num_bins, seed=seed)
+  ds = packing.pack_dataset(ds, seq_len, max_clips, num_bins=num_bins)
   ds = ds.batch(batch_size // pc, drop_remainder=train)
   if train and num_workers:
     if not isinstance(records, LatentRecords):

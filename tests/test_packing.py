@@ -1,4 +1,6 @@
 """NaViT packing: contents of packed sequences, grain path == numpy path, efficiency."""
+import json
+
 import grain
 import numpy as np
 import pytest
@@ -55,7 +57,7 @@ def test_grain_first_fit_matches_numpy():
   for num_bins in (1, 2):
     expected = list(packing.pack_examples(examples, 32, 3, num_bins))
     ds = grain.MapDataset.source(examples).to_iter_dataset()
-    got = list(packing.pack_dataset(ds, 32, 3, TEXT_LEN, num_bins))
+    got = list(packing.pack_dataset(ds, 32, 3, num_bins))
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
       assert set(g) == set(e)
@@ -83,3 +85,26 @@ def test_clip_longer_than_sequence_is_an_error():
   examples, _ = _examples()
   with pytest.raises(ValueError, match="20 tokens .* seq_len=16"):
     list(packing.pack_examples(examples, seq_len=16, max_clips=2))
+
+
+@pytest.mark.parametrize("num_bins", [1, 2])
+def test_pack_dataset_resumes_from_any_position(num_bins):
+  """Stopped after any number of packed rows, its JSON state restored into a fresh
+  iterator gives the rows the uninterrupted iterator gives, mid-round included."""
+  examples = _examples()[0] * 3
+  ds = packing.pack_dataset(grain.MapDataset.source(examples).to_iter_dataset(), 32, 3,
+                            num_bins)
+  expected = list(ds)
+  assert len(expected) > 4
+  for k in range(len(expected) + 1):
+    it = iter(ds)
+    for _ in range(k):
+      next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    restored = iter(ds)
+    restored.set_state(state)
+    rest = list(restored)
+    assert len(rest) == len(expected) - k, k
+    for g, e in zip(rest, expected[k:]):
+      for key in e:
+        np.testing.assert_array_equal(g[key], e[key], err_msg=f"{k}: {key}")
