@@ -37,7 +37,7 @@ MUTANTS = [
      "i2v.append(psnr(v[0], c.video[0]))", "i2v.append(psnr(v[-1], c.video[0]))",
      ["tests/test_generation.py::test_batch_mode_manifest_and_evaluate"]),
     ("a long video keeps every window (memory grows)", "sora_jax/inference/tasks.py",
-     "window = np.concatenate([window[-start:], new])", "window = np.concatenate([window, new])",
+     "window = np.concatenate([window, new])[-start:]", "window = np.concatenate([window, new])",
      ["tests/test_generation.py::test_long_video_memory_does_not_grow_with_length"]),
     ("a batch draws every clip's noise from the first seed", "sora_jax/inference/sampler.py",
      "latent_shape))\n                      for s in seeds])",
