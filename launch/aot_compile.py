@@ -185,6 +185,7 @@ def compile_train_step(args: argparse.Namespace) -> dict:
   from sora_jax.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.sharding import rules as rules_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.train import registry  # pylint: disable=g-import-not-at-top
+  from sora_jax.train import stepping  # pylint: disable=g-import-not-at-top
 
   config = load_config(args.config)
   with config.unlocked():
@@ -208,7 +209,8 @@ def compile_train_step(args: argparse.Namespace) -> dict:
   batch = task.abstract_batch()
   batch_sh = jax.tree.map(lambda _: mesh_lib.batch_sharding(mesh), batch)
   replicated = mesh_lib.replicated(mesh)
-  step = rules_lib.with_rules(task.make_train_step(), preset)
+  # The step the loop jits: the task's step inside the guard (RNG and non-finite skip).
+  step = rules_lib.with_rules(stepping.guarded(task.make_train_step()), preset)
   t0 = time.perf_counter()
   with rules_lib.mesh_and_rules(mesh, preset):
     jitted = jax.jit(step, in_shardings=(state_sh, batch_sh, replicated),
