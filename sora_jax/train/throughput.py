@@ -1,10 +1,12 @@
 """Training throughput, timed by the loop: tokens/s, FLOP/s and MFU.
 
-The loop reads every step's loss (its NaN guard), one step behind the dispatch, so the wall
-time between two consecutive reads is one step. The first read after a (re)start includes
-the compile and an interval that spans an evaluation or a checkpoint includes that work:
-`skip()` drops the next interval. FLOPs and tokens are the step's own metrics (`flops`:
-the analytic count of `scaling/flops.py`; `tokens`, when the task has them).
+The loop reads the metrics of the steps since its last read together (every `log_every`
+steps, and before an evaluation or a checkpoint; `stepping.InFlight`) and charges the wall
+time between two reads to the FLOPs and tokens of those steps. The first read after a
+(re)start includes the compile and an interval that spans an evaluation or a checkpoint
+includes that work: `skip()` drops the next interval. FLOPs and tokens are the steps' own
+metrics (`flops`: the analytic count of `scaling/flops.py`; `tokens`, when the task has
+them).
 
 MFU = FLOP/s / peak. The peak is `train.peak_flops` when the config sets it (the whole
 job's), else the dense bf16 peak of the device kind below times the device count; on a
