@@ -55,7 +55,8 @@ class Throughput:
     self._last = None
 
   def step(self, metrics: Mapping[str, float]) -> None:
-    """Called once a step's metrics are read: charges the interval since the last call."""
+    """Called at each read of the loop: charges the interval since the last call to the
+    summed `metrics` of the steps read."""
     now = self._clock()
     if self._last is not None:
       self.seconds += now - self._last
