@@ -14,6 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import features
+from data_pipelines import latents as latents_lib
 from data_pipelines import pipeline
 
 IMAGE, VIDEO = (1, 32, 32), (9, 32, 48)
@@ -303,3 +304,31 @@ def test_shapes_world_from_config(tmp_path):
   batch = next(iter(pipeline.make_pixel_dataset(cfg, split="train", batch_size=2, seed=0)))
   assert batch["video"].shape == (2, 5, 32, 32, 3) and batch["video"].dtype == np.float32
   assert all(len(c) > 0 for c in batch["caption"])
+
+
+def test_latent_clips_tokenize_each_caption_once():
+  """The DiT pipeline keeps token ids per caption: the same ids as tokenizing every record,
+  one tokenizer call per distinct caption."""
+
+  class Counting:
+    def __init__(self):
+      self.calls = 0
+
+    def encode(self, texts, length):
+      self.calls += 1
+      ids = np.zeros((1, length), np.int32)
+      codes = [ord(c) % 50 + 2 for c in texts[0]][:length]
+      ids[0, :len(codes)] = codes
+      return ids, ids > 0, None
+
+  captions = ["a red circle", "a blue square", "a red circle", "a red star", "a blue square"]
+  tokenizer, reference = Counting(), Counting()
+  to_clip = latents_lib._ToClip(tokenizer, 8, (1, 2, 2), "caption")  # pylint: disable=protected-access
+  rng = np.random.default_rng(0)
+  for i, caption in enumerate(captions):
+    clip = to_clip.map({"latents": rng.normal(size=(1, 2, 2, 3)).astype(np.float32),
+                        "caption": caption, "index": i})
+    want_ids, want_mask, _ = reference.encode([caption], 8)
+    np.testing.assert_array_equal(clip["text_ids"], want_ids[0])
+    np.testing.assert_array_equal(clip["text_mask"], want_mask[0])
+  assert tokenizer.calls == len(set(captions)) == 3
