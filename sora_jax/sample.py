@@ -13,7 +13,8 @@
 Tasks: t2v, t2i, i2v, extend, interpolate, loop, edit (`sora_jax/diffusion/conditioning.py`).
 `--seconds N` (t2v and extend) makes a long video by chained forward extension at the
 nominal 8 fps; a long t2v video, or one extended forward, is streamed to its files window by
-window (memory does not grow with its length; no gif), up to MAX_SECONDS. `--prompt ""` needs `--unconditional`.
+window (memory does not grow with its length; no gif), up to MAX_SECONDS. `--prompt ""`
+needs `--unconditional`.
 
 Batch mode: `--prompts_file` is a text file with one prompt a line, or a JSON-lines file
 with {"prompt": ..., optional "name", "seed", "task" (t2v or t2i)}; it writes

@@ -68,8 +68,8 @@ def window_bytes(dcfg: dit_lib.DiTConfig, vcfg: vae_lib.VAEConfig, frames: int,
   """A lower bound on one device's memory for sampling `rows` windows of this size.
 
   Dense attention holds a layer's fp32 logits, probabilities and mask ([rows, H, N, N]);
-  cuDNN's flash kernel and the blocked backend hold no N x N. The params and the activations linear in N are
-  small next to it at the sizes this guards against.
+  cuDNN's flash kernel and the blocked backend hold no N x N. The params and the
+  activations linear in N are small next to it at the sizes this guards against.
   """
   tokens = math.prod(latent_shape(dcfg, vcfg, frames, height, width)[:3])
   tokens //= math.prod(dcfg.patch)

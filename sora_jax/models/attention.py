@@ -101,20 +101,28 @@ def _block_mask(q_seg, kv_seg, kv_mask, j0: int, size: int):
   return mask
 
 
+def _scaled_queries(q):
+  """[B, N, H, Dh] -> [B, H, N, Dh] float32, times Dh^-1/2."""
+  return jnp.swapaxes(q, 1, 2).astype(jnp.float32) * q.shape[-1] ** -0.5
+
+
+def _key_block(qt, k, v, q_seg, kv_seg, kv_mask, j0):
+  """(keys, values, logits [B, H, N, BLOCK], mask or None) of the key block at j0."""
+  kj = jax.lax.dynamic_slice_in_dim(k, j0, BLOCK, axis=1).astype(jnp.float32)
+  vj = jax.lax.dynamic_slice_in_dim(v, j0, BLOCK, axis=1).astype(jnp.float32)
+  logits = jnp.einsum("bhnd,bshd->bhns", qt, kj)
+  return kj, vj, logits, _block_mask(q_seg, kv_seg, kv_mask, j0, BLOCK)
+
+
 def _blocked_forward(q, k, v, q_seg, kv_seg, kv_mask):
   """(out [B, H, N, Dh] f32, logsumexp [B, H, N] f32): online softmax over key blocks."""
   b, n, h, d = q.shape
-  s_len = k.shape[1]
-  scale = d ** -0.5
-  qt = jnp.swapaxes(q, 1, 2).astype(jnp.float32) * scale  # [B, H, N, Dh]
+  qt = _scaled_queries(q)
   neg = jnp.finfo(jnp.float32).min
 
   def body(carry, j0):
     m, l, acc = carry
-    kj = jax.lax.dynamic_slice_in_dim(k, j0, BLOCK, axis=1).astype(jnp.float32)
-    vj = jax.lax.dynamic_slice_in_dim(v, j0, BLOCK, axis=1).astype(jnp.float32)
-    logits = jnp.einsum("bhnd,bshd->bhns", qt, kj)
-    mask = _block_mask(q_seg, kv_seg, kv_mask, j0, BLOCK)
+    _, vj, logits, mask = _key_block(qt, k, v, q_seg, kv_seg, kv_mask, j0)
     if mask is not None:
       logits = jnp.where(mask, logits, neg)
     m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
@@ -128,7 +136,7 @@ def _blocked_forward(q, k, v, q_seg, kv_seg, kv_mask):
 
   init = (jnp.full((b, h, n), neg, jnp.float32), jnp.zeros((b, h, n), jnp.float32),
           jnp.zeros((b, h, n, d), jnp.float32))
-  (m, l, acc), _ = jax.lax.scan(body, init, jnp.arange(0, s_len, BLOCK))
+  (m, l, acc), _ = jax.lax.scan(body, init, jnp.arange(0, k.shape[1], BLOCK))
   out = acc / jnp.maximum(l, 1e-30)[..., None]  # a row that saw nothing: acc = 0 -> 0
   return out, m + jnp.log(jnp.maximum(l, 1e-30))
 
@@ -146,18 +154,13 @@ def _blocked_fwd(q, k, v, q_seg, kv_seg, kv_mask):
 def _blocked_bwd(res, g):
   """Recomputes each key block's probabilities from the saved logsumexp (FlashAttention-2)."""
   q, k, v, q_seg, kv_seg, kv_mask, out, lse = res
-  d = q.shape[-1]
-  scale = d ** -0.5
-  qt = jnp.swapaxes(q, 1, 2).astype(jnp.float32) * scale
+  qt = _scaled_queries(q)
   g = g.astype(jnp.float32)
   delta = jnp.sum(g * out, axis=-1)  # [B, H, N]
 
   def body(dq, j0):
-    kj = jax.lax.dynamic_slice_in_dim(k, j0, BLOCK, axis=1).astype(jnp.float32)
-    vj = jax.lax.dynamic_slice_in_dim(v, j0, BLOCK, axis=1).astype(jnp.float32)
-    logits = jnp.einsum("bhnd,bshd->bhns", qt, kj)
+    kj, vj, logits, mask = _key_block(qt, k, v, q_seg, kv_seg, kv_mask, j0)
     p = jnp.exp(logits - lse[..., None])
-    mask = _block_mask(q_seg, kv_seg, kv_mask, j0, BLOCK)
     if mask is not None:
       p = jnp.where(mask, p, 0.0)
     dv = jnp.einsum("bhns,bhnd->bshd", p, g)
@@ -172,7 +175,7 @@ def _blocked_bwd(res, g):
   s_len = k.shape[1]
   # [nb, B, BLOCK, H, Dh] -> [B, S, H, Dh]
   unblock = lambda x: jnp.moveaxis(x, 0, 1).reshape(x.shape[1], s_len, *x.shape[3:])
-  dq = jnp.swapaxes(dq * scale, 1, 2)
+  dq = jnp.swapaxes(dq * q.shape[-1] ** -0.5, 1, 2)
   none = lambda x: None if x is None else np.zeros(x.shape, jax.dtypes.float0)
   return (dq.astype(q.dtype), unblock(dk).astype(k.dtype), unblock(dv).astype(v.dtype),
           none(q_seg), none(kv_seg), none(kv_mask))
