@@ -26,7 +26,8 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   gan          hinge-GAN weight (0 = off); gan_start: its first step.
   seed         the run's random seed.
   eval_every   steps between mid-run evaluations (0 = only the final one).
-  rules        sharding preset (sora_jax/sharding/rules.py): dp, or vae_spatial (split by height).
+  rules        sharding preset (sora_jax/sharding/rules.py): dp, vae_spatial (split by height) or
+               vae_fsdp (kernels split over fsdp).
   runlocal     shrink everything so a test or a laptop runs it in seconds.
 Mesh sizes: --config.mesh.fsdp=8 etc. (data, fsdp, context, tensor; one may be -1); slices:
 --config.mesh.dcn.data=2.

@@ -29,18 +29,18 @@ and batching are grain IterDatasets, so the iterator state checkpoints and resto
 """
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from array_record.python import array_record_module
+from etils import epath
 import flax
 import grain
 import numpy as np
 
 from data_pipelines import packing
 from data_pipelines import pipeline
+from data_pipelines import storage
 
 RECORD_FILE = "latents.array_record"
 METADATA_FILE = "metadata.json"
@@ -52,13 +52,14 @@ class LatentRecords:
   """Precomputed latent records of one split (written by `write_latents`)."""
 
   def __init__(self, split_dir: str):
-    path = os.path.join(split_dir, RECORD_FILE)
-    meta_path = os.path.join(split_dir, METADATA_FILE)
-    if not (os.path.exists(path) and os.path.exists(meta_path)):
+    path = storage.join(split_dir, RECORD_FILE)
+    meta_path = storage.join(split_dir, METADATA_FILE)
+    if not (epath.Path(path).exists() and epath.Path(meta_path).exists()):
       raise ValueError(f"No latent records in {split_dir!r} (expected {RECORD_FILE} and "
                        f"{METADATA_FILE}); run `python -m data_pipelines.latents` first.")
-    with open(meta_path) as f:
-      self.metadata = json.load(f)
+    self.metadata = storage.read_json(meta_path)
+    # array_record's C++ reader takes local paths only: data and latents on GCS are read
+    # through a gcsfuse mount, as grain's ArrayRecord source needs.
     self._records = grain.sources.ArrayRecordDataSource([path])
     self.shapes = _decode_runs(self.metadata["latent_shapes"])
     if len(self.shapes) != len(self._records):
@@ -114,17 +115,16 @@ def write_records(split_dir: str, records: Iterable[dict[str, Any]],
   `metadata` (e.g. the VAE that encoded them and the latent statistics) is stored with
   `num_records` and the run-length encoded `latent_shapes` added. Returns the metadata.
   """
-  os.makedirs(split_dir, exist_ok=True)
-  writer = array_record_module.ArrayRecordWriter(
-      os.path.join(split_dir, RECORD_FILE), "group_size:1")
+  epath.Path(split_dir).mkdir(parents=True, exist_ok=True)
+  writer = array_record_module.ArrayRecordWriter(  # a local path (see LatentRecords)
+      storage.join(split_dir, RECORD_FILE), "group_size:1")
   shapes = []
   for rec in records:
     writer.write(flax.serialization.msgpack_serialize(rec))
     shapes.append(rec["latents"].shape)
   writer.close()
   meta = {"num_records": len(shapes), "latent_shapes": _encode_runs(shapes), **metadata}
-  with open(os.path.join(split_dir, METADATA_FILE), "w") as f:
-    json.dump(meta, f, indent=2)
+  storage.write_json(storage.join(split_dir, METADATA_FILE), meta, indent=2)
   return meta
 
 

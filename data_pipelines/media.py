@@ -1,16 +1,21 @@
 """Reading and writing clips as files: .npy, mp4 (imageio-ffmpeg's bundled ffmpeg) and gif;
-contact sheets (a grid of clips' frames, one PNG)."""
+contact sheets (a grid of clips' frames, one PNG). Paths may be local or gs:// URLs
+(`storage.local_file`: encoders write a local file that is then uploaded)."""
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 
+from etils import epath
 import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
+
+from data_pipelines import storage
 
 DEFAULT_FPS = 8  # Shapes World's nominal frame rate
 
@@ -25,8 +30,8 @@ def check_clip(video: np.ndarray, where: str = "clip") -> np.ndarray:
 def write_mp4(path: str | os.PathLike, video: np.ndarray, fps: int = DEFAULT_FPS) -> None:
   """H.264 mp4 (yuv420p, so any player opens it). H and W are even for our sizes."""
   video = check_clip(video, str(path))
-  with _ffmpeg_fork():
-    iio.imwrite(path, video, plugin="FFMPEG", fps=fps, codec="libx264",
+  with _ffmpeg_fork(), storage.local_file(path) as local:
+    iio.imwrite(local, video, plugin="FFMPEG", fps=fps, codec="libx264",
                 pixelformat="yuv420p", output_params=["-crf", "12"], macro_block_size=1)
 
 
@@ -40,7 +45,19 @@ def _ffmpeg_fork():
 
 def write_gif(path: str | os.PathLike, video: np.ndarray, fps: int = DEFAULT_FPS) -> None:
   video = check_clip(video, str(path))
-  iio.imwrite(path, video, plugin="pillow", duration=int(1000 / fps), loop=0)
+  with storage.local_file(path) as local:
+    iio.imwrite(local, video, plugin="pillow", duration=int(1000 / fps), loop=0)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+  """A PNG (or any format imageio infers from the suffix) of uint8 [H, W, 3]."""
+  with storage.local_file(path) as local:
+    iio.imwrite(local, np.asarray(image))
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+  with storage.local_file(path) as local:
+    np.save(local, array)
 
 
 class StreamWriter:
@@ -57,11 +74,13 @@ class StreamWriter:
     import imageio_ffmpeg  # pylint: disable=g-import-not-at-top  # imageio's optional backend
     self.stem, self.total, self.written = os.fspath(stem), total, 0
     self.paths = [self.stem + ".mp4"] + ([self.stem + ".npy"] if npy else [])
-    self._npy = np.lib.format.open_memmap(self.stem + ".npy", mode="w+", dtype=np.uint8,
+    self._files = contextlib.ExitStack()  # local files, uploaded on close when remote
+    local = [self._files.enter_context(storage.local_file(p)) for p in self.paths]
+    self._npy = np.lib.format.open_memmap(local[1], mode="w+", dtype=np.uint8,
                                           shape=(total, height, width, 3)) if npy else None
     with _ffmpeg_fork():
       self._mp4 = imageio_ffmpeg.write_frames(
-          self.paths[0], (width, height), fps=fps, codec="libx264", macro_block_size=1,
+          local[0], (width, height), fps=fps, codec="libx264", macro_block_size=1,
           output_params=["-crf", "12"])
       self._mp4.send(None)  # starts ffmpeg
 
@@ -80,7 +99,8 @@ class StreamWriter:
     self._mp4.close()
     if self._npy is not None:
       self._npy.flush()
-      del self._npy
+      self._npy = None
+    self._files.close()
 
   def __enter__(self) -> StreamWriter:
     return self
@@ -95,7 +115,7 @@ def write_clip(stem: str | os.PathLike, video: np.ndarray, *, npy: bool = True,
   stem = os.fspath(stem)
   out = []
   if npy:
-    np.save(stem + ".npy", check_clip(video, stem))
+    write_npy(stem + ".npy", check_clip(video, stem))
     out.append(stem + ".npy")
   if mp4:
     write_mp4(stem + ".mp4", video, fps)
@@ -109,19 +129,33 @@ def write_clip(stem: str | os.PathLike, video: np.ndarray, *, npy: bool = True,
 def read_clip(path: str | os.PathLike) -> np.ndarray:
   """Reads .npy, an image or a video file into uint8 [T, H, W, 3]."""
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise FileNotFoundError(f"No such clip file: {path!r}.")
   if path.endswith(".npy"):
-    video = np.load(path)
+    with epath.Path(path).open("rb") as f:
+      video = np.load(f)
   else:
-    with _ffmpeg_fork():
-      video = np.asarray(iio.imread(path, index=None if not _is_image(path) else 0))
+    with _ffmpeg_fork(), _readable(path) as local:
+      video = np.asarray(iio.imread(local, index=None if not _is_image(path) else 0))
     if video.ndim == 3:
       video = video[None]
     video = video[..., :3]
   if video.ndim == 3:  # a single [H, W, 3] image
     video = video[None]
   return check_clip(video, path)
+
+
+@contextlib.contextmanager
+def _readable(path: str):
+  """A local file name for `path` (a URL is downloaded to a temporary file)."""
+  if storage.is_local(path):
+    yield path
+    return
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, "file" + os.path.splitext(path)[1])
+    with open(local, "wb") as f:
+      f.write(epath.Path(path).read_bytes())
+    yield local
 
 
 def _is_image(path: str) -> bool:
@@ -206,6 +240,5 @@ def _draw_labels(sheet, columns, row_labels, gap, cell_w, left, top, h) -> np.nd
 def write_contact_sheet(path: str, videos: Mapping[str, Sequence[np.ndarray]],
                         **kwargs) -> str:
   """`contact_sheet(videos, **kwargs)` written as a PNG to `path`."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  iio.imwrite(path, contact_sheet(videos, **kwargs))
+  write_image(path, contact_sheet(videos, **kwargs))
   return path

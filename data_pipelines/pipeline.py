@@ -28,9 +28,9 @@ import dataclasses
 import functools
 import importlib
 import math
-import os
 from typing import Any
 
+from etils import epath
 import grain
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -107,7 +107,7 @@ def load_builder(source: str, name: Any, data_dir: str,
   """
   if source not in SOURCES:
     raise ValueError(f"data source {source!r} is not one of {SOURCES}.")
-  if not data_dir or not os.path.isdir(data_dir):
+  if not data_dir or not epath.Path(data_dir).is_dir():
     if not (prepare and source != "directory"):
       raise ValueError(f"data_dir {data_dir!r} (source {source!r}) is not an existing "
                        "directory; build the data set first or set prepare=True.")

@@ -20,6 +20,7 @@ from typing import Callable, Iterator, NoReturn, Sequence
 
 from absl import app
 from absl import flags
+from etils import epath
 
 
 class InputError(ValueError):
@@ -41,8 +42,15 @@ def check_directory(flag: str, value: str, writable: bool = True) -> None:
   """`value` is a directory, or one can be made there (and written, if `writable`).
 
   Raises ValueError naming `flag` for a file in the way or an ancestor that is not a
-  writable directory, so the run stops before anything is computed.
+  writable directory, so the run stops before anything is computed. A URL (gs://...) is
+  only checked for a file in the way: object stores have no directories or permission bits
+  to look at.
   """
+  if "://" in value:
+    url = epath.Path(value)
+    if url.exists() and not url.is_dir():
+      raise ValueError(f"{flag}={value!r} is a file; expected a directory.")
+    return
   path = os.path.abspath(value)
   if os.path.exists(path) and not os.path.isdir(path):
     raise ValueError(f"{flag}={value!r} is a file; expected a directory.")

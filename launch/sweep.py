@@ -4,12 +4,13 @@
   python launch/sweep.py configs/scaling.py:base=tiny_cpu,vae_workdir=runs/vae_tiny10 \
       --workdir_root runs/scaling --precompute_latents data/latents/scaling_tiny_cpu
   python launch/sweep.py configs/scaling.py:base=gpu --parallel 2
-  python launch/sweep.py configs/scaling.py:base=gpu --target slurm --nodes 2 \
+  python launch/sweep.py configs/scaling.py:base=gpu --target slurm --nodes 2 --gpus_per_node 8 \
       --workdir_root /shared/runs/scaling --out_dir launch/out     # then: bash launch/out/submit.sh
   python launch/sweep.py configs/scaling.py:base=gpu --target tpu_pod --tpu_name my-v5p \
-      --zone us-east5-a --workdir_root gs://bucket/scaling --out_dir launch/out
+      --zone us-east5-a --workdir_root /mnt/gcs/scaling        # then: bash launch/out/tpu_pod.sh
   python launch/sweep.py configs/scaling.py:base=gpu --target xpk --cluster my-gke \
-      --tpu_type v5p-128 --docker_image gcr.io/proj/sora_jax --workdir_root gs://bucket/scaling
+      --tpu_type v5p-128 --num_slices 2 --docker_image gcr.io/proj/sora_jax \
+      --workdir_root gs://bucket/scaling                           # then: bash launch/out/xpk.sh
 
 The config file's `sweep(add, arg)` (big_vision style) calls `add(key=value, ...)` once per
 run. A run's config argument is the sweep's own `arg` (the text after the colon) with the
@@ -32,19 +33,27 @@ would repeat the VAE on every step of every run.
 
 Targets:
   local    run here: one after another, or `--parallel N` at a time (logs: WORKDIR/launch.log).
-  tpu_pod  a multi-host Cloud TPU VM: one `gcloud compute tpus tpu-vm ssh NAME --zone Z
-           --worker=all --command "..."` per run, in OUT_DIR/tpu_pod.sh (runs in sequence).
-  slurm    one sbatch script per run (OUT_DIR/slurm_NAME.sbatch; one task per node, started
-           by `srun`, jax.distributed from SLURM's environment and JAX_COORDINATOR_ADDRESS =
-           the first node) and OUT_DIR/submit.sh that sbatch-es them all.
-  xpk      one `xpk workload create ...` per run (GKE TPU slices), in OUT_DIR/xpk.sh.
+  slurm    one sbatch script per run (OUT_DIR/slurm_NAME.sbatch) and OUT_DIR/submit.sh that
+           sbatch-es them all. `srun` starts one process per GPU (--gpus_per_node tasks on
+           each of --nodes nodes; one per node with --gpus_per_node 0, CPU nodes), every
+           task seeing all its node's GPUs: jax's SLURM detection then gives each process
+           the GPU numbered SLURM_LOCALID. JAX_COORDINATOR_ADDRESS is the first node.
+  tpu_pod  OUT_DIR/tpu_pod.sh, a `gcloud compute tpus tpu-vm ssh NAME --zone Z --worker=all`
+           per step. First a set-up on every worker: --repo_dir cloned from --repo_url and
+           checked out at --commit (defaults: this repository's `origin` and HEAD; push it
+           first), with REPO_DIR/.venv holding `pip install -e . jax[tpu]`; idempotent, so
+           re-running the script is cheap. Then the runs, in sequence, with .venv/bin/python.
+  xpk      OUT_DIR/xpk.sh: one `xpk workload create ...` per run (GKE TPU slices; the image
+           has sora_jax installed). `--num_slices N` > 1 adds --config.mesh.dcn.data=N: the
+           data axis spans the slices, so only its gradient reduction crosses their network.
 Multi-host targets run `python -m sora_jax.main --distributed=on`, which joins the hosts
 with `jax.distributed.initialize()` (environment auto-detection: Cloud TPU, SLURM, GKE);
 workdirs must then be on storage every host sees (a gs:// bucket or a shared file system).
 Their evaluation runs after training on one process: SLURM on the job's first node, TPU
 on one chip of worker 0 (TPU_PROCESS_BOUNDS etc. keep the runtime from waiting for the
-other hosts). The evaluation reads and writes the workdir with plain file I/O, so on a
-TPU it needs the bucket mounted (gcsfuse) and --workdir_root set to the mount.
+other hosts). Workdirs on gs:// are read and written through etils.epath (gcsfs, the
+`gcs` extra, which the TPU set-up installs); training data read from a bucket needs a
+gcsfuse mount (README, "Storage").
 """
 from __future__ import annotations
 
@@ -62,11 +71,15 @@ import sys
 from data_pipelines import usage
 
 TARGETS = ("local", "tpu_pod", "slurm", "xpk")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this repository
 # The training entry point on every host of a multi-host job: `--distributed=on` joins the
 # processes (jax.distributed.initialize) before any device is touched (sora_jax/main.py).
 DISTRIBUTED_MAIN = "python -m sora_jax.main --distributed=on"
 LOCAL_MAIN = "python -m sora_jax.main"
 EVALUATE = "python -m sora_jax.evaluate"
+# On a TPU VM the set-up step makes REPO_DIR/.venv; the runs use its interpreter.
+TPU_MAIN = ".venv/bin/python -m sora_jax.main --distributed=on"
+TPU_EVALUATE = ".venv/bin/python -m sora_jax.evaluate"
 # One TPU chip of the host it runs on, as a slice of its own: a lone process on a
 # multi-host slice would otherwise wait for the other hosts to join.
 ONE_TPU_CHIP = ("TPU_PROCESS_BOUNDS=1,1,1 TPU_CHIPS_PER_PROCESS_BOUNDS=1,1,1 "
@@ -139,10 +152,12 @@ def expand(config_spec: str, workdir_root: str) -> list[dict]:
   return runs
 
 
-def train_command(run: dict, main: str = LOCAL_MAIN) -> str:
-  """The shell command that trains one run."""
+def train_command(run: dict, main: str = LOCAL_MAIN, overrides: tuple[str, ...] = ()) -> str:
+  """The shell command that trains one run; `overrides` (`--config.FIELD=VALUE`) go last,
+  after --config, where ml_collections requires them."""
   return (f"{main} --config {shlex.quote(run['config'])} "
-          f"--workdir {shlex.quote(run['workdir'])}")
+          f"--workdir {shlex.quote(run['workdir'])}"
+          + "".join(f" {shlex.quote(o)}" for o in overrides))
 
 
 def _join(root: str, name: str) -> str:
@@ -166,12 +181,12 @@ def evaluate_args(run: dict) -> list[str]:
   return args + ["--out_dir", _join(wd, "eval"), "--adherence_json", _join(wd, "adherence.json")]
 
 
-def evaluate_command(run: dict, prefix: str = "") -> str:
+def evaluate_command(run: dict, prefix: str = "", evaluate: str = EVALUATE) -> str:
   """The shell command that evaluates one trained run ('' without evaluation)."""
   args = evaluate_args(run)
   if not args:
     return ""
-  return (prefix + " " if prefix else "") + EVALUATE + " " + shlex.join(args)
+  return (prefix + " " if prefix else "") + evaluate + " " + shlex.join(args)
 
 
 def run_command(run: dict, main: str = LOCAL_MAIN) -> str:
@@ -306,59 +321,157 @@ def _k8s_name(prefix: str, name: str) -> str:
   return text[:40].rstrip("-")
 
 
-def _cd(path: str) -> str:
-  """`cd PATH`, quoted, keeping a leading ~/ expandable on the remote host."""
+def _path(path: str) -> str:
+  """PATH quoted for the shell, keeping a leading ~/ expandable on the remote host."""
   if path == "~" or path.startswith("~/"):
     rest = path[2:]
-    return "cd ~" + (f"/{shlex.quote(rest)}" if rest else "")
-  return f"cd {shlex.quote(path)}"
+    return "~" + (f"/{shlex.quote(rest)}" if rest else "")
+  return shlex.quote(path)
 
 
-def tpu_pod_script(runs, tpu_name: str, zone: str, repo_dir: str,
-                   project: str = "") -> str:
-  """A bash script that trains each run on every worker of a multi-host TPU VM."""
+def _cd(path: str) -> str:
+  return f"cd {_path(path)}"
+
+
+def _git(*args: str) -> str | None:
+  """The output of `git -C ROOT ARGS`, or None where git or the repository is missing."""
+  try:
+    out = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True,
+                         timeout=30, check=False)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() if out.returncode == 0 else None
+
+
+def tpu_checkout(repo_url: str = "", commit: str = "") -> tuple[str, str]:
+  """The repository URL and the full commit id that the TPU workers check out.
+
+  Defaults: this repository's `origin` remote and its HEAD. A branch, tag or short id is
+  resolved here, so the script pins one commit whatever the remote does later.
+  """
+  repo_url = repo_url or _git("remote", "get-url", "origin") or ""
+  if not repo_url:
+    raise ValueError(f"--target tpu_pod needs --repo_url (the repository the workers "
+                     f"clone): {ROOT} has no 'origin' remote to default to.")
+  if re.fullmatch(r"[0-9a-fA-F]{40}", commit):
+    return repo_url, commit.lower()
+  resolved = _git("rev-parse", "--verify", "--quiet", f"{commit or 'HEAD'}^{{commit}}")
+  if not resolved:
+    raise ValueError(f"--commit={commit!r} is not a commit of {ROOT}; expected a 40-hex "
+                     "commit id or a revision that `git rev-parse` resolves here."
+                     if commit else f"--target tpu_pod needs --commit: {ROOT} is not a "
+                     "git repository to take HEAD from.")
+  if not commit and _git("status", "--porcelain", "--untracked-files=no"):
+    print(f"[sweep] warning: {ROOT} has uncommitted changes; the TPU workers run commit "
+          f"{resolved[:12]} without them.", file=sys.stderr, flush=True)
+  return repo_url, resolved
+
+
+def tpu_setup(repo_url: str, commit: str, repo_dir: str) -> str:
+  """The set-up each TPU worker runs before training: REPO_DIR at COMMIT, with .venv.
+
+  Idempotent and cheap to repeat: it clones only where REPO_DIR has no repository, fetches
+  only when the commit is missing, and installs only when pyproject.toml differs from the
+  one last installed (the editable install keeps the checked-out code itself live).
+  """
+  if not re.fullmatch(r"[0-9a-f]{40}", commit):
+    raise ValueError(f"commit={commit!r}; expected a 40-hex commit id (as tpu_checkout "
+                     "gives).")
+  repo = _path(repo_dir)
+  stamp = ".venv/installed-pyproject.toml"
+  return "\n".join([
+      "set -e",
+      f"[ -d {repo}/.git ] || git clone -q {shlex.quote(repo_url)} {repo}",
+      _cd(repo_dir),
+      f"git cat-file -e {commit} 2>/dev/null || git fetch -q origin",
+      f"git checkout -q --detach {commit}",
+      "[ -x .venv/bin/pip ] || python3 -m venv .venv",
+      f"if ! cmp -s pyproject.toml {stamp}; then",
+      '  .venv/bin/pip install -q -e ".[gcs]" "jax[tpu]"',
+      f"  cp pyproject.toml {stamp}",
+      "fi"])
+
+
+def tpu_pod_script(runs, tpu_name: str, zone: str, repo_dir: str, repo_url: str,
+                   commit: str, project: str = "") -> str:
+  """A bash script: set up every worker of a multi-host TPU VM, then train each run there.
+
+  Args:
+    runs: the runs (`expand`).
+    tpu_name, zone, project: the TPU VM.
+    repo_dir: where the repository lives on the workers.
+    repo_url, commit: what the workers check out there (`tpu_checkout`).
+  """
   if not tpu_name or not zone:
     raise ValueError(f"--target tpu_pod needs --tpu_name and --zone (got "
                      f"{tpu_name!r}, {zone!r}).")
   project_flag = f" --project {shlex.quote(project)}" if project else ""
-  lines = ["#!/bin/bash", "# Generated by launch/sweep.py: one run after another on all "
-           "workers of the TPU VM.", "set -euo pipefail", ""]
   ssh = (f"gcloud compute tpus tpu-vm ssh {shlex.quote(tpu_name)} --zone "
          f"{shlex.quote(zone)}{project_flag}")
+  lines = ["#!/bin/bash",
+           "# Generated by launch/sweep.py: set up all workers of the TPU VM, then train the",
+           "# runs one after another on all of them, each followed by its evaluation.",
+           "set -euo pipefail", "",
+           f"# Set-up, on every worker: {repo_dir} at commit {commit[:12]} with a .venv",
+           "# holding sora_jax and jax[tpu]. Run again, it does only what is missing or changed.",
+           "SETUP=$(cat <<'EOF'", tpu_setup(repo_url, commit, repo_dir), "EOF", ")",
+           f'{ssh} --worker=all --command "$SETUP"', ""]
   for run in runs:
-    remote = f"{_cd(repo_dir)} && {train_command(run, DISTRIBUTED_MAIN)}"
+    remote = f"{_cd(repo_dir)} && {train_command(run, TPU_MAIN)}"
     lines += [f"# {run['name']}", f"{ssh} --worker=all --command {shlex.quote(remote)}"]
     if run.get("evaluate"):  # after training, on one chip of worker 0
-      remote = f"{_cd(repo_dir)} && {evaluate_command(run, ONE_TPU_CHIP)}"
+      remote = f"{_cd(repo_dir)} && {evaluate_command(run, ONE_TPU_CHIP, TPU_EVALUATE)}"
       lines.append(f"{ssh} --worker=0 --command {shlex.quote(remote)}")
     lines.append("")
   return "\n".join(lines)
 
 
 def slurm_script(run, nodes: int, gpus_per_node: int, time_limit: str, repo_dir: str,
-                 partition: str = "") -> str:
-  """An sbatch script: one task per node, each a JAX process over the node's devices."""
-  if nodes < 1 or gpus_per_node < 0:
-    raise ValueError(f"--nodes={nodes} must be >= 1 and --gpus_per_node={gpus_per_node} "
-                     ">= 0.")
+                 partition: str = "", cpus_per_task: int = 0) -> str:
+  """An sbatch script: one JAX process per GPU (per node on CPU nodes), started by srun."""
+  if nodes < 1 or gpus_per_node < 0 or cpus_per_task < 0:
+    raise ValueError(f"--nodes={nodes} must be >= 1, --gpus_per_node={gpus_per_node} >= 0 "
+                     f"and --cpus_per_task={cpus_per_task} >= 0.")
+  per_node = max(gpus_per_node, 1)
+  tasks = nodes * per_node
   header = [f"#SBATCH --job-name={_k8s_name('sora', run['name'])}",
-            f"#SBATCH --nodes={nodes}", "#SBATCH --ntasks-per-node=1",
-            f"#SBATCH --time={time_limit}",
-            f"#SBATCH --output={run['workdir']}/slurm-%j.out"]
+            f"#SBATCH --nodes={nodes}", f"#SBATCH --ntasks={tasks}",
+            f"#SBATCH --ntasks-per-node={per_node}"]
+  srun = f"srun --nodes={nodes} --ntasks={tasks} --ntasks-per-node={per_node}"
   if gpus_per_node:
     header.append(f"#SBATCH --gpus-per-node={gpus_per_node}")
+  if cpus_per_task:  # srun does not inherit sbatch's --cpus-per-task (Slurm >= 22.05)
+    header.append(f"#SBATCH --cpus-per-task={cpus_per_task}")
+    srun += f" --cpus-per-task={cpus_per_task}"
+  if gpus_per_node:
+    srun += " --gpu-bind=none"
+  header += [f"#SBATCH --time={time_limit}",
+             f"#SBATCH --output={run['workdir']}/slurm-%j.out"]
   if partition:
     header.append(f"#SBATCH --partition={partition}")
+  if gpus_per_node:
+    why = [f"# Generated by launch/sweep.py: one JAX process per GPU, {per_node} per node, "
+           f"{tasks} in all.",
+           "# jax.distributed.initialize() takes the process count and rank from SLURM",
+           "# (SLURM_NTASKS, SLURM_PROCID) and, as the process's only GPU, the one numbered",
+           f"# SLURM_LOCALID (0-{per_node - 1} on each node). --gpu-bind=none keeps all the "
+           "node's GPUs",
+           "# visible to each of its tasks, so that number picks a different GPU per task;",
+           "# with one task per node, each node would train on its first GPU alone."]
+  else:
+    why = [f"# Generated by launch/sweep.py: one JAX process per node (CPU nodes), {tasks} "
+           "in all.",
+           "# jax.distributed.initialize() takes the process count and rank from SLURM",
+           "# (SLURM_NTASKS, SLURM_PROCID)."]
   return "\n".join([
-      "#!/bin/bash", *header,
-      "# Generated by launch/sweep.py. jax.distributed.initialize() reads the process count",
-      "# and rank from SLURM (SLURM_NTASKS, SLURM_PROCID); the first node coordinates, on a",
-      "# port derived from the job id (as jax's own SLURM detection does).",
+      "#!/bin/bash", *header, *why,
+      "# The coordinator: the first node, on the port jax's own SLURM detection derives",
+      "# from the job id (scontrol expands every node-list form).",
       "set -euo pipefail",
       _cd(repo_dir),
       'export JAX_COORDINATOR_ADDRESS="$(scontrol show hostnames "$SLURM_JOB_NODELIST" '
       '| head -n 1):$((SLURM_JOB_ID % 4096 + 61440))"',
-      f"srun --nodes={nodes} --ntasks-per-node=1 {train_command(run, DISTRIBUTED_MAIN)}",
+      f"{srun} {train_command(run, DISTRIBUTED_MAIN)}",
       *(["# The evaluation: one process, here on the first node, after training.",
          evaluate_command(run)] if run.get("evaluate") else []),
       ""])
@@ -366,16 +479,23 @@ def slurm_script(run, nodes: int, gpus_per_node: int, time_limit: str, repo_dir:
 
 def xpk_script(runs, cluster: str, tpu_type: str, docker_image: str, num_slices: int = 1,
                project: str = "", zone: str = "") -> str:
-  """A bash script with one `xpk workload create` per run (GKE TPU slices)."""
+  """A bash script with one `xpk workload create` per run (GKE TPU slices).
+
+  With several slices the mesh's data axis spans them (`--config.mesh.dcn.data=N`): only
+  the data-parallel gradient reduction crosses the slower network between slices.
+  """
   if not cluster or not tpu_type or not docker_image:
     raise ValueError(f"--target xpk needs --cluster, --tpu_type and --docker_image (got "
                      f"{cluster!r}, {tpu_type!r}, {docker_image!r}).")
+  if num_slices < 1:
+    raise ValueError(f"--num_slices={num_slices} must be >= 1.")
   extra = "".join(f" --{k} {shlex.quote(v)}" for k, v in (("project", project),
                                                           ("zone", zone)) if v)
+  overrides = (f"--config.mesh.dcn.data={num_slices}",) if num_slices > 1 else ()
   lines = ["#!/bin/bash", "# Generated by launch/sweep.py: one XPK workload per run.",
            "set -euo pipefail", ""]
   for run in runs:
-    command = train_command(run, DISTRIBUTED_MAIN)
+    command = train_command(run, DISTRIBUTED_MAIN, overrides)
     if run.get("evaluate"):  # after training, on one chip of worker 0 of slice 0
       command += (' && if [ "${TPU_WORKER_ID:-0}" = 0 ] && [ "${MEGASCALE_SLICE_ID:-0}" = 0 ];'
                   f" then {evaluate_command(run, ONE_TPU_CHIP)}; fi")
@@ -394,23 +514,25 @@ def write_scripts(runs, args) -> list[str]:
     raise ValueError(f"--workdir_root={root!r} is relative; --target {args.target} runs on "
                      "other hosts, whose checkpoints must go to storage they all see: give "
                      "an absolute shared path or a gs:// bucket.")
-  os.makedirs(args.out_dir, exist_ok=True)
   files = {}
   if args.target == "tpu_pod":
     files["tpu_pod.sh"] = tpu_pod_script(runs, args.tpu_name, args.zone, args.repo_dir,
+                                         *tpu_checkout(args.repo_url, args.commit),
                                          args.project)
   elif args.target == "xpk":
     files["xpk.sh"] = xpk_script(runs, args.cluster, args.tpu_type, args.docker_image,
                                  args.num_slices, args.project, args.zone)
   else:
-    submit = ["#!/bin/bash", "# Generated by launch/sweep.py.", "set -euo pipefail"]
+    submit = ["#!/bin/bash", "# Generated by launch/sweep.py: submits every run's job.",
+              "set -euo pipefail", 'cd "$(dirname "$0")"  # the job scripts lie beside this one']
     for run in runs:
       name = "slurm_" + re.sub(r"[^\w=.-]+", "_", run["name"]) + ".sbatch"
       files[name] = slurm_script(run, args.nodes, args.gpus_per_node, args.time,
-                                 args.repo_dir, args.partition)
+                                 args.repo_dir, args.partition, args.cpus_per_task)
       submit.append(f"mkdir -p {shlex.quote(run['workdir'])}  # holds the job's output file")
-      submit.append(f"sbatch {shlex.quote(os.path.join(args.out_dir, name))}")
+      submit.append(f"sbatch {shlex.quote(name)}")
     files["submit.sh"] = "\n".join(submit) + "\n"
+  os.makedirs(args.out_dir, exist_ok=True)  # after the checks: a bad input writes nothing
   paths = []
   for name, text in files.items():
     path = os.path.join(args.out_dir, name)
@@ -442,24 +564,44 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="where submission scripts are written (default: %(default)s)")
   parser.add_argument("--repo_dir", default="~/sora_jax",
                       help="the repository on the remote hosts (default: %(default)s)")
+  parser.add_argument("--repo_url", default="",
+                      help="tpu_pod: the repository the workers clone (default: this "
+                      "repository's 'origin' remote)")
+  parser.add_argument("--commit", default="",
+                      help="tpu_pod: the commit the workers check out (default: this "
+                      "repository's HEAD)")
   parser.add_argument("--project", default="", help="tpu_pod, xpk: GCP project")
   parser.add_argument("--zone", default="", help="tpu_pod, xpk: GCP zone")
   parser.add_argument("--tpu_name", default="", help="tpu_pod: the TPU VM's name")
   parser.add_argument("--nodes", type=int, default=1, help="slurm: nodes per run")
-  parser.add_argument("--gpus_per_node", type=int, default=8, help="slurm: GPUs per node")
+  parser.add_argument("--gpus_per_node", type=int, default=8,
+                      help="slurm: GPUs per node, one process each (0: CPU nodes, one "
+                      "process per node; default: %(default)s)")
+  parser.add_argument("--cpus_per_task", type=int, default=0,
+                      help="slurm: CPU cores per process (default: SLURM's, often 1)")
   parser.add_argument("--time", default="24:00:00", help="slurm: time limit per run")
   parser.add_argument("--partition", default="", help="slurm: partition")
   parser.add_argument("--cluster", default="", help="xpk: GKE cluster")
   parser.add_argument("--tpu_type", default="", help="xpk: slice type, e.g. v5p-128")
-  parser.add_argument("--num_slices", type=int, default=1, help="xpk: slices per run")
+  parser.add_argument("--num_slices", type=int, default=1,
+                      help="xpk: slices per run; N > 1 spans the data axis over them")
   parser.add_argument("--docker_image", default="", help="xpk: image with sora_jax installed")
   args = parser.parse_args(argv)
-  if args.parallel < 1:
-    parser.error(f"--parallel={args.parallel} must be >= 1.")
+  for flag, value, least in (("--parallel", args.parallel, 1), ("--nodes", args.nodes, 1),
+                             ("--gpus_per_node", args.gpus_per_node, 0),
+                             ("--cpus_per_task", args.cpus_per_task, 0),
+                             ("--num_slices", args.num_slices, 1)):
+    if value < least:
+      parser.error(f"{flag}={value} must be >= {least}.")
   if args.precompute_latents and args.target != "local":
     parser.error(f"--precompute_latents={args.precompute_latents!r} is for --target local; "
                  "for other targets encode with `python -m sora_jax.data.encode_latents` and pass "
                  "latents=DIR in the config argument.")
+  if args.target == "tpu_pod" and not args.dry_run:
+    try:  # resolved once, here: the defaults come from this repository
+      args.repo_url, args.commit = tpu_checkout(args.repo_url, args.commit)
+    except ValueError as e:
+      parser.error(str(e))
   return args
 
 
@@ -483,7 +625,11 @@ def main(argv=None) -> int:
     print(f"[sweep] {len(runs) - failed}/{len(runs)} runs finished; "
           f"{failed} failed.", flush=True)
     return 1 if failed else 0
-  for path in write_scripts(runs, args):
+  try:
+    paths = write_scripts(runs, args)
+  except (ValueError, OSError) as e:  # a missing or bad target flag, an unwritable --out_dir
+    usage.fail(str(e))
+  for path in paths:
     print(path)
   return 0
 

@@ -30,6 +30,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from data_pipelines import storage
+
 _ITEMS = ("state", "data", "config", "extra")
 
 
@@ -138,8 +140,7 @@ class Checkpointer:
 
   def restore_json(self, step: int, item: str) -> dict | None:
     """The `config` or `extra` JSON of a step, or None when it was not saved."""
-    path = os.path.join(self.directory, str(step), item)
-    if not os.path.exists(path):
+    if not (epath.Path(self.directory) / str(step) / item).exists():
       return None
     restored = self._mgr.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))
     return restored[item]
@@ -211,8 +212,7 @@ def step_problem(directory: str, step: int) -> str | None:
 
 def _directory(workdir: str) -> str:
   """`workdir/checkpoints`, absolute when local (orbax wants absolute paths)."""
-  directory = os.path.join(workdir, "checkpoints")
-  return directory if "://" in directory else os.path.abspath(directory)
+  return storage.absolute(storage.join(workdir, "checkpoints"))
 
 
 def read_run(workdir: str, train_what: str, name: str = "--workdir", step: int | None = None
@@ -226,7 +226,7 @@ def read_run(workdir: str, train_what: str, name: str = "--workdir", step: int |
     step: a saved step; None = the latest. A step that was not saved (or was deleted by
       `keep`) is one clear error listing the saved steps.
   """
-  if not os.path.isdir(_directory(workdir)):
+  if not epath.Path(_directory(workdir)).is_dir():
     raise ValueError(f"{name} {workdir!r} has no checkpoints/ directory; train "
                      f"{train_what} there first.")
   ckpt = Checkpointer(workdir)

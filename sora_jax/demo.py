@@ -14,11 +14,13 @@ import time
 
 from absl import flags
 from absl import logging
+from etils import epath
 from ml_collections import config_flags
 import numpy as np
 
 from data_pipelines import latents as latents_lib
 from data_pipelines import media
+from data_pipelines import storage
 from data_pipelines import usage
 from data_pipelines.shapes_world import export
 from data_pipelines.shapes_world import generator as sw
@@ -38,20 +40,20 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where the demo writes ev
 
 def _stage_check_evaluator(config, workdir: str) -> dict:
   """Exports generator clips and scores them: the evaluator's own sanity figure."""
-  out = os.path.join(workdir, "shapes_world_check")
+  out = storage.join(workdir, "shapes_world_check")
   export.export(out, "test", "full", config.check_clips, 17, 64, 64, mp4=True)
   return score.evaluate_dir(out)
 
 
 def _stage_vae(config, workdir: str) -> dict:
-  return loop.train_and_evaluate(config.vae, os.path.join(workdir, "vae"))
+  return loop.train_and_evaluate(config.vae, storage.join(workdir, "vae"))
 
 
 def _dit_config(config, workdir: str):
   """The DiT config with the demo's VAE and latent directories filled in."""
   cfg = config.dit
-  cfg.vae.workdir = os.path.join(workdir, "vae")
-  cfg.data.latents = os.path.join(workdir, "latents")
+  cfg.vae.workdir = storage.join(workdir, "vae")
+  cfg.data.latents = storage.join(workdir, "latents")
   return cfg
 
 
@@ -60,17 +62,17 @@ def _stage_latents(config, workdir: str) -> dict:
   cfg = _dit_config(config, workdir)
   splits = ("train", cfg.eval.split)
   encode_latents.encode_splits(cfg.data.to_dict(), cfg.vae.workdir, splits, cfg.data.latents)
-  return {"num_records": {split: latents_lib.LatentRecords(os.path.join(
+  return {"num_records": {split: latents_lib.LatentRecords(storage.join(
       cfg.data.latents, split)).metadata["num_records"] for split in splits}}
 
 
 def _stage_dit(config, workdir: str) -> dict:
-  return loop.train_and_evaluate(_dit_config(config, workdir), os.path.join(workdir, "dit"))
+  return loop.train_and_evaluate(_dit_config(config, workdir), storage.join(workdir, "dit"))
 
 
 def _sampler(config, workdir: str) -> sampler_lib.Sampler:
   s = config.sample
-  return sampler_lib.Sampler(run_lib.Run.load(os.path.join(workdir, "dit")),
+  return sampler_lib.Sampler(run_lib.Run.load(storage.join(workdir, "dit")),
                            sampler_lib.SamplingOptions(steps=s.steps, method=s.method,
                                                      guidance=s.guidance))
 
@@ -99,19 +101,19 @@ def _stage_samples(config, workdir: str) -> dict:
       ("long", "t2v", clips[2].caption, 0, lambda p, k: np.concatenate(list(tasks.long_video(
           sampler, p, int(s.long_seconds * media.DEFAULT_FPS), hw, hw, t, given, k)))),
   ]
-  out_dir = os.path.join(workdir, "samples")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = storage.join(workdir, "samples")
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   manifest, videos = [], []
   for name, task, prompt, seed, make in jobs:
-    path = os.path.join(out_dir, name + ".npy")
-    video = np.load(path) if os.path.exists(path) else make(prompt, seed)
-    media.write_clip(os.path.join(out_dir, name), video, npy=True, mp4=True, gif=True)
+    path = storage.join(out_dir, name + ".npy")
+    video = media.read_clip(path) if epath.Path(path).exists() else make(prompt, seed)
+    media.write_clip(storage.join(out_dir, name), video, npy=True, mp4=True, gif=True)
     manifest.append({"file": name + ".npy", "prompt": prompt, "task": task, "seed": seed,
                      "frames": int(video.shape[0])})
     videos.append(video)
-  with open(os.path.join(out_dir, "manifest.jsonl"), "w") as f:
-    f.writelines(json.dumps(m) + "\n" for m in manifest)
-  sheet = media.write_contact_sheet(os.path.join(out_dir, "contact_sheet.png"),
+  epath.Path(out_dir, "manifest.jsonl").write_text(
+      "".join(json.dumps(m) + "\n" for m in manifest))
+  sheet = media.write_contact_sheet(storage.join(out_dir, "contact_sheet.png"),
                                      {"samples": videos}, frames=8,
                                      row_labels=[j[0] for j in jobs])
   return {"num": len(manifest), "tasks": sorted({m["task"] for m in manifest}),
@@ -121,12 +123,12 @@ def _stage_samples(config, workdir: str) -> dict:
 def _stage_evaluate(config, workdir: str) -> dict:
   e, s = config.eval, config.sample
   sampler = _sampler(config, workdir)
-  result = adherence.evaluate(sampler, os.path.join(workdir, "eval"), [e.split], e.n, e.level,
+  result = adherence.evaluate(sampler, storage.join(workdir, "eval"), [e.split], e.n, e.level,
                              s.frames, s.size, s.size, batch=s.batch, task_clips=e.task_clips)
   out = {"adherence": result["splits"][e.split], "tasks": result.get("tasks"),
          "level": e.level, "sampling": result["sampling"]}
   if e.t2i_n:  # the split's first t2i_n image prompts (T = 1): the t2i task's adherence
-    images = adherence.evaluate(sampler, os.path.join(workdir, "eval_t2i"), [e.split], e.t2i_n,
+    images = adherence.evaluate(sampler, storage.join(workdir, "eval_t2i"), [e.split], e.t2i_n,
                                e.level, 1, s.size, s.size, batch=s.batch, task_clips=0)
     out["adherence_t2i"] = images["splits"][e.split]
   return out
@@ -139,11 +141,10 @@ STAGES = (("shapes_world_check", _stage_check_evaluator), ("vae", _stage_vae),
 
 def check_resume(config, workdir: str) -> None:
   """A workdir holding a VAE of another model (e.g. another vae_preset) is an error."""
-  path = os.path.join(workdir, "vae", "config.json")
-  if not os.path.exists(path):
+  path = storage.join(workdir, "vae", "config.json")
+  if not epath.Path(path).exists():
     return
-  with open(path) as f:
-    saved = json.load(f).get("model", {})
+  saved = storage.read_json(path).get("model", {})
   asked = json.loads(config.vae.model.to_json_best_effort())
   if saved != asked:
     raise ValueError(f"{workdir!r} holds a VAE trained with model {saved}, but this config "
@@ -153,12 +154,11 @@ def check_resume(config, workdir: str) -> None:
 
 def run(config, workdir: str) -> dict:
   check_resume(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
-  report_path = os.path.join(workdir, "report.json")
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  report_path = storage.join(workdir, "report.json")
   report = {"stages": {}}
-  if os.path.exists(report_path):
-    with open(report_path) as f:
-      report = json.load(f)
+  if epath.Path(report_path).exists():
+    report = storage.read_json(report_path)
   for name, fn in STAGES:
     if name in report["stages"]:  # finished in an earlier run: resume after it
       print(f"== demo stage: {name} (done, {report['stages'][name]['seconds']} s)", flush=True)
@@ -171,8 +171,8 @@ def run(config, workdir: str) -> dict:
             "command again to resume.", flush=True)
       return report
     report["stages"][name] = {"result": result, "seconds": round(time.time() - t0, 1)}
-    with open(report_path, "w") as f:  # after every stage: nothing finished is lost
-      json.dump(report, f, indent=2)
+    # After every stage: nothing finished is lost.
+    storage.write_json(report_path, report, indent=2)
   print(json.dumps(report["stages"], indent=2))
   return report
 

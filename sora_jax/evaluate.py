@@ -11,11 +11,11 @@ extension, loop and bridge seams, edit colour) and prints the JSON it writes to
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 
 from absl import flags
 
+from data_pipelines import storage
 from data_pipelines import usage
 from sora_jax.inference import adherence
 from sora_jax.inference import cli
@@ -65,7 +65,7 @@ def main(argv: Sequence[str]) -> None:
     cli.check_window(FLAGS.batch)
   sampler = sampler_lib.Sampler(run_lib.Run.load(FLAGS.workdir, FLAGS.step), options)
   default_dir = "eval" if FLAGS.step is None else f"eval_step{FLAGS.step}"
-  out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, default_dir)
+  out_dir = FLAGS.out_dir or storage.join(FLAGS.workdir, default_dir)
   result = adherence.evaluate(sampler, out_dir, splits, FLAGS.n, level, FLAGS.frames,
                               FLAGS.height, FLAGS.width, FLAGS.seed, FLAGS.batch,
                               FLAGS.task_clips, mp4=FLAGS.mp4)

@@ -33,10 +33,12 @@ import os
 from collections.abc import Sequence
 
 from absl import flags
+from etils import epath
 import numpy as np
 from tqdm import tqdm
 
 from data_pipelines import media
+from data_pipelines import storage
 from data_pipelines import usage
 from sora_jax.diffusion import conditioning
 from sora_jax.inference import cli
@@ -89,7 +91,7 @@ def read_inputs(task: str, paths: dict[str, str | None], height: int,
   out = {}
   for key in NEEDS.get(task, ()):
     path = paths[key]
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
       raise ValueError(f"--{key}={path!r}: no such file.")
     try:
       clip = media.read_clip(path)
@@ -122,7 +124,8 @@ def check_args(task: str, strength: float, seconds: float, out: str | None,
     raise ValueError("--out is required (e.g. --out samples/clip.mp4).")
   if not out.endswith(".mp4"):
     raise ValueError(f"--out={out!r}: expected a path ending in .mp4.")
-  usage.check_directory(f"--out={out!r}: its directory", os.path.dirname(os.path.abspath(out)))
+  usage.check_directory(f"--out={out!r}: its directory",
+                        os.fspath(epath.Path(storage.absolute(out)).parent))
   if prompt is None:
     raise ValueError("--prompt is required.")
   if not prompt.strip() and not unconditional:
@@ -131,10 +134,10 @@ def check_args(task: str, strength: float, seconds: float, out: str | None,
 
 def read_prompts(path: str) -> list[dict]:
   """Batch prompts: txt (one a line) or jsonl ({"prompt", optional name/seed/task})."""
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise ValueError(f"--prompts_file={path!r}: no such file.")
   rows = []
-  with open(path) as f:
+  with epath.Path(path).open() as f:
     for i, line in enumerate(f):
       line = line.strip()
       if not line:
@@ -169,7 +172,6 @@ def stream_long_video(sampler, prompt: str, seconds: float, fps: int, stem: str,
   total = int(round(seconds * fps))
   if video is not None:
     height, width = video.shape[1:3]
-  os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
   with media.StreamWriter(stem, total, height, width, npy=npy, fps=fps) as writer, \
       tqdm(total=total, desc="frames", unit="frame") as bar:
     for chunk in tasks.long_video(sampler, prompt, total, height, width, frames, given, seed,
@@ -180,7 +182,6 @@ def stream_long_video(sampler, prompt: str, seconds: float, fps: int, stem: str,
 
 
 def write_outputs(stem: str, video: np.ndarray, fps: int, npy: bool) -> list[str]:
-  os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
   return media.write_clip(stem, video, npy=npy, mp4=True, gif=True, fps=fps)
 
 

@@ -1,14 +1,20 @@
-"""A real multi-process run: two JAX processes on this machine join through
-`jax.distributed` (CPU collectives over gloo), 4 fake devices each, and train the runlocal DiT
-on one 8-device global mesh, resuming a checkpoint a single 8-device process wrote.
+"""Real multi-process runs: two JAX processes on this machine join through
+`jax.distributed` (CPU collectives over gloo), 4 fake devices each, and train on one
+8-device global mesh: the runlocal DiT resuming a checkpoint a single 8-device process
+wrote; the DiT and the VAE with params split over both processes (fsdp=8) to the end and
+back to one process; a SIGTERM to one process of two.
 
-Slow (each process compiles the train step; minutes on 2 cores): `pytest -m slow -k shard`.
+Each process compiles the train step (a minute or more on 2 cores): the VAE's FSDP test and
+the SIGTERM one run by default, the rest with `pytest -m slow tests/test_multiprocess.py`.
 """
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -34,13 +40,18 @@ def _main(workdir: str, data: str, steps: int, extra: str = "", flags=()) -> lis
           "--workdir", workdir, *flags]
 
 
-def _two_processes(cmd: list[str]) -> list[str]:
-  """Runs `cmd` as processes 0 and 1 of one jax.distributed job; returns their logs."""
+def _start_two(cmd: list[str]) -> list[subprocess.Popen]:
+  """Starts `cmd` as processes 0 and 1 of one jax.distributed job."""
   port = _free_port()
-  procs = [subprocess.Popen(
+  return [subprocess.Popen(
       cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env=_env(4, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(i))) for i in range(2)]
+
+
+def _two_processes(cmd: list[str]) -> list[str]:
+  """Runs `cmd` as processes 0 and 1 of one jax.distributed job; returns their logs."""
+  procs = _start_two(cmd)
   logs = [p.communicate(timeout=1200)[0] for p in procs]
   for i, (p, log) in enumerate(zip(procs, logs)):
     assert p.returncode == 0, f"process {i} failed:\n{log[-4000:]}"
@@ -99,3 +110,87 @@ def test_two_process_context_ring_shard_run(one_process_run, tmp_path):
   for a, b in zip(_train_rows(pair), _train_rows(single)):
     for key in ("train/loss", "train/grad_norm"):
       assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
+
+
+# --------------------------------------------------------------------- FSDP across processes
+_FSDP = ["--config.mesh.data=1", "--config.mesh.fsdp=8"]
+
+
+def _vae_main(workdir: str, data: str, steps: int) -> list[str]:
+  return [sys.executable, "-m", "sora_jax.main", "--config",
+          f"configs/vae.py:variant=tiny,runlocal=True,sizes=5x32x32,rules=vae_fsdp,"
+          f"data_dir={data}", f"--config.train.steps={steps}", "--workdir", workdir, *_FSDP]
+
+
+def _dit_main(workdir: str, data: str, steps: int) -> list[str]:
+  return _main(workdir, data, 4, flags=[f"--config.train.steps={steps}", *_FSDP])
+
+
+def _one_process(cmd: list[str]) -> str:
+  done = subprocess.run(cmd, cwd=ROOT, env=_env(8), timeout=900, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, text=True)
+  assert done.returncode == 0, done.stdout[-4000:]
+  return done.stdout
+
+
+def _final_step(workdir: str) -> int:
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    return json.load(f)["step"]
+
+
+# The DiT's (2 minutes here) in `slow`; the VAE's runs by default.
+@pytest.mark.parametrize("model", [pytest.param("dit", marks=pytest.mark.slow), "vae"])
+def test_fsdp_over_two_processes_trains_to_the_end_and_moves_between_process_counts(
+    model, one_process_run, tmp_path):
+  """Params split over the devices of both processes (mesh fsdp=8): the pair resumes a
+  one-process checkpoint, trains to its end with the final evaluation (no host gather of
+  arrays another process holds) and checkpoint, and one process resumes that."""
+  if model == "dit":
+    _, data = one_process_run
+    main = _dit_main
+  else:  # its own data set: built by the first (one-process) leg
+    data, main = str(tmp_path / "vae_data"), _vae_main
+  workdir = str(tmp_path / model)
+  _one_process(main(workdir, data, 2))
+  logs = _two_processes(main(workdir, data, 4))
+  for log in logs:
+    assert "Resuming from step 2" in log, log[-4000:]
+  assert _final_step(workdir) == 4
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "4"))
+  log = _one_process(main(workdir, data, 6))
+  assert "Resuming from step 4" in log, log[-4000:]
+  assert _final_step(workdir) == 6
+  # Every step trained once, the evaluation at each leg's end written (process 0).
+  assert _train_steps(workdir) == [1, 2, 3, 4, 5, 6]
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  key = "final/val_loss" if model == "dit" else "final/psnr_db"
+  assert [r["step"] for r in rows if key in r] == [2, 4, 6]
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(one_process_run, tmp_path):
+  """A preemption notice to process 1 only: both processes stop at the same step, which is
+  saved once (jax's preemption sync point), and exit 0."""
+  _, data = one_process_run
+  workdir = str(tmp_path / "preempted")
+  procs = _start_two(_dit_main(workdir, data, 100000)
+                     + ["--config.train.checkpoint_every=100000", "--config.train.eval_every=0"])
+  deadline = time.time() + 600
+  while len(_train_rows_if_any(workdir)) < 3 and time.time() < deadline:
+    assert all(p.poll() is None for p in procs), [p.communicate()[0][-3000:] for p in procs]
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  logs = [p.communicate(timeout=600)[0] for p in procs]
+  for i, (p, log) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, f"process {i}:\n{log[-4000:]}"
+  stops = [re.findall(r"Stopping at step (\d+)", log) for log in logs]
+  assert len(stops[0]) == 1 and stops[0] == stops[1], stops
+  step = int(stops[0][0])
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(step)]
+  assert _train_steps(workdir) == list(range(1, step + 1))
+
+
+def _train_rows_if_any(workdir: str) -> list[dict]:
+  try:
+    return _train_rows(workdir)
+  except (OSError, ValueError):  # not written yet, or a line half written
+    return []

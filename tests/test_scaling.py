@@ -266,11 +266,14 @@ def test_submission_scripts(tmp_path, monkeypatch):
   assert len(runs) == 4
   # TPU pod: gcloud ssh to all workers; the remote command survives the quoting.
   args = _script_args(sweep, "tpu_pod", tmp_path / "tpu", "--tpu_name", "pod", "--zone",
-                      "us-east5-a", "--workdir_root", "gs://b/sc")
+                      "us-east5-a", "--workdir_root", "gs://b/sc", "--repo_url",
+                      "https://example.com/sora_jax.git", "--commit", "a" * 40)
   (path,) = sweep.write_scripts(runs, args)
   text = open(path).read()
   lines = [l for l in text.splitlines() if l.startswith("gcloud")]
-  assert len(lines) == 8  # per run: train on every worker, then evaluate on worker 0
+  assert len(lines) == 9  # the set-up, then per run: train on every worker, evaluate on 0
+  assert lines[0].endswith('--worker=all --command "$SETUP"')
+  lines = lines[1:]
   words = shlex.split(lines[2])
   assert words[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", "--zone"]
   assert "--worker=all" in words
@@ -278,7 +281,7 @@ def test_submission_scripts(tmp_path, monkeypatch):
   assert remote[:3] == ["cd", "~/sora_jax", "&&"]
   assert remote[-4:] == ["--config", "configs/scaling.py:compute=4,base=gpu", "--workdir",
                          "gs://b/sc/compute=4"]
-  assert remote[3:7] == ["python", "-m", "sora_jax.main", "--distributed=on"]
+  assert remote[3:7] == [".venv/bin/python", "-m", "sora_jax.main", "--distributed=on"]
   words = shlex.split(lines[3])
   assert "--worker=0" in words
   remote = shlex.split(words[words.index("--command") + 1])
@@ -287,15 +290,16 @@ def test_submission_scripts(tmp_path, monkeypatch):
   opts = _flags(remote[i + 1:])
   assert opts["--workdir"] == "gs://b/sc/compute=4" and opts["--n"] == "500"
   assert opts["--adherence_json"] == "gs://b/sc/compute=4/adherence.json"
-  # SLURM: one sbatch script per run, one task per node, srun, a coordinator address.
+  # SLURM: one sbatch script per run, one task per GPU, srun, a coordinator address.
   args = _script_args(sweep, "slurm", tmp_path / "slurm", "--nodes", "4", "--gpus_per_node",
                       "8", "--workdir_root", "/shared/sc")
   paths = sweep.write_scripts(sweep.expand("configs/scaling.py:base=gpu", "/shared/sc"), args)
   assert len(paths) == 5 and paths[-1].endswith("submit.sh")
   batch = open(paths[1]).read()
-  for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1",
+  for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks=32", "#SBATCH --ntasks-per-node=8",
                "#SBATCH --gpus-per-node=8", "export JAX_COORDINATOR_ADDRESS=",
-               "srun --nodes=4 --ntasks-per-node=1 python -m sora_jax.main --distributed=on",
+               "srun --nodes=4 --ntasks=32 --ntasks-per-node=8 --gpu-bind=none "
+               "python -m sora_jax.main --distributed=on",
                "--workdir /shared/sc/compute=4",
                "\npython -m sora_jax.evaluate --workdir /shared/sc/compute=4 --split test",
                "--adherence_json /shared/sc/compute=4/adherence.json"):
@@ -323,7 +327,8 @@ def test_submission_scripts(tmp_path, monkeypatch):
     sweep.write_scripts(runs, _script_args(sweep, "slurm", tmp_path / "x"))
   with pytest.raises(ValueError, match="--tpu_name and --zone"):
     sweep.write_scripts(runs, _script_args(sweep, "tpu_pod", tmp_path / "x",
-                                           "--workdir_root", "gs://b"))
+                                           "--workdir_root", "gs://b", "--repo_url", "u",
+                                           "--commit", "a" * 40))
 
 
 # ----------------------------------------------------------------------------- fits

@@ -10,11 +10,12 @@ line: `file`, `prompt` (detailed caption), `short_prompt`, `split`, `index`, `le
 from __future__ import annotations
 
 import json
-import os
 
 from absl import flags
+from etils import epath
 
 from data_pipelines import media
+from data_pipelines import storage
 from data_pipelines import usage
 from data_pipelines.shapes_world import generator
 from data_pipelines.shapes_world import world as W
@@ -23,13 +24,13 @@ def export(out: str, split: str, level: str, num: int, frames: int, height: int,
            width: int, start: int = 0, mp4: bool = False) -> str:
   """Writes the clips and the manifest; returns the manifest path."""
   generator.validate_args(split, start, frames, height, width, level)  # before any writing
-  os.makedirs(out, exist_ok=True)
-  manifest = os.path.join(out, "manifest.jsonl")
-  with open(manifest, "w") as f:
+  epath.Path(out).mkdir(parents=True, exist_ok=True)
+  manifest = storage.join(out, "manifest.jsonl")
+  with epath.Path(manifest).open("w") as f:
     for index in range(start, start + num):
       clip = generator.make_clip(split, index, frames, height, width, level)
       name = f"{split}_{level}_{height}x{width}x{frames}_{index:06d}"
-      media.write_clip(os.path.join(out, name), clip.video, mp4=mp4, gif=mp4)
+      media.write_clip(storage.join(out, name), clip.video, mp4=mp4, gif=mp4)
       f.write(json.dumps({
           "file": name + ".npy", "prompt": clip.caption, "short_prompt": clip.short_caption,
           "split": split, "index": index, "level": level, "frames": frames,

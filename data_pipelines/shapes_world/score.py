@@ -10,24 +10,25 @@ each stated attribute, of `all`, and `n`. When the manifest lines carry `split` 
 from __future__ import annotations
 
 import json
-import os
 
 from absl import flags
+from etils import epath
 
 from data_pipelines import media
+from data_pipelines import storage
 from data_pipelines import usage
 from data_pipelines.shapes_world import evaluator
 
 def read_manifest(directory: str) -> list[dict]:
   """Reads and validates DIR/manifest.jsonl; every error names the line."""
-  path = os.path.join(directory, "manifest.jsonl")
-  if not os.path.isdir(directory):
+  path = storage.join(directory, "manifest.jsonl")
+  if not epath.Path(directory).is_dir():
     raise ValueError(f"Clip directory {directory!r} does not exist.")
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise ValueError(f"{path!r} is missing; expected one JSON object a line with "
                      "'file' and 'prompt'.")
   rows = []
-  with open(path) as f:
+  with epath.Path(path).open() as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -47,7 +48,7 @@ def evaluate_dir(directory: str, per_clip: str | None = None) -> dict:
   rows = read_manifest(directory)
   scores = []
   for row in rows:
-    video = media.read_clip(os.path.join(directory, row["file"]))
+    video = media.read_clip(storage.join(directory, row["file"]))
     scores.append(evaluator.score_clip(video, row["prompt"]))
   result = evaluator.aggregate(scores)
   for key in ("split", "task"):
@@ -56,7 +57,7 @@ def evaluate_dir(directory: str, per_clip: str | None = None) -> dict:
       result[f"by_{key}"] = {g: evaluator.aggregate(
           [s for s, r in zip(scores, rows) if r.get(key) == g]) for g in groups}
   if per_clip:
-    with open(per_clip, "w") as f:
+    with epath.Path(per_clip).open("w") as f:
       for row, s in zip(rows, scores):
         f.write(json.dumps({"file": row["file"], **s}) + "\n")
   return result

@@ -21,17 +21,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from absl import flags
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines import latents as latents_lib
 from data_pipelines import pipeline
+from data_pipelines import storage
 from data_pipelines import usage
 from sora_jax.inference import run as run_lib
 from sora_jax.models import vae as vae_lib
@@ -124,8 +125,8 @@ def encode_splits(data_cfg: dict[str, Any], vae_workdir: str, splits: Sequence[s
   vae = None
   data_cfg = {**data_cfg, "latents": "on_the_fly"}
   for split in splits:
-    split_dir = os.path.join(latents_dir, split)
-    if os.path.exists(os.path.join(split_dir, latents_lib.METADATA_FILE)):
+    split_dir = storage.join(latents_dir, split)
+    if epath.Path(split_dir, latents_lib.METADATA_FILE).exists():
       print(f"[latents] {split_dir} exists; kept.", flush=True)
       continue
     vae = vae or run_lib.load_vae(vae_workdir)
@@ -145,11 +146,12 @@ def encode_split(f) -> dict[str, Any]:
     data_cfg = dict(vae_run_config["data"])
     data_cfg["data_dir"] = f.data_dir or data_cfg["data_dir"]
   data_cfg["prepare"] = f.prepare
-  if not os.path.isdir(data_cfg["data_dir"] or "") and not f.prepare:
+  data_dir = data_cfg["data_dir"]
+  if not (data_dir and epath.Path(data_dir).is_dir()) and not f.prepare:
     raise ValueError(f"data dir {data_cfg['data_dir']!r} does not exist; build the data "
                      "set first (or pass --prepare for Shapes World).")
   source = latents_lib.pixel_source(data_cfg, f.split)
-  split_dir = os.path.join(f.out_dir, f.split)
+  split_dir = storage.join(f.out_dir, f.split)
   meta = write_latents(source, run_lib.load_vae(f.vae_workdir), split_dir, f.num)
   return {"out": split_dir, "num_records": meta["num_records"],
           "latent_shapes": meta["latent_shapes"], "vae": meta["vae"]}

@@ -32,15 +32,15 @@ Task checks (`--task_clips` generator clips of the first split as inputs):
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from data_pipelines import media
+from data_pipelines import storage
 from data_pipelines.shapes_world import evaluator
 from data_pipelines.shapes_world import generator as sw_generator
 from data_pipelines.shapes_world import world as W
@@ -63,8 +63,8 @@ def split_prompts(split: str, n: int, level: str, frames: int, height: int,
 
 
 def score_dir(out_dir: str, manifest: list[dict]) -> dict:
-  scores = [evaluator.score_clip(np.load(os.path.join(out_dir, m["file"])), m["prompt"])
-            for m in manifest]
+  scores = [evaluator.score_clip(media.read_clip(storage.join(out_dir, m["file"])),
+                                 m["prompt"]) for m in manifest]
   return evaluator.aggregate(scores)
 
 
@@ -137,7 +137,7 @@ def evaluate(sampler: Sampler, out_dir: str, splits: Sequence[str], n: int,
             "splits": {}}
   for split in splits:
     rows = split_prompts(split, n, level, frames, height, width)
-    d = os.path.join(out_dir, split)
+    d = storage.join(out_dir, split)
     manifest = tasks.sample_batch(sampler, rows, d, frames, height, width, seed, batch,
                                   mp4=mp4)
     result["splits"][split] = score_dir(d, manifest)
@@ -146,17 +146,13 @@ def evaluate(sampler: Sampler, out_dir: str, splits: Sequence[str], n: int,
     result["tasks"] = task_checks(sampler, splits[0], level, task_clips, frames, height,
                                   width, seed)
   result["seconds"] = round(time.time() - t0, 1)
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  storage.write_json(storage.join(out_dir, "eval.json"), result, indent=2)
   return result
 
 
 def run_level(workdir: str) -> str:
   """The Shapes World level a DiT run trained on (from its saved config)."""
-  path = os.path.join(workdir, "config.json")
-  with open(path) as f:
-    name = json.load(f)["data"]["name"]
+  name = storage.read_json(storage.join(workdir, "config.json"))["data"]["name"]
   return name.get("level", "full") if isinstance(name, dict) else "full"
 
 

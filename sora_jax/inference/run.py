@@ -19,10 +19,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_pipelines import storage
 from sora_jax import checkpoints
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import dit as dit_lib
@@ -80,7 +82,7 @@ def load_vae(workdir: str) -> FrozenVAE:
   if mean.shape != (vcfg.latent_channels,) or std.shape != mean.shape:
     raise ValueError(f"VAE {workdir!r}: latent stats of shape {mean.shape} do not match "
                      f"its {vcfg.latent_channels} latent channels.")
-  return FrozenVAE(vcfg, params, mean, std, f"{os.path.abspath(workdir)}@{step}")
+  return FrozenVAE(vcfg, params, mean, std, f"{storage.absolute(workdir)}@{step}")
 
 
 def random_vae(model: Mapping[str, Any], seed: int = 0) -> FrozenVAE:
@@ -166,7 +168,7 @@ def _run_vae_source(workdir: str, config: Mapping[str, Any], extra: Mapping[str,
   if desc.startswith("random:"):
     return None, vae_config_from_json(config["vae"]["random_model"])
   path = desc.rsplit("@", 1)[0] if "@" in desc else config["vae"]["workdir"]
-  if not os.path.isdir(path):
+  if not epath.Path(path).is_dir():
     raise ValueError(f"The DiT run {workdir!r} was trained on latents of the VAE in "
                      f"{path!r}, which does not exist here.")
   return path, vae_config_from_json(read_vae_run(path)[1]["model"])
@@ -250,7 +252,8 @@ class Run:
     vae = _run_vae(workdir, config, extra)
     dcfg, tcfg = dit_configs(config, vae.config.latent_channels)
     tok_path = extra.get("tokenizer", "tokenizer.model")
-    tok_path = tok_path if os.path.isabs(tok_path) else os.path.join(workdir, tok_path)
+    if not (os.path.isabs(tok_path) or "://" in tok_path):  # relative: to the run
+      tok_path = storage.join(workdir, tok_path)
     tokenizer = tok_lib.Tokenizer.load(tok_path)
     state = checkpoints.restore_state_host(workdir, step)
     params = state["ema_params" if use_ema else "params"]

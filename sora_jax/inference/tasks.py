@@ -24,13 +24,14 @@ field.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Sequence
 
+from etils import epath
 import numpy as np
 from tqdm import tqdm
 
 from data_pipelines import media
+from data_pipelines import storage
 from sora_jax.diffusion import conditioning
 from sora_jax.inference.sampler import Sampler
 
@@ -210,7 +211,6 @@ def sample_batch(sampler: Sampler, rows: list[dict], out_dir: str, frames: int, 
 
   Returns the manifest rows. Resumes: rows whose .npy exists are not sampled again.
   """
-  os.makedirs(out_dir, exist_ok=True)
   manifest, todo = [], []
   for i, row in enumerate(rows):
     t = 1 if row["task"] == "t2i" else frames
@@ -219,7 +219,7 @@ def sample_batch(sampler: Sampler, rows: list[dict], out_dir: str, frames: int, 
              "width": width}
     entry.update({k: v for k, v in row.items() if k not in entry and k != "name"})
     manifest.append(entry)
-    if not os.path.exists(os.path.join(out_dir, entry["file"])):
+    if not epath.Path(out_dir, entry["file"]).exists():
       todo.append(entry)
   by_size: dict[int, list[dict]] = {}
   for entry in todo:
@@ -231,13 +231,13 @@ def sample_batch(sampler: Sampler, rows: list[dict], out_dir: str, frames: int, 
       videos = t2v_batch(sampler, [e["prompt"] for e in chunk], t, height, width,
                              [e["seed"] for e in chunk])
       for e, v in zip(chunk, videos):
-        stem = os.path.join(out_dir, e["file"][:-4])
+        stem = storage.join(out_dir, e["file"][:-4])
         media.write_clip(stem, v, npy=True, mp4=mp4, fps=fps)
       bar.update(len(chunk))
   bar.close()
-  with open(os.path.join(out_dir, "manifest.jsonl"), "w") as f:
-    for entry in manifest:
-      f.write(json.dumps(entry) + "\n")
+  manifest_path = epath.Path(out_dir, "manifest.jsonl")
+  manifest_path.parent.mkdir(parents=True, exist_ok=True)
+  manifest_path.write_text("".join(json.dumps(entry) + "\n" for entry in manifest))
   return manifest
 
 

@@ -22,10 +22,10 @@
 """
 import dataclasses
 import functools
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +47,7 @@ class LossConfig:
     gan_weight: weight of the hinge generator loss (0 disables the GAN).
     disc_start_step: step from which the GAN terms count (both losses are 0 before).
     perceptual_weight: weight of the perceptual term (0 disables it).
-    perceptual_path: local `.npz` of the frozen feature network (`load_perceptual_network`).
+    perceptual_path: `.npz` of the frozen feature network (`load_perceptual_network`).
   """
   recon: str = 'l1'
   kl_weight: float = 1e-6
@@ -64,7 +64,7 @@ class LossConfig:
       raise ValueError(f"LossConfig.recon={self.recon!r}; expected 'l1' or 'l2'.")
     if self.perceptual_weight and not self.perceptual_path:
       raise ValueError(f'LossConfig.perceptual_weight={self.perceptual_weight} needs '
-                       'perceptual_path (a local .npz of a feature network).')
+                       'perceptual_path (a .npz of a feature network).')
 
 
 def reconstruction_loss(video: jax.Array, recon: jax.Array, kind: str = 'l1') -> jax.Array:
@@ -140,7 +140,9 @@ def hinge_generator_loss(fake_logits: jax.Array) -> jax.Array:
 
 
 def load_perceptual_network(path: str | None) -> FeatureFn:
-  """Loads a frozen VGG-style feature network (the LPIPS backbone) from a local `.npz`.
+  """Loads a frozen VGG-style feature network (the LPIPS backbone) from a `.npz`.
+
+  `path` may be local or a gs:// URL.
 
   File format: `kernel_i` [3, 3, Cin, Cout] (HWIO) and `bias_i` [Cout] for i = 0..n-1 (conv +
   ReLU), `taps` (int array): layers whose output is a feature map and is followed by a 2x2
@@ -151,12 +153,12 @@ def load_perceptual_network(path: str | None) -> FeatureFn:
     FileNotFoundError: `path` is empty or missing (no network ships with sora_jax offline).
     ValueError: the file lacks the keys above.
   """
-  if not path or not os.path.isfile(path):
+  if not path or not epath.Path(path).is_file():
     raise FileNotFoundError(
-        f'Perceptual network not found at {path!r}: expected a local .npz of a frozen '
+        f'Perceptual network not found at {path!r}: expected a .npz of a frozen '
         'VGG-style feature network (kernel_i, bias_i, taps; see load_perceptual_network). '
         'None ships with sora_jax; set perceptual_weight=0 to train without it.')
-  with np.load(path) as f:
+  with epath.Path(path).open('rb') as fh, np.load(fh) as f:
     weights = {k: jnp.asarray(f[k]) for k in f.files}
   n = sum(k.startswith('kernel_') for k in weights)
   missing = [k for k in ['taps'] + [f'{p}_{i}' for i in range(n) for p in ('kernel', 'bias')]

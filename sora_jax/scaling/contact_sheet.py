@@ -8,12 +8,13 @@ records; the run config's defaults without one).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from etils import epath
+
 from data_pipelines import media
+from data_pipelines import storage
 from data_pipelines.shapes_world import generator as sw
 from data_pipelines.shapes_world import world
 from sora_jax.inference import adherence
@@ -23,10 +24,9 @@ from sora_jax.inference import tasks
 
 
 def _read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     return None
-  with open(path) as f:
-    return json.load(f)
+  return storage.read_json(path)
 
 
 def sheet_settings(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -41,8 +41,8 @@ def sheet_settings(run: Mapping[str, Any]) -> dict[str, Any]:
      "guidance"} (missing keys: the sampler's defaults)}.
   """
   wd = run["workdir"]
-  adherence = _read_json(os.path.join(wd, "adherence.json")) or {}
-  config = _read_json(os.path.join(wd, "config.json")) or {}
+  adherence = _read_json(storage.join(wd, "adherence.json")) or {}
+  config = _read_json(storage.join(wd, "config.json")) or {}
   name = (config.get("data") or {}).get("name")
   name = name if isinstance(name, dict) else {}
   videos = [s for s in name.get("sizes", []) if s[0] > 1] or [[17, 64, 64]]

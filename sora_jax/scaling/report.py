@@ -43,18 +43,19 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from etils import epath
 import numpy as np
 
+from data_pipelines import storage
 from sora_jax.scaling import contact_sheet
 from sora_jax.scaling import fit as fit_lib
 
 
 # ----------------------------------------------------------------------------- collect
 def _read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     return None
-  with open(path) as f:
-    return json.load(f)
+  return storage.read_json(path)
 
 
 def _metric(d: Mapping[str, Any] | None, key: str):
@@ -91,9 +92,7 @@ def adherence_record(result: Mapping[str, Any], split: str) -> dict[str, Any]:
 def write_adherence(path: str, result: Mapping[str, Any], split: str) -> dict[str, Any]:
   """Writes `adherence_record(result, split)` as JSON to `path`; returns it."""
   record = adherence_record(result, split)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
+  storage.write_json(path, record, indent=2)
   return record
 
 
@@ -113,8 +112,8 @@ def training_totals(metrics_path: str) -> dict[str, float | None]:
   Rows are deduplicated by step (a resumed run appends; the last row of a step wins).
   """
   rows: dict[int, dict] = {}
-  if os.path.exists(metrics_path):
-    with open(metrics_path) as f:
+  if epath.Path(metrics_path).exists():
+    with epath.Path(metrics_path).open() as f:
       for line in f:
         line = line.strip()
         if line:
@@ -146,12 +145,12 @@ def _compute_of(name: str, config: Mapping[str, Any] | None) -> float | None:
 
 def collect_run(workdir: str) -> dict[str, Any]:
   """One run's results (see the module docstring); missing pieces are None."""
-  name = os.path.basename(os.path.normpath(workdir))
-  config = _read_json(os.path.join(workdir, "config.json"))
-  final = _read_json(os.path.join(workdir, "final_metrics.json"))
-  totals = training_totals(os.path.join(workdir, "metrics.jsonl"))
+  name = epath.Path(workdir).name
+  config = _read_json(storage.join(workdir, "config.json"))
+  final = _read_json(storage.join(workdir, "final_metrics.json"))
+  totals = training_totals(storage.join(workdir, "metrics.jsonl"))
   scaling = (config or {}).get("scaling") or {}
-  adherence = _read_json(os.path.join(workdir, "adherence.json"))
+  adherence = _read_json(storage.join(workdir, "adherence.json"))
   return {"name": name, "workdir": workdir, "compute": _compute_of(name, config),
           "flops": totals["flops"], "steps": totals["steps"],
           "val_loss": _metric(final, "val_loss"), "adherence_all": _adherence(adherence),
@@ -163,22 +162,22 @@ def collect_run(workdir: str) -> dict[str, Any]:
 
 def _is_dit_run(path: str) -> bool:
   """A directory with run files whose config (if any) is a DiT's."""
-  if not any(os.path.exists(os.path.join(path, f)) for f in (
+  if not any(epath.Path(path, f).exists() for f in (
       "config.json", "metrics.jsonl", "final_metrics.json")):
     return False
-  config = _read_json(os.path.join(path, "config.json"))
+  config = _read_json(storage.join(path, "config.json"))
   return config is None or config.get("task", "dit") == "dit"
 
 
 def collect(root: str) -> list[dict[str, Any]]:
   """Every DiT run under `root` (a directory with a config.json, metrics or final metrics;
   other tasks' runs, e.g. a VAE, are left out), sorted by nominal compute, then name."""
-  if not os.path.isdir(root):
+  if not epath.Path(root).is_dir():
     raise ValueError(f"--root {root!r} is not a directory of runs.")
   runs = []
-  for entry in sorted(os.listdir(root)):
-    path = os.path.join(root, entry)
-    if os.path.isdir(path) and _is_dit_run(path):
+  for entry in sorted(p.name for p in epath.Path(root).iterdir()):
+    path = storage.join(root, entry)
+    if epath.Path(path).is_dir() and _is_dit_run(path):
       runs.append(collect_run(path))
   return sorted(runs, key=lambda r: (r["compute"] is None, r["compute"] or 0, r["name"]))
 
@@ -287,8 +286,8 @@ def plot_fits(runs: Sequence[Mapping[str, Any]], fits: Mapping[str, Any], path: 
     ax.set_title("Prompt adherence against compute")
     ax.legend(fontsize=7)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
+  with storage.local_file(path) as local:  # matplotlib writes local files only
+    fig.savefig(local, dpi=120)
   plt.close(fig)
   return path
 
@@ -308,7 +307,7 @@ def _num_prompts(runs: Sequence[Mapping[str, Any]]) -> int | None:
   """The prompts behind the runs' adherence (adherence.json `n`), if all agree."""
   ns = set()
   for r in runs:
-    record = _read_json(os.path.join(r["workdir"], "adherence.json"))
+    record = _read_json(storage.join(r["workdir"], "adherence.json"))
     if record and isinstance(record.get("n"), int):
       ns.add(record["n"])
   return ns.pop() if len(ns) == 1 else None
@@ -346,9 +345,7 @@ def report(root: str, out: str, plot: str | None = None, num_prompts: int | None
         contact_sheet_prompts)
   result = {"benchmark": "scaling_ladder", "date": time.strftime("%Y-%m-%d"), "root": root,
             "runs": runs, "fit": fits, "plots": plots, "contact_sheet": sheet}
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(_json_safe(result), f, indent=2)
+  storage.write_json(out, _json_safe(result), indent=2)
   return result
 
 

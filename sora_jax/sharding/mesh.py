@@ -146,7 +146,8 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def _axes_of(entry) -> tuple[str, ...]:
+def axes_of(entry) -> tuple[str, ...]:
+  """The mesh axes of one PartitionSpec entry (None, a name or a tuple of names)."""
   if entry is None:
     return ()
   return (entry,) if isinstance(entry, str) else tuple(entry)
@@ -173,7 +174,7 @@ def check_divisible(abstract: Any, shardings: Any, where: str = "state",
                      f"shardings and {len(names)} logical specs; the trees differ.")
   for (path, x), sharding, name in zip(leaves, shards, names):
     for dim, entry in enumerate(sharding.spec):
-      axes = _axes_of(entry)
+      axes = axes_of(entry)
       size = math.prod(sharding.mesh.shape[a] for a in axes)
       if axes and x.shape[dim] % size:
         logical_name = f" (logical axis {name[dim]!r})" if name is not None else ""
@@ -215,3 +216,30 @@ def process_batch_shard(devices: np.ndarray, process_index: int) -> tuple[int, i
                      "must be disjoint or identical. Reorder the mesh axes' sizes or "
                      "mesh.dcn.")
   return distinct.index(tuple(sorted(blocks[process_index]))), len(distinct)
+
+
+def to_host(tree: Any) -> Any:
+  """Numpy copies of a pytree's arrays on every process, whatever their sharding.
+
+  Arrays split over devices of other processes (FSDP across hosts) are gathered with
+  `process_allgather`, a collective: every process must call this with the same tree.
+  """
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x)) if isinstance(x, jax.Array) else x
+  return jax.tree.map(one, tree)
+
+
+def for_evaluation(tree: Any) -> Any:
+  """A pytree of arrays placed for an evaluation pass: whole on one local device when this
+  process holds all of it (not replicated over the mesh, which would repeat the work on
+  every device), else left as they are, global arrays split over hosts (FSDP across
+  processes), which the evaluation then runs over as one SPMD program on every process."""
+  leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+  if not all(x.is_fully_addressable for x in leaves):
+    return tree
+  return jax.device_put(tree, jax.local_devices()[0])

@@ -20,6 +20,9 @@ Presets (`config.sharding.rules`):
                 "all_to_all" attention backend, `context.py`).
   vae_spatial   the VAE's frames split spatially: activations' height over fsdp x context,
                 batch over data; parameters replicated (they are small).
+  vae_fsdp      the VAE data parallel over data x fsdp, its conv kernels split by output
+                channel over fsdp wherever fsdp divides them (big_vision's fsdp rule: the
+                RGB convs, 3 channels, stay whole), with their Adam moments.
 
 State init follows `eval_shape -> shardings -> jit(init, out_shardings)`: `state_shardings`
 turns an abstract train state into NamedShardings, giving optimizer moments and the EMA the
@@ -31,6 +34,7 @@ preset keeps it; jit a fresh wrapper (`with_rules`) to trace under another.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,8 +56,12 @@ PRESETS: dict[str, Rules] = {
                                         ("vocab", "tensor")),
     "fsdp_context": (_BATCH, ("tokens", "context")) + _FSDP,
     "vae_spatial": (("batch", "data"), ("height", ("fsdp", "context"))),
+    "vae_fsdp": (_BATCH, ("conv_out", "fsdp")),
 }
 DEFAULT = "dp"
+# Presets whose parameter rules apply only where the mesh axes divide the dimension; for the
+# others an indivisible dimension is an error (`mesh.check_divisible`).
+_WHERE_DIVISIBLE = frozenset({"vae_fsdp"})
 
 
 def get(preset: str | Rules) -> Rules:
@@ -137,6 +145,14 @@ def _mirror_specs(abstract_state: Any, specs: Any) -> Any:
   return jax.tree.map(assign, abstract_state, is_leaf=matches)
 
 
+def _divisible_only(x: Any, sharding: NamedSharding) -> NamedSharding:
+  """`sharding` without the mesh axes of any dimension of `x` they do not divide."""
+  sizes = sharding.mesh.shape
+  spec = [entry if x.shape[d] % math.prod(sizes[a] for a in mesh_lib.axes_of(entry)) == 0
+          else None for d, entry in enumerate(sharding.spec)]
+  return NamedSharding(sharding.mesh, P(*spec))
+
+
 def state_shardings(mesh: Mesh, abstract_state: Any, preset: str | Rules,
                     param_specs: Any = None) -> Any:
   """NamedShardings of a train state under a preset; checked before any compile.
@@ -169,5 +185,7 @@ def state_shardings(mesh: Mesh, abstract_state: Any, preset: str | Rules,
   shardings = jax.tree.map(
       lambda spec: NamedSharding(mesh, nn.logical_to_mesh_axes(spec, rules)), logical,
       is_leaf=_is_spec)
+  if isinstance(preset, str) and preset in _WHERE_DIVISIBLE:
+    shardings = jax.tree.map(_divisible_only, abstract_state, shardings)
   mesh_lib.check_divisible(abstract_state, shardings, where="state", logical=logical)
   return shardings

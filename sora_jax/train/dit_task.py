@@ -35,9 +35,9 @@ import functools
 import hashlib
 import logging
 import math
-import os
 from typing import Any
 
+from etils import epath
 import flax
 import flax.linen as nn
 import jax
@@ -49,6 +49,7 @@ import optax
 from data_pipelines import latents as latents_lib
 from data_pipelines import patches
 from data_pipelines import pipeline
+from data_pipelines import storage
 from sora_jax.data import encode_latents
 from sora_jax.diffusion import conditioning
 from sora_jax.diffusion import flow
@@ -108,7 +109,7 @@ class DiTTask:
         self._records[split] = encode_latents.OnTheFlyLatents(source, self.vae)
       else:
         self._records[split] = latents_lib.LatentRecords(
-            os.path.join(self.config.data.latents, split))
+            storage.join(self.config.data.latents, split))
     return self._records[split]
 
   @functools.cached_property
@@ -188,7 +189,8 @@ class DiTTask:
         self.latent_records(split)  # raises when missing
       return
     data_dir = config.data.data_dir
-    if not os.path.isdir(data_dir or "") and not config.data.get("prepare", False):
+    if not (data_dir and epath.Path(data_dir).is_dir()) and not config.data.get("prepare",
+                                                                               False):
       raise ValueError(f"config.data.data_dir={data_dir!r} does not exist (and prepare is "
                        "off); build the data set first.")
     vcfg = self.vae.config
@@ -204,12 +206,12 @@ class DiTTask:
     """The run's tokenizer (see the module docstring)."""
     config = self.config
     path = config.tokenizer.path
-    if path and os.path.exists(path):
+    if path and epath.Path(path).exists():
       tok = tok_lib.Tokenizer.load(path)
     else:
       tok = tok_lib.Tokenizer.train(self._training_captions(), config.tokenizer.vocab_size)
       if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
         tok.save(path)
     if tok.vocab_size > config.text.vocab_size:
       raise ValueError(f"Tokenizer has {tok.vocab_size} ids but config.text.vocab_size="
@@ -233,9 +235,9 @@ class DiTTask:
 
   def save_tokenizer(self, workdir: str) -> str:
     """Writes the run's tokenizer to `workdir/tokenizer.model` (checks it if present)."""
-    tok, path = self.tokenizer, os.path.join(workdir, "tokenizer.model")
+    tok, path = self.tokenizer, storage.join(workdir, "tokenizer.model")
     proto = tok.__getstate__()["proto"]
-    if os.path.exists(path):
+    if epath.Path(path).exists():
       if tok_lib.Tokenizer.load(path).__getstate__()["proto"] != proto:
         raise ValueError(f"{path} differs from the tokenizer this config trains; the run's "
                          "captions changed. Set config.tokenizer.path to the saved file.")
@@ -301,18 +303,23 @@ class DiTTask:
   # ---------------------------------------------------------------------- evaluation
   @functools.cached_property
   def eval_batches(self) -> list[dict[str, np.ndarray]]:
-    """The fixed evaluation set: the first `eval.num_clips` validation clips, packed."""
+    """The fixed evaluation set: the first `eval.num_clips` validation clips, packed; the
+    same on every process (the evaluation runs on the global mesh)."""
     e = self.config.eval
-    ds = self.make_dataset(e.split, False, e.batch_size, num_clips=e.num_clips)
+    ds = self.make_dataset(e.split, False, e.batch_size, num_clips=e.num_clips,
+                           process_shard=(0, 1))
     return [{k: np.asarray(b[k]) for k in DEVICE_KEYS} for b in ds]
 
   def evaluate(self, state: DiTState, step: int, workdir: str, writer,
                final: bool) -> dict[str, float]:
-    """Validation flow loss at fixed t (EMA params; the raw params' mean too)."""
+    """Validation flow loss at fixed t (EMA params; the raw params' mean too).
+
+    The params stay where training put them (split over hosts under FSDP): every process
+    feeds the same batches and reads the replicated losses."""
     del step, writer, final
     self.save_tokenizer(workdir)
     e, dcfg, tcfg = self.config.eval, self.dit_config, self.text_config
-    ema, raw = jax.device_get(state.ema_params), jax.device_get(state.params)
+    ema, raw = mesh_lib.for_evaluation((state.ema_params, state.params))
     out, raw_losses = {}, []
     for t in e.timesteps:
       losses, raws = [], []

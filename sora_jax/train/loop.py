@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import time
 from typing import Any
 
 import jax
+from etils import epath
 import ml_collections
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from data_pipelines import storage
 from data_pipelines import usage
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import rules as rules_lib
@@ -32,18 +34,31 @@ from sora_jax.train import throughput as throughput_lib
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks each step: save, wait, exit."""
+  """SIGTERM as the step to stop at: save, wait, exit.
+
+  One process: a flag its own handler sets. Several: JAX's preemption service (started by
+  `jax.distributed.initialize`, which then owns SIGTERM) passes one process's notice to all
+  and names the same step on each, so every process saves that step and stops together.
+  `reached` must be called at every step on every process.
+  """
 
   def __init__(self):
-    self.requested = False
-    try:
-      signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-      pass
+    self._requested = False
+    self._synced = jax.process_count() > 1
+    if not self._synced:
+      try:
+        signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+        pass
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    if self._synced:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
 
 
 # Config sections a resumed run may change: how it runs, not what it trains.
@@ -112,7 +127,7 @@ def _checked_run(config: ml_collections.ConfigDict, workdir: str, init_rng: jax.
       usage.check_directory("config.data.data_dir", config.data.data_dir, writable=False)
     mesh = mesh_lib.make_mesh(config.get("mesh"))
     mesh_lib.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     abstract = jax.eval_shape(task.init_state, init_rng)
     ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     check_resume(config, ckpt, abstract)
@@ -139,8 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   task.prepare(workdir)  # e.g. the DiT writes its tokenizer into the run
   writer = metrics_lib.MetricWriter(workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   # ------------------------------------------------------------------ input
   # Processes holding the same batch rows (a context or tensor axis spanning hosts) load
@@ -218,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state, metrics = train_step(state, batch, step_rng)
     bar.update(inflight.add(step, metrics))
     evaluate = config.train.eval_every and step % config.train.eval_every == 0 and step != total
-    stop = preemption.requested or step == stop_at
+    stop = preemption.reached(step) or step == stop_at
     checkpoint = step % config.train.checkpoint_every == 0 or step == total or stop
     if evaluate or checkpoint or step % config.train.log_every == 0:
       check()  # every loss up to here is checked before any evaluation or checkpoint
@@ -245,8 +259,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
            **throughput.report(peak)}
   final = writer.write_scalars(total, final, prefix="final/")
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-      json.dump({"step": total, **final}, f, indent=2)
+    storage.write_json(storage.join(workdir, "final_metrics.json"), {"step": total, **final},
+                       indent=2)
   ckpt.close()
   writer.close()
   return final

@@ -2,28 +2,45 @@
 
 Every process calls the writer with the same (global) metrics, so a value that is not
 fully replicated is gathered across processes on all of them (a collective), and only
-process 0 writes.
+process 0 writes. A `gs://` workdir gets both files through epath (`storage.AppendFile`:
+the object is rewritten at each flush).
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
 
+from etils import epath
 import jax
 import numpy as np
+
+from data_pipelines import storage
+
+from sora_jax.sharding import mesh as mesh_lib
 
 
 def _scalar(v: Any) -> float:
   """A metric as a Python float; global arrays spanning processes are gathered first."""
-  if isinstance(v, jax.Array) and not v.is_fully_addressable:
-    if v.is_fully_replicated:
-      v = v.addressable_data(0)
-    else:  # pylint: disable=g-import-not-at-top
-      from jax.experimental import multihost_utils
-      v = multihost_utils.process_allgather(v, tiled=True)
-  return float(np.asarray(v))
+  return float(mesh_lib.to_host(v))
+
+
+class _EpathRecordFiles:
+  """tensorboardX's writer factory for URLs: event files through epath."""
+
+  def open(self, path: str) -> storage.AppendFile:
+    return storage.AppendFile(path)
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_object_stores() -> None:
+  """Event files under gs:// (s3://, az://) go through epath, not tensorboardX's own
+  clients (google-cloud-storage, boto3), which are not dependencies here."""
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  for scheme in ("gs", "s3", "az"):
+    record_writer.register_writer_factory(scheme, _EpathRecordFiles())
 
 
 class MetricWriter:
@@ -35,9 +52,10 @@ class MetricWriter:
     self._jsonl = None
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      os.makedirs(workdir, exist_ok=True)
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      _register_object_stores()
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+      self._tb = SummaryWriter(storage.join(workdir, "tensorboard"))
+      self._jsonl = storage.AppendFile(storage.join(workdir, "metrics.jsonl"))
 
   def write_scalars(self, step: int, scalars: dict[str, Any], prefix: str = "") -> dict:
     """Writes scalars (arrays are fetched); returns them as Python floats."""

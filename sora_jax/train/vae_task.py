@@ -14,12 +14,10 @@ to express. A reconstruction grid (PNG and mp4) is written to `workdir/recon/`.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import dm_pix
 import flax
-import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,6 +26,7 @@ import optax
 
 from data_pipelines import media
 from data_pipelines import pipeline
+from data_pipelines import storage
 from data_pipelines.shapes_world import evaluator as sw_eval
 from sora_jax.models import discriminator as disc_lib
 from sora_jax.models import vae as vae_lib
@@ -160,10 +159,12 @@ class VAETask:
   # ---------------------------------------------------------------------- evaluation
   @functools.cached_property
   def eval_clips(self) -> list[dict[str, Any]]:
-    """The fixed evaluation set: the first `eval.num_clips` validation clips."""
+    """The fixed evaluation set: the first `eval.num_clips` validation clips (the same on
+    every process)."""
     e = self.config.eval
     ds = pipeline.make_pixel_dataset(self.config.data, split=e.split,
-                                     batch_size=e.batch_size, seed=0, train=False)
+                                     batch_size=e.batch_size, seed=0, train=False,
+                                     process_index=0, process_count=1)
     clips = []
     for batch in ds:
       for i in np.nonzero(batch["mask"])[0]:
@@ -174,15 +175,18 @@ class VAETask:
 
   def evaluate(self, state: VAEState, step: int, workdir: str, writer,
                final: bool) -> dict[str, float]:
-    """PSNR, SSIM and (Shapes World) evaluator adherence of reconstructions."""
+    """PSNR, SSIM and (Shapes World) evaluator adherence of reconstructions.
+
+    The params stay where training put them (split over hosts under FSDP); every process
+    reconstructs the same clips and gathers the results."""
     config, vcfg = self.config, self.vae_config
-    params = jax.device_get(state.params["vae"])
+    params = mesh_lib.for_evaluation(state.params["vae"])
     clips = self.eval_clips
     psnrs, ssims, orig_ok, recon_ok, grid = [], [], [], [], []
     shapes_world = config.data.source == "shapes_world"
     for clip in clips:
       video = clip["video"][None]
-      recon = np.asarray(_reconstruct(vcfg, params, video))
+      recon = mesh_lib.to_host(_reconstruct(vcfg, params, video))
       psnr, ssim = reconstruction_quality(video[0], recon[0])
       psnrs.append(psnr)
       ssims.append(ssim)
@@ -213,14 +217,14 @@ class VAETask:
     square of the channels' stds: the normalised latents keep their relative channel scales.
     """
     config, vcfg = self.config, self.vae_config
-    params = jax.device_get(state.params["vae"])
+    params = mesh_lib.for_evaluation(state.params["vae"])  # see `evaluate`
     ds = pipeline.make_pixel_dataset(config.data, split="train",
                                      batch_size=config.eval.batch_size, seed=config.seed + 1,
-                                     train=False)
+                                     train=False, process_index=0, process_count=1)
     total, total_sq, count, clips = 0.0, 0.0, 0, 0
     for batch in ds:
       video = batch["video"][batch["mask"]]
-      z = np.asarray(_encode_mode(vcfg, params, video), np.float64)
+      z = mesh_lib.to_host(_encode_mode(vcfg, params, video)).astype(np.float64)
       flat = z.reshape(-1, z.shape[-1])
       total = total + flat.sum(0)
       total_sq = total_sq + (flat ** 2).sum(0)
@@ -291,12 +295,10 @@ def _reconstruct(vcfg, params, video):
 
 def _write_grid(workdir: str, step: int, grid: np.ndarray, writer) -> None:
   """grid: uint8 [T, rows * H, 2W, 3] (original | reconstruction per row)."""
-  out_dir = os.path.join(workdir, "recon")
-  os.makedirs(out_dir, exist_ok=True)
-  stem = os.path.join(out_dir, f"step_{step:07d}")
+  stem = storage.join(workdir, "recon", f"step_{step:07d}")
   frames = grid[:: max(1, grid.shape[0] // 4)][:4]  # up to 4 frames side by side
   sheet = np.concatenate(list(frames), axis=1)
-  iio.imwrite(stem + ".png", sheet)
+  media.write_image(stem + ".png", sheet)
   if grid.shape[0] > 1 and grid.shape[1] % 2 == 0 and grid.shape[2] % 2 == 0:
     media.write_mp4(stem + ".mp4", grid)
   writer.write_image(step, "recon", sheet)
