@@ -108,6 +108,13 @@ def parse_sizes(text: str, where: str = "sizes",
   return tuple(sizes)
 
 
+# `config.train` keys every training config carries for looking inside a run:
+# profile_start  trace steps profile_start .. + profile_steps - 1 with jax.profiler into
+#                WORKDIR/profile (0 = off; sora_jax/train/profiler.py);
+# wandb          a Weights & Biases project to log metrics to as well ('' = off).
+OBSERVE = {"profile_start": 0, "profile_steps": 3, "wandb": ""}
+
+
 def add_mesh(config: ml_collections.ConfigDict, rules: str) -> None:
   """The `mesh` and `sharding` sections every training config carries.
 

@@ -123,7 +123,7 @@ def get_config(arg=None):
   config.train = {"steps": arg.steps, "batch_size": arg.batch, "log_every": 50,
                   "eval_every": arg.eval_every, "checkpoint_every": 1000,
                   "keep_checkpoints": 2, "progress": True, "peak_flops": arg.peak_flops,
-                  "accept_data_change": False}
+                  "accept_data_change": False, **common.OBSERVE}
   config.eval = {"split": "validation", "num_clips": 64, "batch_size": 8, "seed": 0,
                  "timesteps": (0.1, 0.3, 0.5, 0.7, 0.9)}
 

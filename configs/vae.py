@@ -124,7 +124,8 @@ def get_config(arg=None):
 
   config.train = {"steps": arg.steps, "batch_size": arg.batch, "log_every": 50,
                   "eval_every": arg.eval_every, "checkpoint_every": 500,
-                  "keep_checkpoints": 2, "progress": True, "accept_data_change": False}
+                  "keep_checkpoints": 2, "progress": True, "accept_data_change": False,
+                  **common.OBSERVE}
   config.eval = {"split": "validation", "num_clips": 64, "batch_size": 8, "grid_clips": 4,
                  "latent_stats_clips": 256, "latent_norm": arg.latent_norm}
 

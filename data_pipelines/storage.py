@@ -102,3 +102,14 @@ class AppendFile:
     if self._file is not None:
       self._file.close()
     self.closed = True
+
+
+def copy_tree(local_dir: PathLike, target: PathLike) -> None:
+  """Copies the files under `local_dir` to `target` (a local path or a URL), merging."""
+  for root, _, files in os.walk(local_dir):
+    for name in files:
+      src = os.path.join(root, name)
+      dst = epath.Path(target) / os.path.relpath(src, local_dir)
+      dst.parent.mkdir(parents=True, exist_ok=True)
+      with open(src, "rb") as f, dst.open("wb") as out:
+        shutil.copyfileobj(f, out)

@@ -36,7 +36,8 @@ def test_train_evaluate_sample_resume_on_a_gs_workdir(tmp_path):
   cwd.mkdir()
   run = "gs://bucket/runs/dit"
   config = os.path.join(ROOT, "configs", "dit.py") + f":runlocal=True,data_dir={data}"
-  _fake_gcs(cwd, root, "sora_jax.main", "--config", config, "--workdir", run)
+  _fake_gcs(cwd, root, "sora_jax.main", "--config", config, "--workdir", run,
+            "--config.train.profile_start=2", "--config.train.profile_steps=1")
   _fake_gcs(cwd, root, "sora_jax.evaluate", "--workdir", run, "--split", "test", "--n", "2",
             "--batch", "2", "--frames", "5", "--height", "32", "--width", "32",
             "--steps", "2", "--task_clips", "0", "--adherence_json", run + "/adherence.json")
@@ -58,6 +59,7 @@ def test_train_evaluate_sample_resume_on_a_gs_workdir(tmp_path):
   rows = [json.loads(l) for l in (local / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5, 6]  # appended
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(local / "tensorboard"))
+  assert list((local / "profile").glob("plugins/profile/*/*.xplane.pb"))  # traced, uploaded
   samples = root / "bucket" / "samples"
   assert np.load(samples / "red.npy").shape == (5, 32, 32, 3)
   assert (samples / "red.mp4").stat().st_size > 0 and (samples / "red.gif").stat().st_size > 0

@@ -1,6 +1,8 @@
 """The shared training loop, driven by the VAE task on a shrunken config."""
+import glob
 import json
 import os
+import sys
 
 import imageio.v3 as iio
 import flax
@@ -215,3 +217,53 @@ def test_guarded_step_skips_a_non_finite_update_and_folds_the_rng_in_jit():
     skipped, metrics = step(new, {"delta": delta, "norm": norm}, base)
     np.testing.assert_array_equal(skipped.w, 1.5)  # the update was not applied
     assert int(skipped.step) == 6
+
+
+def test_profiled_steps_host_time_breakdown_and_wandb(tmp_path, monkeypatch):
+  """`train.profile_start` traces those steps (xplane files under WORKDIR/profile); train
+  rows carry the host's input and device-wait seconds a step; `train.wandb` logs the same
+  scalars to Weights & Biases (a stand-in module here: no network)."""
+  cfg = _config(tmp_path, steps=4)
+  cfg.train.update(profile_start=2, profile_steps=2, wandb="sora-test")
+  logged, inits = [], []
+
+  class FakeRun:
+    def log(self, values, step):
+      logged.append((step, dict(values)))
+
+    def finish(self):
+      logged.append(("finished", {}))
+
+  fake = type(sys)("wandb")
+  fake.init = lambda **kw: inits.append(kw) or FakeRun()
+  fake.Image = lambda array: array
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+
+  def trivial(self):  # the loop's work only: no model to compile
+    del self
+    return lambda state, batch, rng: (state, {"loss": jnp.mean(batch["video"])})
+
+  monkeypatch.setattr(vae_task.VAETask, "make_train_step", trivial)
+  monkeypatch.setattr(vae_task.VAETask, "evaluate", lambda *a, **k: {"psnr_db": 1.0})
+  monkeypatch.setattr(vae_task.VAETask, "checkpoint_extra", lambda self, state: {})
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(cfg, workdir)
+
+  traces = glob.glob(os.path.join(workdir, "profile", "plugins", "profile", "*", "*.xplane.pb"))
+  assert len(traces) == 1, traces
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  train = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train] == [1, 2, 3, 4]
+  for r in train:
+    assert 0 <= r["train/data_s"] + r["train/wait_s"] <= r["train/sec_per_step"] * 1.01, r
+  assert inits[0]["project"] == "sora-test" and inits[0]["config"]["train"]["steps"] == 4
+  assert [s for s, v in logged if "train/loss" in v] == [1, 2, 3, 4]
+  assert logged[-1][0] == "finished" and any("final/psnr_db" in v for _, v in logged)
+
+
+def test_bad_profile_steps_fail_before_any_work(tmp_path):
+  cfg = _config(tmp_path)
+  cfg.train.profile_start = -1
+  with pytest.raises(ValueError, match="profile_start=-1"):
+    loop.train_and_evaluate(cfg, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")

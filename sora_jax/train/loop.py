@@ -4,7 +4,8 @@ A task (`registry.Task`, one object per run) contributes its pieces: how to vali
 config, its input pipeline, `init_state`, a `train_step`, and host-side evaluation. The loop
 does everything else the same way for both: mesh, sharded init, checkpoint restore (state
 and data iterator), the step loop with a NaN guard, metrics, progress with ETA, throughput
-and MFU (`throughput.py`), periodic evaluation and checkpoints, preemption, final
+and MFU (`throughput.py`), the host's input and device-wait time, chosen steps traced with
+jax.profiler (`profiler.py`), periodic evaluation and checkpoints, preemption, final
 evaluation.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import rules as rules_lib
 from sora_jax import checkpoints
 from sora_jax.train import metrics as metrics_lib
+from sora_jax.train import profiler as profiler_lib
 from sora_jax.train import registry
 from sora_jax.train import stepping
 from sora_jax.train import throughput as throughput_lib
@@ -117,9 +119,12 @@ def config_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any,
 
 
 def _checked_run(config: ml_collections.ConfigDict, workdir: str, init_rng: jax.Array):
-  """(task, mesh, abstract state, checkpointer) once every input check has passed; each
-  bad input is one `usage.InputError`, raised before any compile or file is rewritten."""
+  """(task, mesh, abstract state, checkpointer, profiler) once every input check has passed;
+  each bad input is one `usage.InputError`, raised before any compile or file is
+  rewritten."""
   with usage.checking():
+    profiler = profiler_lib.StepProfiler(workdir, config.train.get("profile_start", 0),
+                                         config.train.get("profile_steps", 3))
     task = registry.make(config)
     task.validate()
     usage.check_directory("--workdir", workdir)
@@ -131,7 +136,7 @@ def _checked_run(config: ml_collections.ConfigDict, workdir: str, init_rng: jax.
     abstract = jax.eval_shape(task.init_state, init_rng)
     ckpt = checkpoints.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     check_resume(config, ckpt, abstract)
-  return task, mesh, abstract, ckpt
+  return task, mesh, abstract, ckpt, profiler
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -150,9 +155,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   # ------------------------------------------------------------------ setup
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  task, mesh, abstract, ckpt = _checked_run(config, workdir, init_rng)
+  task, mesh, abstract, ckpt, profiler = _checked_run(config, workdir, init_rng)
   task.prepare(workdir)  # e.g. the DiT writes its tokenizer into the run
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, wandb=config.train.get("wandb", ""),
+                                    run_config=config.to_dict())
   if jax.process_index() == 0:
     (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
 
@@ -204,12 +210,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   throughput = throughput_lib.Throughput()  # the first interval holds the compile
   peak = throughput_lib.peak_flops(config.train.get("peak_flops", 0.0))
   inflight = stepping.InFlight()
+  # Host seconds since the last log: waiting for input (`data`), or for the devices to
+  # finish earlier steps (`wait`); the rest of a step's wall time is dispatch and Python.
+  host = {"data": 0.0, "wait": 0.0}
 
   def check():
     """Reads the held steps' metrics in one transfer: NaN guard, throughput, logs."""
     nonlocal t0, steps_timed
     bar.update(len(inflight) - inflight.done)
+    t = time.perf_counter()
     read = inflight.read()
+    host["wait"] += time.perf_counter() - t
     for step, metrics in read:  # fail before a checkpoint (the state skipped the update)
       if not math.isfinite(float(metrics["loss"])):
         raise FloatingPointError(f"Non-finite loss {float(metrics['loss'])} at step {step}; "
@@ -221,18 +232,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
     if step % config.train.log_every == 0 or step == total:
       dt = (time.time() - t0) / steps_timed
-      writer.write_scalars(step, {**metrics, "sec_per_step": dt}, prefix="train/")
+      writer.write_scalars(step, {**metrics, "sec_per_step": dt,
+                                  **{f"{k}_s": v / steps_timed for k, v in host.items()}},
+                           prefix="train/")
       t0, steps_timed = time.time(), 0
+      host.update(data=0.0, wait=0.0)
 
   # Steps are dispatched ahead (asynchronously) and their metrics read every log_every
   # steps: the host prepares the next batches while the device runs (stepping.py).
   for step in range(start + 1, total + 1):
+    t = time.perf_counter()
     batch = next(batches)
-    with rules_lib.mesh_and_rules(mesh, rules_lib.preset_of(config)):
+    host["data"] += time.perf_counter() - t
+    with rules_lib.mesh_and_rules(mesh, rules_lib.preset_of(config)), profiler.step(step):
       state, metrics = train_step(state, batch, step_rng)
+    t = time.perf_counter()
     bar.update(inflight.add(step, metrics))
+    host["wait"] += time.perf_counter() - t
     evaluate = config.train.eval_every and step % config.train.eval_every == 0 and step != total
     stop = preemption.reached(step) or step == stop_at
+    profiler.after(step, metrics, last=stop or step == total)
     checkpoint = step % config.train.checkpoint_every == 0 or step == total or stop
     if evaluate or checkpoint or step % config.train.log_every == 0:
       check()  # every loss up to here is checked before any evaluation or checkpoint
