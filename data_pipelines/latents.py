@@ -6,15 +6,25 @@ needed, so that work lives in `sora_jax`; this module reads and writes what it p
   python -m sora_jax.data.encode_latents --vae_workdir runs/vae_tiny10 \
       --out_dir data/latents/sw_tiny10 --split train
 
-Record format (one `array_record` writer, read by grain's `ArrayRecordDataSource`; no tfds
-builder, because a latent set is a derived cache of one (VAE, data set) pair, not a source):
-  OUT/SPLIT/latents.array_record   one msgpack record per clip (flax.serialization):
-    latents        float16 [T', h, w, C], normalised: (mode(q(z|x)) - mean) / std
+Record format: a split is ArrayRecord shards read in order as one sequence by grain's
+`ArrayRecordDataSource`, plus an index (no tfds builder: a latent set is a derived cache of
+one (VAE, data set) pair, not a source). Bring your own latents by writing this layout:
+  OUT/SPLIT/latents-SSSSS-of-NNNNN.array_record   one msgpack record per clip
+      (`flax.serialization.msgpack_serialize` of a dict):
+    latents        float16 (or float32) [T', h, w, C], normalised: (z - mean) / std
     caption        str, the detailed caption
     short_caption  str ('' when the source has none)
     size           int32 [3], the pixel clip's (T, H, W)
     index          int, the record index in the pixel split
-  OUT/SPLIT/metadata.json    latent shapes (run-length encoded), VAE workdir/step, stats.
+  OUT/SPLIT/latents-SSSSS-of-NNNNN.json   a shard's index entry, written when it is whole:
+    {"file", "num_records", "latent_shapes"} (shapes run-length encoded, [[T', h, w, C, n]])
+  OUT/SPLIT/metadata.json   the index: "shards" (file names, in order), "num_records",
+    "latent_shapes" (all shards'), and what encoded them: "vae" (a VAE run's
+    `WORKDIR@STEP`, which sampling decodes with), "latent_mean", "latent_std" (per channel).
+A split written before shards existed (one `latents.array_record`, no "shards") still
+reads. Shards of records in this schema written by other tools get their index entries and
+metadata.json from `python -m data_pipelines.latents --index OUT/SPLIT --vae DESC
+--stats_from OTHER/SPLIT` (or `--mean/--std`); see `index_shards`.
 
 The DiT pipeline (`make_latent_dataset`), over precomputed `LatentRecords` or any records
 with the same interface (`sora_jax.data.encode_latents.OnTheFlyLatents` encodes pixel clips
@@ -29,6 +39,8 @@ and batching are grain IterDatasets, so the iterator state checkpoints and resto
 """
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -41,9 +53,10 @@ import numpy as np
 from data_pipelines import packing
 from data_pipelines import pipeline
 from data_pipelines import storage
+from data_pipelines import usage
 
-RECORD_FILE = "latents.array_record"
 METADATA_FILE = "metadata.json"
+LEGACY_FILE = "latents.array_record"  # one-file splits, written before shards
 CAPTION_KEYS = {"detailed": "caption", "short": "short_caption"}
 
 
@@ -52,15 +65,19 @@ class LatentRecords:
   """Precomputed latent records of one split (written by `write_latents`)."""
 
   def __init__(self, split_dir: str):
-    path = storage.join(split_dir, RECORD_FILE)
     meta_path = storage.join(split_dir, METADATA_FILE)
-    if not (epath.Path(path).exists() and epath.Path(meta_path).exists()):
-      raise ValueError(f"No latent records in {split_dir!r} (expected {RECORD_FILE} and "
-                       f"{METADATA_FILE}); run `python -m data_pipelines.latents` first.")
+    if not epath.Path(meta_path).exists():
+      raise ValueError(f"No latent records in {split_dir!r} (no {METADATA_FILE}); encode "
+                       "them with `python -m sora_jax.data.encode_latents` first.")
     self.metadata = storage.read_json(meta_path)
+    files = [storage.join(split_dir, f) for f in self.metadata.get("shards", [LEGACY_FILE])]
+    missing = [f for f in files if not epath.Path(f).exists()]
+    if missing:
+      raise ValueError(f"{split_dir!r}: {METADATA_FILE} lists {len(files)} shard(s), "
+                       f"{len(missing)} missing, e.g. {missing[0]!r}.")
     # array_record's C++ reader takes local paths only: data and latents on GCS are read
     # through a gcsfuse mount, as grain's ArrayRecord source needs.
-    self._records = grain.sources.ArrayRecordDataSource([path])
+    self._records = grain.sources.ArrayRecordDataSource(files)
     self.shapes = _decode_runs(self.metadata["latent_shapes"])
     if len(self.shapes) != len(self._records):
       raise ValueError(f"{split_dir!r}: {len(self._records)} records but "
@@ -108,24 +125,104 @@ def _encode_runs(shapes) -> list[list[int]]:
 
 
 # ------------------------------------------------------------------------ writing
-def write_records(split_dir: str, records: Iterable[dict[str, Any]],
-                  metadata: dict[str, Any]) -> dict[str, Any]:
-  """Writes latent records (`latent_record`s, in order) and their metadata to `split_dir`.
+def shard_name(shard: int, num_shards: int) -> str:
+  return f"latents-{shard:05d}-of-{num_shards:05d}"
 
-  `metadata` (e.g. the VAE that encoded them and the latent statistics) is stored with
-  `num_records` and the run-length encoded `latent_shapes` added. Returns the metadata.
+
+def shard_done(split_dir: str, shard: int, num_shards: int) -> bool:
+  """Whether a shard is whole (its index entry is written after its records)."""
+  return epath.Path(split_dir, shard_name(shard, num_shards) + ".json").exists()
+
+
+def write_shard(split_dir: str, shard: int, num_shards: int,
+                records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+  """Writes one shard of latent records (`latent_record`s, in order); returns its entry.
+
+  The records go to a temporary file renamed when it is closed, then the entry (JSON) the
+  same way: a shard killed half-way leaves no entry and is written again on resume.
   """
+  name = shard_name(shard, num_shards)
   epath.Path(split_dir).mkdir(parents=True, exist_ok=True)
-  writer = array_record_module.ArrayRecordWriter(  # a local path (see LatentRecords)
-      storage.join(split_dir, RECORD_FILE), "group_size:1")
+  path = storage.join(split_dir, name + ".array_record")
+  tmp = f"{path}.tmp{os.getpid()}"
+  writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")  # local paths only
   shapes = []
   for rec in records:
     writer.write(flax.serialization.msgpack_serialize(rec))
     shapes.append(rec["latents"].shape)
   writer.close()
-  meta = {"num_records": len(shapes), "latent_shapes": _encode_runs(shapes), **metadata}
-  storage.write_json(storage.join(split_dir, METADATA_FILE), meta, indent=2)
+  os.replace(tmp, path)
+  entry = {"file": name + ".array_record", "num_records": len(shapes),
+           "latent_shapes": _encode_runs(shapes)}
+  _write_json_atomically(storage.join(split_dir, name + ".json"), entry)
+  return entry
+
+
+def write_index(split_dir: str, num_shards: int, metadata: dict[str, Any]
+                ) -> dict[str, Any] | None:
+  """Writes `split_dir/metadata.json` from the shards' entries once all are whole; returns
+  it, or None while some are missing (the process that finishes last writes it; several
+  writing at once write the same file)."""
+  entries = []
+  for s in range(num_shards):
+    if not shard_done(split_dir, s, num_shards):
+      return None
+    entries.append(storage.read_json(storage.join(split_dir, shard_name(s, num_shards)
+                                                  + ".json")))
+  runs = _encode_runs(shape for e in entries for shape in _decode_runs(e["latent_shapes"]))
+  meta = {"num_records": sum(e["num_records"] for e in entries), "latent_shapes": runs,
+          "shards": [e["file"] for e in entries], **metadata}
+  _write_json_atomically(storage.join(split_dir, METADATA_FILE), meta)
   return meta
+
+
+def write_records(split_dir: str, records: Iterable[dict[str, Any]],
+                  metadata: dict[str, Any]) -> dict[str, Any]:
+  """Writes latent records as one shard with its index; returns the metadata.
+
+  `metadata` (e.g. the VAE that encoded them and the latent statistics) is stored with
+  `num_records`, `shards` and the run-length encoded `latent_shapes` added.
+  """
+  write_shard(split_dir, 0, 1, records)
+  return write_index(split_dir, 1, metadata)
+
+
+def _write_json_atomically(path: str, value: Any) -> None:
+  if storage.is_local(path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump(value, f, indent=2)
+    os.replace(tmp, path)
+  else:  # an object store writes an object whole
+    storage.write_json(path, value, indent=2)
+
+
+def index_shards(split_dir: str, metadata: dict[str, Any]) -> dict[str, Any]:
+  """Index entries and metadata.json for `*.array_record` shards written by other tools.
+
+  Reads every record once (its latents' shape). `metadata` must give "vae",
+  "latent_mean" and "latent_std" (what the DiT's checkpoint and sampling need).
+  """
+  missing = [k for k in ("vae", "latent_mean", "latent_std") if k not in metadata]
+  if missing:
+    raise ValueError(f"index_shards: metadata needs {missing}.")
+  files = sorted(p.name for p in epath.Path(split_dir).glob("*.array_record"))
+  if not files:
+    raise ValueError(f"{split_dir!r} holds no *.array_record shards.")
+  num = len(files)
+  for s, file in enumerate(files):
+    source = grain.sources.ArrayRecordDataSource([storage.join(split_dir, file)])
+    shapes = []
+    for i in range(len(source)):
+      rec = flax.serialization.msgpack_restore(source[i])
+      missing = {"latents", "caption", "short_caption", "size", "index"} - set(rec)
+      if missing:
+        raise ValueError(f"{file} record {i} lacks {sorted(missing)} (see the schema in "
+                         "data_pipelines/latents.py).")
+      shapes.append(np.asarray(rec["latents"]).shape)
+    entry = {"file": file, "num_records": len(shapes), "latent_shapes": _encode_runs(shapes)}
+    _write_json_atomically(storage.join(split_dir, shard_name(s, num) + ".json"), entry)
+  return write_index(split_dir, num, metadata)
 
 
 # ------------------------------------------------------------------------ the DiT pipeline
@@ -227,3 +324,45 @@ def pixel_source(data_cfg: Any, split: str) -> pipeline.ClipSource:
   return pipeline.source_from_builder(builder, split)
 
 
+
+
+# ------------------------------------------------------------------------ command
+def _floats(text: str, flag: str) -> list[float]:
+  try:
+    return [float(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise ValueError(f"{flag}={text!r}: expected comma-separated numbers.") from None
+
+
+def main(argv=None) -> None:
+  """`--index DIR`: index entries and metadata.json for latent shards of another tool."""
+  parser = usage.ArgumentParser(prog="python -m data_pipelines.latents",
+                                description=main.__doc__)
+  parser.add_argument("--index", required=True, help="a split directory of *.array_record "
+                      "shards in the schema of this module's docstring")
+  parser.add_argument("--vae", required=True, help="the VAE run that encoded them, "
+                      "WORKDIR@STEP (sampling decodes with it)")
+  parser.add_argument("--stats_from", default="", help="a latent split whose metadata "
+                      "gives latent_mean and latent_std (the same VAE's)")
+  parser.add_argument("--mean", default="", help="per-channel latent means, comma-separated")
+  parser.add_argument("--std", default="", help="per-channel latent stds, comma-separated")
+  args = parser.parse_args(argv)
+  try:
+    if args.stats_from:
+      stats = storage.read_json(storage.join(args.stats_from, METADATA_FILE))
+      mean, std = stats["latent_mean"], stats["latent_std"]
+    else:
+      mean, std = _floats(args.mean, "--mean"), _floats(args.std, "--std")
+      if not mean or len(mean) != len(std):
+        raise ValueError("give --stats_from DIR, or --mean and --std with one value per "
+                         f"latent channel each (got {len(mean)} and {len(std)}).")
+    meta = index_shards(args.index, {"vae": args.vae, "latent_mean": mean,
+                                     "latent_std": std, "source": "external"})
+  except (ValueError, OSError, KeyError) as e:  # bad input: one line, exit code 2
+    usage.fail(f"--index={args.index!r}: {e}")
+  print(json.dumps({"split_dir": args.index, "num_records": meta["num_records"],
+                    "shards": len(meta["shards"])}))
+
+
+if __name__ == "__main__":
+  main()

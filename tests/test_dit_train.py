@@ -5,6 +5,8 @@ All on CPU with a randomly initialised tiny VAE encoding Shapes World clips on t
 """
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -242,6 +244,63 @@ def test_precomputed_latents_match_on_the_fly_and_train(data_dir, tmp_path):
   final = loop.train_and_evaluate(_config(data_dir, f",latents={root},workers=2", steps=2),
                                   str(tmp_path / "run"))
   assert np.isfinite(final["final/val_loss"])
+
+
+def test_latents_in_shards_by_several_workers_resume_and_index_foreign_shards(data_dir,
+                                                                              tmp_path):
+  """A split cut into 3 shards by 2 workers reads back as the one-shard split, record for
+  record; a missing shard is the only one written again; the index appears only when every
+  shard is whole. Shards renamed as another tool might write them get an index from
+  `index_shards` and read the same; a pre-shard split (one file, no "shards") still reads."""
+  otf = dit_task.DiTTask(_config(data_dir)).latent_records("train")
+  one, three = str(tmp_path / "one"), str(tmp_path / "three")
+  encode_latents.write_latents(otf.source, otf.vae, one)
+  assert encode_latents.write_latents(otf.source, otf.vae, three, num_shards=3,
+                                      process_index=1, process_count=2) is None
+  assert not os.path.exists(os.path.join(three, "metadata.json"))  # shards 0, 2 missing
+  meta = encode_latents.write_latents(otf.source, otf.vae, three, num_shards=3,
+                                      process_index=0, process_count=2)
+  assert meta["shards"] == [f"latents-0000{s}-of-00003.array_record" for s in range(3)]
+
+  def same(a, b):
+    a, b = latents_lib.LatentRecords(a), latents_lib.LatentRecords(b)
+    assert len(a) == len(b) == len(otf) and np.array_equal(a.shapes, b.shapes)
+    for i in range(len(a)):
+      ra, rb = a[i], b[i]
+      assert ra["index"] == rb["index"] == i and ra["caption"] == rb["caption"]
+      np.testing.assert_array_equal(ra["latents"], rb["latents"])
+
+  same(one, three)
+  first = os.path.join(three, "latents-00000-of-00003.array_record")
+  stamp = os.stat(first).st_mtime_ns
+  for name in ("latents-00001-of-00003.json", "metadata.json"):  # as if killed in shard 1
+    os.remove(os.path.join(three, name))
+  assert encode_latents.write_latents(otf.source, otf.vae, three, num_shards=3,
+                                      process_index=1, process_count=2) is not None
+  assert os.stat(first).st_mtime_ns == stamp  # shard 0 kept
+  same(one, three)
+
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  for s in range(3):
+    os.link(os.path.join(three, f"latents-0000{s}-of-00003.array_record"),
+            foreign / f"part-{s}.array_record")
+  with pytest.raises(ValueError, match="needs"):
+    latents_lib.index_shards(str(foreign), {"vae": "x@1"})
+  done = subprocess.run([sys.executable, "-m", "data_pipelines.latents", "--index",
+                         str(foreign), "--vae", meta["vae"], "--stats_from", one],
+                        capture_output=True, text=True, check=True)
+  assert json.loads(done.stdout)["num_records"] == len(otf)
+  assert latents_lib.LatentRecords(str(foreign)).metadata["latent_std"] == meta["latent_std"]
+  same(one, str(foreign))
+  legacy = tmp_path / "legacy"
+  legacy.mkdir()
+  os.link(os.path.join(one, "latents-00000-of-00001.array_record"),
+          legacy / latents_lib.LEGACY_FILE)
+  old = json.load(open(os.path.join(one, "metadata.json")))
+  del old["shards"]
+  (legacy / "metadata.json").write_text(json.dumps(old))
+  same(one, str(legacy))
 
 
 @pytest.mark.parametrize("decay", [0.9, 0.999])

@@ -6,6 +6,13 @@ Precompute (MaxDiffusion's way: encode once, train many times) with a trained VA
       --out_dir data/latents/sw_tiny10 --split train [--num 4096] [--data_dir data/tfds]
   (and again with --split validation for the DiT's evaluation clips)
 
+Several processes or hosts share the work: the split is cut into `--num_shards` ArrayRecord
+shards (default: one per process) and process i writes shards i, i + P, ...; each shard is
+written atomically and kept when the command runs again, and the process that finishes
+last writes the index (`metadata.json`). Run the same command on every host (joined by
+jax.distributed as `sora_jax.main` is), or start independent workers with
+`--process_index I --process_count P`.
+
 The pixel data defaults to the data the VAE was trained on (its run config's `data`
 section, Shapes World by default); `--source/--name/--data_dir` pick any other builder.
 The VAE comes from `inference.load_vae` (its latest checkpoint and the latent statistics
@@ -21,6 +28,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -36,6 +45,7 @@ from data_pipelines import storage
 from data_pipelines import usage
 from sora_jax.inference import run as run_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.sharding import distributed
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -84,11 +94,11 @@ class OnTheFlyLatents:
                                      int(i))
 
 
-def _encoded(source: pipeline.ClipSource, vae: run_lib.FrozenVAE, n: int,
+def _encoded(source: pipeline.ClipSource, vae: run_lib.FrozenVAE, start: int, stop: int,
              batch: int) -> Iterator[dict[str, Any]]:
-  """The first n latent records of `source`, in order (same-size clips encoded together)."""
-  for start in range(0, n, batch):
-    records = [source.records[i] for i in range(start, min(start + batch, n))]
+  """Latent records start..stop-1 of `source`, in order (same-size clips encoded together)."""
+  for lo in range(start, stop, batch):
+    records = [source.records[i] for i in range(lo, min(lo + batch, stop))]
     latents = [None] * len(records)
     by_size = {}
     for j, r in enumerate(records):
@@ -98,21 +108,38 @@ def _encoded(source: pipeline.ClipSource, vae: run_lib.FrozenVAE, n: int,
         latents[j] = z
     for j, (r, z) in enumerate(zip(records, latents)):
       # float16 halves the disk (the normalised latents are ~N(0, 1)).
-      yield latents_lib.latent_record(r, z.astype(np.float16), start + j)
+      yield latents_lib.latent_record(r, z.astype(np.float16), lo + j)
 
 
 def write_latents(source: pipeline.ClipSource, vae: run_lib.FrozenVAE, split_dir: str,
-                  num: int | None = None, batch: int = 32) -> dict[str, Any]:
-  """Encodes the first `num` clips (all when None) of `source` into `split_dir`.
+                  num: int | None = None, batch: int = 32, num_shards: int = 1,
+                  process_index: int = 0, process_count: int = 1) -> dict[str, Any] | None:
+  """Encodes the first `num` clips (all when None) of `source` into `num_shards` shards of
+  `split_dir`; this process writes shards process_index, + process_count, ...
 
-  Clips are read `batch` at a time and each same-size group of them is encoded in one call
-  (an accelerator encodes a batch about as fast as one clip); records keep the source order.
+  Shards already whole are kept (a killed run resumes); each is written atomically. Clips
+  are read `batch` at a time and each same-size group of them is encoded in one call (an
+  accelerator encodes a batch about as fast as one clip); records keep the source order.
+
+  Returns:
+    The split's metadata once every shard is whole (this process wrote the index), else
+    None (another process, finishing last, writes it).
   """
+  if num_shards < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"num_shards={num_shards}, process {process_index} of "
+                     f"{process_count}: expected num_shards >= 1 and 0 <= index < count.")
   n = len(source.records) if num is None else min(num, len(source.records))
   meta = {"vae": vae.description, "vae_config": dataclasses.asdict(vae.config),
           "latent_mean": vae.mean.tolist(), "latent_std": vae.std.tolist(),
           "source": source.name}
-  return latents_lib.write_records(split_dir, _encoded(source, vae, n, batch), meta)
+  for shard in range(process_index, num_shards, process_count):
+    if latents_lib.shard_done(split_dir, shard, num_shards):
+      logging.info("%s shard %d of %d is whole; kept.", split_dir, shard, num_shards)
+      continue
+    start, stop = shard * n // num_shards, (shard + 1) * n // num_shards
+    latents_lib.write_shard(split_dir, shard, num_shards,
+                            _encoded(source, vae, start, stop, batch))
+  return latents_lib.write_index(split_dir, num_shards, meta)
 
 
 def encode_splits(data_cfg: dict[str, Any], vae_workdir: str, splits: Sequence[str],
@@ -150,11 +177,29 @@ def encode_split(f) -> dict[str, Any]:
   if not (data_dir and epath.Path(data_dir).is_dir()) and not f.prepare:
     raise ValueError(f"data dir {data_cfg['data_dir']!r} does not exist; build the data "
                      "set first (or pass --prepare for Shapes World).")
-  source = latents_lib.pixel_source(data_cfg, f.split)
   split_dir = storage.join(f.out_dir, f.split)
-  meta = write_latents(source, run_lib.load_vae(f.vae_workdir), split_dir, f.num)
-  return {"out": split_dir, "num_records": meta["num_records"],
-          "latent_shapes": meta["latent_shapes"], "vae": meta["vae"]}
+  if epath.Path(split_dir, latents_lib.METADATA_FILE).exists():  # whole: nothing to do
+    meta = storage.read_json(storage.join(split_dir, latents_lib.METADATA_FILE))
+    return {"out": split_dir, "num_records": meta["num_records"], "kept": True}
+  index, count = ((f.process_index, f.process_count) if f.process_count > 0
+                  else (jax.process_index(), jax.process_count()))
+  num_shards = f.num_shards or count
+  if f.num_shards < 0 or not 0 <= index < count:
+    raise ValueError(f"--num_shards={f.num_shards} (0 = one per process), process {index} "
+                     f"of {count}: expected --num_shards >= 0 and 0 <= "
+                     "--process_index < --process_count.")
+  source = latents_lib.pixel_source(data_cfg, f.split)
+  t0 = time.time()
+  meta = write_latents(source, run_lib.load_vae(f.vae_workdir), split_dir, f.num,
+                       num_shards=num_shards, process_index=index, process_count=count)
+  mine = [latents_lib.shard_name(s, num_shards)
+          for s in range(index, num_shards, count)]
+  out = {"out": split_dir, "process": index, "processes": count, "shards": mine,
+         "seconds": round(time.time() - t0, 1)}
+  if meta is None:
+    return {**out, "index": "written by the process that finishes last"}
+  return {**out, "num_records": meta["num_records"], "latent_shapes": meta["latent_shapes"],
+          "vae": meta["vae"]}
 
 
 def define_flags():
@@ -167,10 +212,19 @@ def define_flags():
                     "Pixel data source (with --name).")
   flags.DEFINE_string("name", "", "Builder config name ('' = the VAE run's data config).")
   flags.DEFINE_bool("prepare", False, "Build a missing Shapes World data set.")
+  flags.DEFINE_integer("num_shards", 0, "ArrayRecord shards of the split (0 = one per "
+                       "process); fixed by the first run, so a resume may use any count.")
+  flags.DEFINE_integer("process_index", 0, "This worker's index, with --process_count.")
+  flags.DEFINE_integer("process_count", 0, "Workers sharing the shards (0 = the JAX "
+                       "processes: one, or those jax.distributed joins).")
+  flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                    "jax.distributed.initialize(): 'auto' when a multi-process launch is "
+                    "detected (as for sora_jax.main).")
 
 
 def main(argv):
   del argv
+  distributed.initialize_distributed(flags.FLAGS.distributed)  # before any device is used
   try:
     print(json.dumps(encode_split(flags.FLAGS)))
   except ValueError as e:  # bad input: one clear line, no traceback
