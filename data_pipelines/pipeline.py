@@ -54,8 +54,9 @@ class ClipSource:
   """One split of one dataset: random-access clip records and their sizes.
 
   Attributes:
-    records: random-access records (a tfds data source); `records[i]` is a dict with
-      `video` uint8 [T, H, W, 3], `caption` and `short_caption` (bytes).
+    records: random-access records (a tfds data source, decoding encoded clips on read);
+      `records[i]` is a dict with `video` uint8 [T, H, W, 3], `caption` and
+      `short_caption` (bytes).
     sizes: int32 [N, 3], (T, H, W) of each record, in record order.
     weight: share of clips drawn from this source when several are mixed; None on every
       source means proportional to the number of records.
@@ -90,8 +91,32 @@ def source_from_builder(builder: tfds.core.DatasetBuilder, split: str,
     raise ValueError(f"Split {split!r} does not exist in {builder.info.full_name!r} "
                      f"(at {builder.data_dir}); existing splits: {splits}.")
   sizes = features.split_sizes(builder.info, split)
-  return ClipSource(builder.as_data_source(split), sizes, weight,
-                    f"{builder.info.full_name}:{split}")
+  records = builder.as_data_source(split)
+  if features.ENCODED_KEY in builder.info.features:
+    records = DecodedRecords(records, sizes)
+  return ClipSource(records, sizes, weight, f"{builder.info.full_name}:{split}")
+
+
+class DecodedRecords:
+  """Records stored with `encoded_video` (features.py), read with `video` decoded.
+
+  Module level and holding only the data source and the sizes, so grain's spawned workers
+  unpickle it.
+  """
+
+  def __init__(self, records: Any, sizes: np.ndarray):
+    """records: random-access encoded records; sizes: int32 [N, 3], (T, H, W) of each."""
+    self.records = records
+    self.sizes = sizes
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return features.decode_record(self.records[index], self.sizes[index])
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
 
 
 def load_builder(source: str, name: Any, data_dir: str,

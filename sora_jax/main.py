@@ -41,7 +41,8 @@ def main(argv):
   if not os.path.isfile(config_file):  # config_flags defers this error to the first read
     raise usage.InputError(f"--config: no such config file {config_file!r}; expected e.g. "
                            "--config=configs/dit.py:runlocal=True.")
-  distributed.initialize_distributed(_DISTRIBUTED.value)
+  with usage.checking():
+    distributed.initialize_distributed(_DISTRIBUTED.value)
   import jax  # pylint: disable=g-import-not-at-top
   from sora_jax.train import loop  # pylint: disable=g-import-not-at-top
   logging.info("JAX devices: %s", jax.devices())

@@ -109,6 +109,21 @@ MUTANTS = [
     ("clip PSNR with a peak of 1 on uint8", "sora_jax/inference/adherence.py",
      "10 * math.log10(255.0 ** 2 / mse)", "10 * math.log10(1.0 / mse)",
      ["tests/test_generation.py::test_psnr_of_uint8_clips_on_known_inputs"]),
+    ("the VAE's latent statistics fetch FSDP params to the host", "sora_jax/train/vae_task.py",
+     '    params = mesh_lib.for_evaluation(state.params["vae"])  # see `evaluate`\n',
+     '    params = jax.device_get(state.params["vae"])\n',
+     ["tests/test_multiprocess.py", "-k", "vae"]),
+    ("final metrics written with open() (a gs:// workdir is not a local folder)",
+     "sora_jax/train/loop.py",
+     '    storage.write_json(storage.join(workdir, "final_metrics.json"), {"step": total, **final},\n'
+     "                       indent=2)\n",
+     '    with open(storage.join(workdir, "final_metrics.json"), "w") as f:\n'
+     '      json.dump({"step": total, **final}, f, indent=2)\n',
+     ["tests/test_storage.py", "-k", "gs_workdir"]),
+    ("shards of a latent split read in the wrong order", "data_pipelines/latents.py",
+     "  for s in range(num_shards):\n    if not shard_done(",
+     "  for s in reversed(range(num_shards)):\n    if not shard_done(",
+     ["tests/test_dit_train.py", "-k", "several_workers"]),
 ]
 
 

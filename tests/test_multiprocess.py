@@ -138,20 +138,29 @@ def _final_step(workdir: str) -> int:
     return json.load(f)["step"]
 
 
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+  """The runlocal VAE (fsdp=8) trained to step 2 by one 8-device process, which also
+  builds its data set before processes share it: (workdir, data)."""
+  root = tmp_path_factory.mktemp("vae_fsdp")
+  workdir, data = str(root / "vae"), str(root / "data")
+  _one_process(_vae_main(workdir, data, 2))
+  return workdir, data
+
+
 # The DiT's (2 minutes here) in `slow`; the VAE's runs by default.
 @pytest.mark.parametrize("model", [pytest.param("dit", marks=pytest.mark.slow), "vae"])
 def test_fsdp_over_two_processes_trains_to_the_end_and_moves_between_process_counts(
-    model, one_process_run, tmp_path):
+    model, request, tmp_path):
   """Params split over the devices of both processes (mesh fsdp=8): the pair resumes a
   one-process checkpoint, trains to its end with the final evaluation (no host gather of
   arrays another process holds) and checkpoint, and one process resumes that."""
   if model == "dit":
-    _, data = one_process_run
-    main = _dit_main
-  else:  # its own data set: built by the first (one-process) leg
-    data, main = str(tmp_path / "vae_data"), _vae_main
-  workdir = str(tmp_path / model)
-  _one_process(main(workdir, data, 2))
+    _, data = request.getfixturevalue("one_process_run")
+    main, workdir = _dit_main, str(tmp_path / model)
+    _one_process(main(workdir, data, 2))
+  else:
+    (workdir, data), main = request.getfixturevalue("vae_run"), _vae_main
   logs = _two_processes(main(workdir, data, 4))
   for log in logs:
     assert "Resuming from step 2" in log, log[-4000:]
@@ -167,12 +176,12 @@ def test_fsdp_over_two_processes_trains_to_the_end_and_moves_between_process_cou
   assert [r["step"] for r in rows if key in r] == [2, 4, 6]
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step(one_process_run, tmp_path):
+def test_sigterm_to_one_process_stops_both_at_the_same_step(vae_run, tmp_path):
   """A preemption notice to process 1 only: both processes stop at the same step, which is
   saved once (jax's preemption sync point), and exit 0."""
-  _, data = one_process_run
+  _, data = vae_run
   workdir = str(tmp_path / "preempted")
-  procs = _start_two(_dit_main(workdir, data, 100000)
+  procs = _start_two(_vae_main(workdir, data, 100000)
                      + ["--config.train.checkpoint_every=100000", "--config.train.eval_every=0"])
   deadline = time.time() + 600
   while len(_train_rows_if_any(workdir)) < 3 and time.time() < deadline:

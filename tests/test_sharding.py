@@ -119,6 +119,9 @@ def test_mesh_multihost_launch_detection():
   assert not distributed.initialize_distributed("auto", {})
   with pytest.raises(ValueError, match="--distributed='maybe'"):
     distributed.initialize_distributed("maybe", {})
+  with pytest.raises(ValueError, match="JAX_PROCESS_ID is not"):  # all would be rank 0
+    distributed.initialize_distributed("auto", {"JAX_COORDINATOR_ADDRESS": "x:1",
+                                                "JAX_NUM_PROCESSES": "2"})
 
 
 # ----------------------------------------------------------------------------- rules

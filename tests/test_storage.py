@@ -1,6 +1,7 @@
-"""A run whose workdir is not on the local file system: train -> evaluate -> sample ->
-resume with `--workdir gs://bucket/...`, gs:// served by `tests/fake_gcs.py` (epath's
-fsspec backend and orbax's TensorStore kvstore, both pointed at a local root).
+"""Run files on a file system that is not the local one: train -> evaluate -> resume with
+`--workdir gs://bucket/...`, and the clip writers `sora_jax.sample` uses, with gs:// served
+by `tests/fake_gcs.py` (epath's fsspec backend and orbax's TensorStore kvstore, both
+pointed at a local root).
 
 Every run file must land under the bucket's root; code that opened "gs://..." with `os` or
 `open` would instead make a `gs:` folder in the working directory, which the test checks for.
@@ -13,10 +14,12 @@ import sys
 import numpy as np
 import pytest
 
+from data_pipelines import media
 from data_pipelines import storage
+from data_pipelines import usage
+from sora_jax import sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROMPT = "A large red circle moving to the right on a black background. The camera is still."
 
 
 def _fake_gcs(cwd, root, module: str, *args: str) -> str:
@@ -30,7 +33,7 @@ def _fake_gcs(cwd, root, module: str, *args: str) -> str:
   return done.stdout
 
 
-def test_train_evaluate_sample_resume_on_a_gs_workdir(tmp_path):
+def test_train_evaluate_resume_on_a_gs_workdir(tmp_path):
   root, cwd, data = tmp_path / "bucket_root", tmp_path / "cwd", tmp_path / "data"
   root.mkdir()
   cwd.mkdir()
@@ -41,9 +44,6 @@ def test_train_evaluate_sample_resume_on_a_gs_workdir(tmp_path):
   _fake_gcs(cwd, root, "sora_jax.evaluate", "--workdir", run, "--split", "test", "--n", "2",
             "--batch", "2", "--frames", "5", "--height", "32", "--width", "32",
             "--steps", "2", "--task_clips", "0", "--adherence_json", run + "/adherence.json")
-  _fake_gcs(cwd, root, "sora_jax.sample", "--workdir", run, "--task", "t2v", "--prompt",
-            PROMPT, "--frames", "5", "--height", "32", "--width", "32", "--steps", "2",
-            "--npy", "--out", "gs://bucket/samples/red.mp4")
   log = _fake_gcs(cwd, root, "sora_jax.main", "--config", config, "--workdir", run,
                   "--config.train.steps=6")
   assert "Resuming from step 4" in log, log[-3000:]
@@ -60,9 +60,6 @@ def test_train_evaluate_sample_resume_on_a_gs_workdir(tmp_path):
   assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5, 6]  # appended
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(local / "tensorboard"))
   assert list((local / "profile").glob("plugins/profile/*/*.xplane.pb"))  # traced, uploaded
-  samples = root / "bucket" / "samples"
-  assert np.load(samples / "red.npy").shape == (5, 32, 32, 3)
-  assert (samples / "red.mp4").stat().st_size > 0 and (samples / "red.gif").stat().st_size > 0
 
 
 def test_storage_helpers_on_local_paths(tmp_path):
@@ -87,3 +84,26 @@ def test_storage_helpers_on_local_paths(tmp_path):
   with pytest.raises(ValueError, match="is a file"):
     from data_pipelines import usage  # pylint: disable=g-import-not-at-top
     usage.check_directory("--workdir", str(path))
+
+
+def test_clip_writers_and_output_checks_on_gs(tmp_path, monkeypatch):
+  """What `sora_jax.sample` writes (npy, mp4, gif; a streamed long video) and checks (--out)
+  with gs:// paths, in this process (fake_gcs registers gs:// here)."""
+  import fake_gcs  # pylint: disable=g-import-not-at-top  # tests/ is on sys.path
+  monkeypatch.setenv("FAKE_GCS_ROOT", str(tmp_path))
+  monkeypatch.chdir(tmp_path)
+  fake_gcs.install()
+  video = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), np.uint8)
+  paths = media.write_clip("gs://b/s/clip", video, npy=True, mp4=True, gif=True)
+  assert paths == ["gs://b/s/clip.npy", "gs://b/s/clip.mp4", "gs://b/s/clip.gif"]
+  np.testing.assert_array_equal(media.read_clip("gs://b/s/clip.npy"), video)
+  assert media.read_clip("gs://b/s/clip.mp4").shape == video.shape  # decoded from the bucket
+  with media.StreamWriter("gs://b/s/long", 10, 32, 32, npy=True) as writer:
+    writer.write(video)
+    writer.write(video)
+  np.testing.assert_array_equal(np.load(tmp_path / "b" / "s" / "long.npy")[5:], video)
+  assert (tmp_path / "b" / "s" / "long.mp4").stat().st_size > 0
+  sample.check_args("t2v", 0.5, 0, "gs://b/s/new/out.mp4", "a prompt")
+  with pytest.raises(ValueError, match="is a file"):
+    usage.check_directory("--out_dir", "gs://b/s/clip.npy")
+  assert sorted(os.listdir(tmp_path)) == ["b"]  # no local gs: folder

@@ -8,7 +8,10 @@ jpeg), in sub-folders or not, and a `captions.jsonl` with one JSON object a line
 (`short_caption` optional; other keys ignored; blank lines skipped). The builder writes
 ArrayRecord clips following the record contract of `data_pipelines/features.py`:
 
-  video:          uint8 [T, H, W, 3], (H, W) one of the configured sizes.
+  encoded_video:  the clip as H.264 mp4 bytes (PNG when T = 1), storage='mp4' (default);
+  or video:       uint8 [T, H, W, 3], storage='raw' (exact frames, many times larger).
+                  Either way `pipeline.source_from_builder` reads `video` uint8 [T, H, W, 3],
+                  (H, W) one of the configured sizes.
   caption:        the caption line's `caption`.
   short_caption:  its `short_caption`, or ''.
 
@@ -32,15 +35,24 @@ configured buckets):
     A file that fails part-way keeps the clips decoded before the failure ("partial").
   * Bad input (missing folder or captions.jsonl, malformed line, frames not 4k+1, sizes
     not multiples of 16) raises `BadInputError` (a ValueError) before any decoding.
+  * Storage: 'mp4' stores each clip H.264-encoded (yuv444p, CRF `features.MP4_CRF`: near
+    lossless, see features.py for the measured error) and T = 1 clips as lossless PNG;
+    'raw' stores the exact frames, zlib-compressed.
+  * Workers: files are decoded, resized and encoded in `workers` spawned processes, a few
+    files ahead of the writer, and consumed in captions order, so records, keys, splits
+    and the report are those of an in-process build. A file's clips are held in memory
+    until the file is done (compressed with 'mp4'). As with any spawn pool, a script that
+    builds at import time needs an `if __name__ == "__main__":` guard (or workers=0).
 
 Records are written in generation order (zero-padded increasing keys, shuffling off) and
 each split's per-record (T, H, W) is stored with `features.record_sizes`.
 
 Usage:
   config = make_config("/data/my_videos", frames=17, sizes=((256, 256), (192, 336)))
-  builder = VideoFolder(config=config, data_dir="/data/tfds")
+  builder = VideoFolder(config=config, data_dir="/data/tfds", workers=8)
   builder.download_and_prepare()
-  train = builder.as_data_source("train")    # train[i]["video"]: uint8 [T, H, W, 3]
+  train = pipeline.source_from_builder(builder, "train").records
+  train[0]["video"]                           # uint8 [T, H, W, 3]
   report = load_report(builder)
 """
 from __future__ import annotations
@@ -50,11 +62,12 @@ import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import posixpath
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from absl import logging
 import imageio.v3 as iio
@@ -69,6 +82,8 @@ REPORT_FILE = "build_report.json"
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 MIN_VIDEO_FRAMES = 5  # the shortest clip a video may give: T = 4 * 1 + 1
+STORAGES = ("mp4", "raw")
+MAX_DEFAULT_WORKERS = 8
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")  # what tfds accepts in 'name/config:version'
 
 
@@ -95,12 +110,14 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
     sizes: the (H, W) buckets, each a multiple of 16.
     validation_fraction: the share of files held out for `validation`, in [0, 1).
     frame_stride: keep every `frame_stride`-th frame of a video before cutting clips.
+    storage: 'mp4' (clips H.264-encoded, near lossless) or 'raw' (exact uint8 frames).
   """
   folder: str = ""
   frames: int = 17
   sizes: tuple[tuple[int, int], ...] = ((64, 64),)
   validation_fraction: float = 0.0
   frame_stride: int = 1
+  storage: str = "mp4"
 
   def __post_init__(self):
     self.sizes = _check_sizes(self.sizes, self.frames)
@@ -109,6 +126,8 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
           f"validation_fraction={self.validation_fraction!r} must be in [0, 1).")
     if not isinstance(self.frame_stride, int) or self.frame_stride < 1:
       raise BadInputError(f"frame_stride={self.frame_stride!r} must be an integer >= 1.")
+    if self.storage not in STORAGES:
+      raise BadInputError(f"storage={self.storage!r} must be one of {STORAGES}.")
     if not _NAME_RE.match(self.name):
       raise BadInputError(
           f"config name {self.name!r} may only hold letters, digits and '_.+-'.")
@@ -137,7 +156,7 @@ def _check_sizes(sizes, frames: int) -> tuple[tuple[int, int], ...]:
 def make_config(folder: str | os.PathLike, frames: int = 17,
                 sizes: Sequence[Sequence[int]] = ((64, 64),),
                 validation_fraction: float = 0.0, frame_stride: int = 1,
-                name: str | None = None) -> VideoFolderConfig:
+                storage: str = "mp4", name: str | None = None) -> VideoFolderConfig:
   """Makes a config; the folder itself is checked when the build starts.
 
   Args:
@@ -146,11 +165,14 @@ def make_config(folder: str | os.PathLike, frames: int = 17,
     sizes: (H, W) buckets, multiples of 16; each file takes the closest aspect ratio.
     validation_fraction: share of files held out for the `validation` split.
     frame_stride: temporal subsampling applied before cutting clips.
+    storage: 'mp4' (default) or 'raw'; see the module docstring.
     name: config name (the dataset's sub-directory); default derived from the
-      folder's name and the other arguments.
+      folder's name and the other arguments ('_raw' appended for raw storage: tfds
+      keys datasets by config name).
 
   Returns:
-    The config. Raises BadInputError for bad frames, sizes, fraction, stride or name.
+    The config. Raises BadInputError for bad frames, sizes, fraction, stride, storage
+    or name.
   """
   folder = os.path.abspath(os.fspath(folder))
   sizes = _check_sizes(sizes, frames)
@@ -161,10 +183,12 @@ def make_config(folder: str | os.PathLike, frames: int = 17,
       name += f"_stride{frame_stride}"
     if validation_fraction:
       name += f"_val{validation_fraction:g}"
+    if storage == "raw":
+      name += "_raw"
   return VideoFolderConfig(
       name=name, folder=folder, frames=frames, sizes=sizes,
       validation_fraction=float(validation_fraction), frame_stride=frame_stride,
-      description=f"Clips of the videos and images in {folder}.")
+      storage=storage, description=f"Clips of the videos and images in {folder}.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -336,6 +360,62 @@ def describe_error(error: Exception) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# One file's clips: the unit of work of a pool worker.
+# ---------------------------------------------------------------------------------------
+
+
+class FileTask(NamedTuple):
+  """What a worker needs to turn one captioned file into clips."""
+  folder: str
+  entry: CaptionEntry
+  frames: int
+  sizes: tuple[tuple[int, int], ...]
+  frame_stride: int
+  storage: str
+
+
+class FileClips(NamedTuple):
+  """What one file gave.
+
+  Attributes:
+    clips: per clip in order, its (T, H, W) and its payload: `features.encode_video`
+      bytes ('mp4') or the frames, uint8 [T, H, W, 3] ('raw').
+    skip: why the file is skipped, or None.
+    partial: the error that ended the file after the clips kept, or None.
+  """
+  clips: list[tuple[tuple[int, int, int], Any]]
+  skip: str | None = None
+  partial: str | None = None
+
+
+def file_clips(task: FileTask) -> FileClips:
+  """Decodes, resizes and (storage 'mp4') encodes the clips of one file.
+
+  Module level, so spawned pool workers can run it; failures come back as reasons.
+  """
+  file = task.entry.file
+  if not file.lower().endswith(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS):
+    allowed = ", ".join(e[1:] for e in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)
+    return FileClips([], skip=f"unsupported file type (allowed: {allowed})")
+  path = os.path.join(task.folder, file)
+  if not os.path.isfile(path):
+    return FileClips([], skip=f"missing: named on {CAPTIONS_FILE} line {task.entry.line} "
+                              "but not found")
+  clips = []
+  try:
+    for clip in iter_clips(path, task.frames, task.sizes, task.frame_stride):
+      payload = features.encode_video(clip) if task.storage == "mp4" else clip
+      clips.append((tuple(clip.shape[:3]), payload))
+  except SkipFile as e:
+    return FileClips(clips, skip=str(e))
+  except Exception as e:  # pylint: disable=broad-except  # any decoder failure
+    if not clips:
+      return FileClips([], skip=f"unreadable: {describe_error(e)}")
+    return FileClips(clips, partial=describe_error(e))  # keep the clips decoded before it
+  return FileClips(clips)
+
+
+# ---------------------------------------------------------------------------------------
 # The build report.
 # ---------------------------------------------------------------------------------------
 
@@ -370,7 +450,8 @@ class BuildReport:
         "folder": self.folder,
         "config": {"frames": config.frames, "sizes": [list(s) for s in config.sizes],
                    "frame_stride": config.frame_stride,
-                   "validation_fraction": config.validation_fraction},
+                   "validation_fraction": config.validation_fraction,
+                   "storage": config.storage},
         "files_seen": len(self.seen),
         "files_used": len(self.used),
         "files_skipped": len(self.skipped),
@@ -401,18 +482,40 @@ class BuildReport:
 class VideoFolder(tfds.core.GeneratorBasedBuilder):
   """Clips of a folder of captioned videos and images (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "1.1.0": "storage='mp4' (default): clips stored as H.264 mp4 (PNG when T = 1) bytes "
+               "under `encoded_video`, decoded by pipeline.source_from_builder; "
+               "storage='raw' keeps uint8 frames under `video`.",
+  }
 
   def __init__(self, *, config: VideoFolderConfig, file_format: str = "array_record",
-               **kwargs):
+               workers: int | None = None, **kwargs):
+    """Makes the builder.
+
+    Args:
+      config: what to build.
+      file_format: tfds file format; ArrayRecord gives the random access grain needs.
+      workers: decoding processes (None: min(CPUs, 8); 0 or 1: in this process). Not
+        part of the config: it does not change the data.
+      **kwargs: passed to tfds (data_dir, ...).
+    """
     super().__init__(config=config, file_format=file_format, **kwargs)
+    if workers is None:
+      workers = min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
+    if not isinstance(workers, int) or workers < 0:
+      raise BadInputError(f"workers={workers!r} must be an integer >= 0 (0 or 1: decode "
+                          "in this process).")
+    self._workers = workers
+    self._pool = None  # started on the first file, ended when the build ends
     self._report: BuildReport | None = None
     self._held_out: set[str] = set()
 
   def _info(self) -> tfds.core.DatasetInfo:
+    encoded = self.builder_config.storage == "mp4"
     return tfds.core.DatasetInfo(
-        builder=self, features=features.clip_features(),
+        builder=self, features=features.clip_features(encoded=encoded),
         description=self.builder_config.description, disable_shuffling=True,
         metadata=tfds.core.MetadataDict())
 
@@ -428,31 +531,65 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     for file in sorted(self._report.seen - captioned):
       self._report.skip(file, f"no line in {CAPTIONS_FILE}")
     if not cfg.validation_fraction:
-      return {"train": self._generate_examples("train", entries)}
+      return {"train": self._generate_examples("train", self._decoded(entries))}
     # tfds consumes the generators one after the other in this order, so the validation
     # generator has picked its files before the train one starts filtering them out.
     train = (e for e in entries if e.file not in self._held_out)
     return {"validation": self._generate_examples("validation", self._validation(entries)),
-            "train": self._generate_examples("train", train)}
+            "train": self._generate_examples("train", self._decoded(train))}
 
-  def _validation(self, entries: Sequence[CaptionEntry]) -> Iterator[CaptionEntry]:
+  def _validation(self, entries: Sequence[CaptionEntry]
+                  ) -> Iterator[tuple[CaptionEntry, FileClips]]:
     """Files lowest score first: all below the fraction, then until one gave a clip."""
-    for entry in sorted(entries, key=lambda e: split_score(e.file)):
+    ranked = sorted(entries, key=lambda e: split_score(e.file))
+    for entry, clips in self._decoded(ranked):
+      # The report counts the clips of the files yielded so far (the consumer records
+      # them before asking for the next), whatever the workers decoded ahead.
       enough = self._report.num_clips("validation") > 0
       if enough and split_score(entry.file) >= self.builder_config.validation_fraction:
         return
       self._held_out.add(entry.file)
-      yield entry
+      yield entry, clips
 
-  def _generate_examples(self, split: str, entries: Iterable[CaptionEntry]):
+  def _decoded(self, entries: Iterable[CaptionEntry]
+               ) -> Iterator[tuple[CaptionEntry, FileClips]]:
+    """(entry, its clips) in entry order; with workers, decoded a few files ahead."""
+    cfg = self.builder_config
+    tasks = ((e, FileTask(cfg.folder, e, cfg.frames, cfg.sizes, cfg.frame_stride,
+                          cfg.storage)) for e in entries)
+    if self._workers <= 1:
+      for entry, task in tasks:
+        yield entry, file_clips(task)
+      return
+    if self._pool is None:  # spawn: the caller may hold threads (JAX) that fork would copy
+      self._pool = multiprocessing.get_context("spawn").Pool(self._workers)
+    # apply_async with a bounded look-ahead rather than imap, whose feeder thread drains
+    # `entries` at once: validation decides its files one by one, and decoded files
+    # would pile up in memory.
+    pending = collections.deque()
+    for entry, task in tasks:
+      pending.append((entry, self._pool.apply_async(file_clips, (task,))))
+      if len(pending) > 2 * self._workers:
+        entry, result = pending.popleft()
+        yield entry, result.get()
+    while pending:
+      entry, result = pending.popleft()
+      yield entry, result.get()
+
+  def _generate_examples(self, split: str,
+                         files: Iterable[tuple[CaptionEntry, FileClips]]):
     """Yields (key, clip record) in order and records each clip's (T, H, W)."""
     sizes = []
     self._report.clip_sizes.setdefault(split, collections.Counter())  # shown even if empty
-    for entry in entries:
-      for clip in self._clips(entry, split):
-        yield f"{len(sizes):010d}", {"video": clip, "caption": entry.caption,
+    for entry, clips in files:
+      for size, payload in clips.clips:
+        self._report.add_clip(entry.file, split, size)
+        video = ({features.ENCODED_KEY: np.frombuffer(payload, np.uint8)}
+                 if self.builder_config.storage == "mp4" else {"video": payload})
+        yield f"{len(sizes):010d}", {**video, "caption": entry.caption,
                                      "short_caption": entry.short_caption}
-        sizes.append(clip.shape[:3])
+        sizes.append(size)
+      self._report_failure(entry.file, clips)
     if not sizes:
       logging.error(self._report.summary())
       hint = (" (the validation split took the other usable files; lower "
@@ -463,36 +600,24 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
           + "; ".join(f"{f}: {r}" for f, r in sorted(self._report.skipped.items())[:10]))
     features.record_sizes(self.info, split, sizes)
 
-  def _clips(self, entry: CaptionEntry, split: str) -> Iterator[np.ndarray]:
-    """The clips of one captioned file; a file that fails is skipped and reported."""
-    cfg, report = self.builder_config, self._report
-    path = os.path.join(cfg.folder, entry.file)
-    if not entry.file.lower().endswith(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS):
-      allowed = ", ".join(e[1:] for e in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)
-      report.skip(entry.file, f"unsupported file type (allowed: {allowed})")
-      return
-    if not os.path.isfile(path):
-      report.skip(entry.file, f"missing: named on {CAPTIONS_FILE} line {entry.line} "
-                              "but not found")
-      return
-    count = 0
-    try:
-      for clip in iter_clips(path, cfg.frames, cfg.sizes, cfg.frame_stride):
-        report.add_clip(entry.file, split, clip.shape)
-        count += 1
-        yield clip
-    except SkipFile as e:
-      report.skip(entry.file, str(e))
-    except Exception as e:  # pylint: disable=broad-except  # any decoder failure
-      if count:  # keep the clips decoded before the failure
-        report.partial[entry.file] = f"kept {count} clip(s), then {describe_error(e)}"
-        logging.warning("video_folder: %s failed part-way: %s", entry.file, e)
-      else:
-        report.skip(entry.file, f"unreadable: {describe_error(e)}")
+  def _report_failure(self, file: str, clips: FileClips) -> None:
+    """Reports a file skipped or ended part-way (its kept clips are already recorded)."""
+    if clips.skip is not None:
+      self._report.skip(file, clips.skip)
+    elif clips.partial is not None:
+      reason = f"kept {len(clips.clips)} clip(s), then {clips.partial}"
+      self._report.partial[file] = reason
+      logging.warning("video_folder: %s failed part-way: %s", file, reason)
 
   def _download_and_prepare(self, dl_manager, download_config):
     """Builds the splits, then writes the report beside them (same atomic rename)."""
-    super()._download_and_prepare(dl_manager, download_config)
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    finally:
+      if self._pool is not None:  # what is left was decoded ahead and is not needed
+        self._pool.terminate()
+        self._pool.join()
+        self._pool = None
     report = self._report.to_json(self.info.full_name, self.builder_config)
     with open(os.path.join(self.data_dir, REPORT_FILE), "w") as f:
       json.dump(report, f, indent=2)
@@ -508,9 +633,12 @@ def load_report(builder_or_dir: VideoFolder | str | os.PathLike) -> dict:
 
 
 def build(config: VideoFolderConfig, data_dir: str | os.PathLike,
-          overwrite: bool = False) -> dict:
-  """Builds (or reuses) the dataset of `config` under `data_dir`; returns its report."""
-  builder = VideoFolder(config=config, data_dir=os.fspath(data_dir))
+          overwrite: bool = False, workers: int | None = None) -> dict:
+  """Builds (or reuses) the dataset of `config` under `data_dir`; returns its report.
+
+  workers: decoding processes (None: min(CPUs, 8); 0 or 1: in this process).
+  """
+  builder = VideoFolder(config=config, data_dir=os.fspath(data_dir), workers=workers)
   mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   builder.download_and_prepare(

@@ -224,8 +224,8 @@ def define_flags():
 
 def main(argv):
   del argv
-  distributed.initialize_distributed(flags.FLAGS.distributed)  # before any device is used
   try:
+    distributed.initialize_distributed(flags.FLAGS.distributed)  # before any device is used
     print(json.dumps(encode_split(flags.FLAGS)))
   except ValueError as e:  # bad input: one clear line, no traceback
     raise usage.InputError(str(e)) from e

@@ -51,6 +51,10 @@ def initialize_distributed(mode: str = "auto", env: Mapping[str, str] = os.envir
   launcher = multi_process_launcher(env)
   if mode == "off" or (mode == "auto" and launcher is None):
     return False
+  if env.get("JAX_NUM_PROCESSES") and "JAX_PROCESS_ID" not in env:
+    raise ValueError(f"JAX_NUM_PROCESSES={env['JAX_NUM_PROCESSES']} is set but JAX_PROCESS_ID "
+                     "is not, so every process would claim rank 0: set both (or neither, "
+                     "and let the launcher, e.g. SLURM, supply them).")
   import jax  # pylint: disable=g-import-not-at-top
   kwargs = {}
   if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_NUM_PROCESSES"):
