@@ -30,6 +30,7 @@ import importlib
 import math
 from typing import Any
 
+from absl import logging
 from etils import epath
 import grain
 import jax
@@ -90,8 +91,18 @@ def source_from_builder(builder: tfds.core.DatasetBuilder, split: str,
   if split not in splits:
     raise ValueError(f"Split {split!r} does not exist in {builder.info.full_name!r} "
                      f"(at {builder.data_dir}); existing splits: {splits}.")
-  sizes = features.split_sizes(builder.info, split)
   records = builder.as_data_source(split)
+  if (features.SIZES_KEY in (builder.info.metadata or {})
+      or features.ENCODED_KEY in builder.info.features):
+    sizes = features.split_sizes(builder.info, split)
+  else:  # another tfds builder's data set: one pass over its records for their sizes
+    if "video" not in builder.info.features or "caption" not in builder.info.features:
+      raise ValueError(f"{builder.info.full_name!r} has no 'video' and 'caption' features "
+                       "(the clip record contract of data_pipelines/features.py).")
+    logging.warning("%s records no clip sizes; reading its %d %s records once for them.",
+                    builder.info.full_name, len(records), split)
+    sizes = np.asarray([records[i]["video"].shape[:3] for i in range(len(records))],
+                       np.int32).reshape(-1, 3)
   if features.ENCODED_KEY in builder.info.features:
     records = DecodedRecords(records, sizes)
   return ClipSource(records, sizes, weight, f"{builder.info.full_name}:{split}")
@@ -208,7 +219,7 @@ class _ReadClip(grain.transforms.Map):
       raise ValueError(f"Record {key} has video shape {video.shape} but the recorded size "
                        f"is {self.size}; the dataset metadata is stale, rebuild it.")
     return {"video": video, "caption": record["caption"],
-            "short_caption": record["short_caption"], "index": np.int64(key),
+            "short_caption": record.get("short_caption", b""), "index": np.int64(key),
             "mask": np.bool_(True)}
 
 

@@ -332,3 +332,36 @@ def test_latent_clips_tokenize_each_caption_once():
     np.testing.assert_array_equal(clip["text_ids"], want_ids[0])
     np.testing.assert_array_equal(clip["text_mask"], want_mask[0])
   assert tokenizer.calls == len(set(captions)) == 3
+
+
+class _ForeignClips(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Another tool's data set: `video` and `caption` only, no recorded sizes."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "video": tfds.features.Tensor(shape=(None, None, None, 3), dtype=np.uint8,
+                                      encoding="zlib"),
+        "caption": tfds.features.Text()}), disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i, size in enumerate(_split_sizes("train")):
+      yield i, {"video": _video("train", i, size), "caption": f"clip {i}"}
+
+
+def test_a_foreign_tfds_data_set_reads_without_our_metadata(tmp_path):
+  """A prepared tfds directory from another builder (no sizes metadata, no short caption)
+  loads as `source=directory`: sizes from one pass over its records, '' short captions."""
+  foreign = _ForeignClips(data_dir=str(tmp_path), file_format="array_record")
+  foreign.download_and_prepare()
+  builder = pipeline.load_builder("directory", None, foreign.data_dir)
+  source = pipeline.source_from_builder(builder, "train")
+  np.testing.assert_array_equal(source.sizes, np.asarray(_split_sizes("train")))
+  batches = _take(pipeline.pixel_dataset([source], batch_size=4, seed=0, train=False), 100)
+  assert sum(int(b["mask"].sum()) for b in batches) == len(_split_sizes("train"))
+  assert all(c == b"" for b in batches for c in b["short_caption"])
