@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import importlib.util
 import json
 import multiprocessing
@@ -68,6 +69,9 @@ import shlex
 import subprocess
 import sys
 
+from etils import epath
+
+from data_pipelines import storage
 from data_pipelines import usage
 
 TARGETS = ("local", "tpu_pod", "slurm", "xpk")
@@ -254,10 +258,8 @@ def finished(run: dict) -> bool:
   """
   wd = run["workdir"]
   try:
-    with open(os.path.join(wd, "final_metrics.json")) as f:
-      step = json.load(f).get("step")
-    with open(os.path.join(wd, "config.json")) as f:
-      saved = json.load(f)
+    step = storage.read_json(storage.join(wd, "final_metrics.json")).get("step")
+    saved = storage.read_json(storage.join(wd, "config.json"))
   except (OSError, ValueError):
     return False
   path, _, arg = run["config"].partition(":")
@@ -268,12 +270,11 @@ def finished(run: dict) -> bool:
 def _stale(run: dict) -> bool:
   """Whether the run's adherence.json is missing, older than its last training, or from
   other evaluation settings than the sweep's."""
-  path = os.path.join(run["workdir"], "adherence.json")
-  final = os.path.join(run["workdir"], "final_metrics.json")
+  path = storage.join(run["workdir"], "adherence.json")
+  final = storage.join(run["workdir"], "final_metrics.json")
   try:
-    with open(path) as f:
-      record = json.load(f)
-    if os.path.getmtime(path) < os.path.getmtime(final):
+    record = storage.read_json(path)
+    if _mtime(path) < _mtime(final):
       return True
   except (OSError, ValueError):
     return True
@@ -287,11 +288,27 @@ def _stale(run: dict) -> bool:
   return any(done[k] != v for k, v in wanted.items() if k in done)
 
 
+def _mtime(path: str) -> float:
+  return os.path.getmtime(path) if storage.is_local(path) else epath.Path(path).stat().mtime
+
+
+@contextlib.contextmanager
+def _launch_log(workdir: str):
+  """WORKDIR/launch.log opened for appending (a gs:// one through a local copy, uploaded
+  when the run is done)."""
+  path = storage.join(workdir, "launch.log")
+  with storage.local_file(path) as local:
+    if local != path and epath.Path(path).exists():
+      epath.Path(local).write_bytes(epath.Path(path).read_bytes())
+    with open(local, "a") as log:
+      yield log
+
+
 def run_local(runs: list[dict], parallel: int = 1) -> int:
   """Trains (and evaluates) the runs here; returns the number of failed runs."""
   def one(run):
-    os.makedirs(run["workdir"], exist_ok=True)
-    with open(os.path.join(run["workdir"], "launch.log"), "a") as log:
+    epath.Path(run["workdir"]).mkdir(parents=True, exist_ok=True)
+    with _launch_log(run["workdir"]) as log:
       cmd = [sys.executable, "-m", "sora_jax.main", "--config", run["config"],
              "--workdir", run["workdir"]]
       if finished(run):
@@ -307,7 +324,7 @@ def run_local(runs: list[dict], parallel: int = 1) -> int:
         code = subprocess.call([sys.executable, "-m", "sora_jax.evaluate",
                                 *evaluate_args(run)], stdout=log, stderr=subprocess.STDOUT)
       print(f"[sweep] {'done' if code == 0 else f'FAILED ({code})'} {run['name']} "
-            f"(log: {log.name})", flush=True)
+            f"(log: {storage.join(run['workdir'], 'launch.log')})", flush=True)
       return code
 
   with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
