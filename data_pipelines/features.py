@@ -26,7 +26,6 @@ import subprocess
 import tempfile
 from typing import Any
 
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
@@ -58,6 +57,8 @@ def clip_features(encoded: bool = False) -> tfds.features.FeaturesDict:
 
 def _ffmpeg(args: Sequence[str], stdin: bytes = b"") -> bytes:
   """Runs the ffmpeg bundled with imageio-ffmpeg; returns stdout, raises with its stderr."""
+  # Imported here: some images (the GPU one) lack imageio-ffmpeg, and only mp4 clips need it.
+  import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
   # subprocess without a preexec_fn never runs os.fork's hooks, so JAX does not warn.
   result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error",
                            *args], input=stdin, capture_output=True, check=False)
