@@ -154,7 +154,7 @@ def write_shard(split_dir: str, shard: int, num_shards: int,
   os.replace(tmp, path)
   entry = {"file": name + ".array_record", "num_records": len(shapes),
            "latent_shapes": _encode_runs(shapes)}
-  _write_json_atomically(storage.join(split_dir, name + ".json"), entry)
+  storage.write_json(storage.join(split_dir, name + ".json"), entry, indent=2)
   return entry
 
 
@@ -172,7 +172,7 @@ def write_index(split_dir: str, num_shards: int, metadata: dict[str, Any]
   runs = _encode_runs(shape for e in entries for shape in _decode_runs(e["latent_shapes"]))
   meta = {"num_records": sum(e["num_records"] for e in entries), "latent_shapes": runs,
           "shards": [e["file"] for e in entries], **metadata}
-  _write_json_atomically(storage.join(split_dir, METADATA_FILE), meta)
+  storage.write_json(storage.join(split_dir, METADATA_FILE), meta, indent=2)
   return meta
 
 
@@ -185,16 +185,6 @@ def write_records(split_dir: str, records: Iterable[dict[str, Any]],
   """
   write_shard(split_dir, 0, 1, records)
   return write_index(split_dir, 1, metadata)
-
-
-def _write_json_atomically(path: str, value: Any) -> None:
-  if storage.is_local(path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(value, f, indent=2)
-    os.replace(tmp, path)
-  else:  # an object store writes an object whole
-    storage.write_json(path, value, indent=2)
 
 
 def index_shards(split_dir: str, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -221,7 +211,8 @@ def index_shards(split_dir: str, metadata: dict[str, Any]) -> dict[str, Any]:
                          "data_pipelines/latents.py).")
       shapes.append(np.asarray(rec["latents"]).shape)
     entry = {"file": file, "num_records": len(shapes), "latent_shapes": _encode_runs(shapes)}
-    _write_json_atomically(storage.join(split_dir, shard_name(s, num) + ".json"), entry)
+    storage.write_json(storage.join(split_dir, shard_name(s, num) + ".json"),
+                       entry, indent=2)
   return write_index(split_dir, num, metadata)
 
 

@@ -39,11 +39,23 @@ def read_json(path: PathLike) -> Any:
   return json.loads(epath.Path(path).read_text())
 
 
+def read_json_if_exists(path: PathLike) -> Any:
+  """`read_json(path)`, or None when there is no such file."""
+  return read_json(path) if epath.Path(path).exists() else None
+
+
 def write_json(path: PathLike, value: Any, **kwargs) -> None:
-  """Writes `value` as JSON (parent directories made); whole, in one write."""
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(value, **kwargs))
+  """Writes `value` as JSON (parent directories made), never half: a local file through a
+  temporary name renamed over it, an object in one write."""
+  text = json.dumps(value, **kwargs)
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  if is_local(path):
+    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  else:
+    epath.Path(path).write_text(text)
 
 
 @contextlib.contextmanager

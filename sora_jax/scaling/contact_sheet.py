@@ -11,7 +11,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from etils import epath
 
 from data_pipelines import media
 from data_pipelines import storage
@@ -21,12 +20,6 @@ from sora_jax.inference import adherence
 from sora_jax.inference import run as run_lib
 from sora_jax.inference import sampler as sampler_lib
 from sora_jax.inference import tasks
-
-
-def _read_json(path: str) -> dict | None:
-  if not epath.Path(path).exists():
-    return None
-  return storage.read_json(path)
 
 
 def sheet_settings(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -41,8 +34,8 @@ def sheet_settings(run: Mapping[str, Any]) -> dict[str, Any]:
      "guidance"} (missing keys: the sampler's defaults)}.
   """
   wd = run["workdir"]
-  adherence = _read_json(storage.join(wd, "adherence.json")) or {}
-  config = _read_json(storage.join(wd, "config.json")) or {}
+  adherence = storage.read_json_if_exists(storage.join(wd, "adherence.json")) or {}
+  config = storage.read_json_if_exists(storage.join(wd, "config.json")) or {}
   name = (config.get("data") or {}).get("name")
   name = name if isinstance(name, dict) else {}
   videos = [s for s in name.get("sizes", []) if s[0] > 1] or [[17, 64, 64]]

@@ -52,12 +52,6 @@ from sora_jax.scaling import fit as fit_lib
 
 
 # ----------------------------------------------------------------------------- collect
-def _read_json(path: str) -> dict | None:
-  if not epath.Path(path).exists():
-    return None
-  return storage.read_json(path)
-
-
 def _metric(d: Mapping[str, Any] | None, key: str):
   """`key` or `final/key` from a final_metrics dict (None if absent)."""
   if not d:
@@ -146,11 +140,11 @@ def _compute_of(name: str, config: Mapping[str, Any] | None) -> float | None:
 def collect_run(workdir: str) -> dict[str, Any]:
   """One run's results (see the module docstring); missing pieces are None."""
   name = epath.Path(workdir).name
-  config = _read_json(storage.join(workdir, "config.json"))
-  final = _read_json(storage.join(workdir, "final_metrics.json"))
+  config = storage.read_json_if_exists(storage.join(workdir, "config.json"))
+  final = storage.read_json_if_exists(storage.join(workdir, "final_metrics.json"))
   totals = training_totals(storage.join(workdir, "metrics.jsonl"))
   scaling = (config or {}).get("scaling") or {}
-  adherence = _read_json(storage.join(workdir, "adherence.json"))
+  adherence = storage.read_json_if_exists(storage.join(workdir, "adherence.json"))
   return {"name": name, "workdir": workdir, "compute": _compute_of(name, config),
           "flops": totals["flops"], "steps": totals["steps"],
           "val_loss": _metric(final, "val_loss"), "adherence_all": _adherence(adherence),
@@ -165,7 +159,7 @@ def _is_dit_run(path: str) -> bool:
   if not any(epath.Path(path, f).exists() for f in (
       "config.json", "metrics.jsonl", "final_metrics.json")):
     return False
-  config = _read_json(storage.join(path, "config.json"))
+  config = storage.read_json_if_exists(storage.join(path, "config.json"))
   return config is None or config.get("task", "dit") == "dit"
 
 
@@ -307,7 +301,7 @@ def _num_prompts(runs: Sequence[Mapping[str, Any]]) -> int | None:
   """The prompts behind the runs' adherence (adherence.json `n`), if all agree."""
   ns = set()
   for r in runs:
-    record = _read_json(storage.join(r["workdir"], "adherence.json"))
+    record = storage.read_json_if_exists(storage.join(r["workdir"], "adherence.json"))
     if record and isinstance(record.get("n"), int):
       ns.add(record["n"])
   return ns.pop() if len(ns) == 1 else None
