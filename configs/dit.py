@@ -31,7 +31,10 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   sample_shift  the run's default sampling shift for sample/evaluate/demo (0 = training rule).
   ema          EMA decay of the params (evaluation uses the EMA).
   ema_debias   bias-correct the EMA as Adam does (default True): it averages only the steps taken.
-  caption      'detailed' or 'short': which caption to train on.
+  caption      the training caption: detailed, short, synthetic (a captioner's, written by
+               `python -m sora_jax.data.recaption`) or blend (synthetic with probability
+               synthetic_share, else short, drawn anew each epoch: DALL-E 3's blend).
+  synthetic_share  blend's share of synthetic captions (default 0.95).
   sizes, level, data_dir, num_train   the Shapes World pixel data (on-the-fly encoding).
   peak_flops   peak FLOP/s a device for MFU (0 = train/throughput.py's table by device kind).
   seed         the run's random seed.
@@ -53,13 +56,14 @@ _DEFAULTS = dict(
     batch=32, lr=3e-4,
     warmup=500, vae_workdir="", latents="on_the_fly", seq_len=1024, max_clips=16, text_len=48,
     patch="1x2x2", cfg_drop=0.1, ema=0.999, ema_debias=True, caption="detailed", optimizer="adamw",
+    synthetic_share=0.95,
     sizes="17x64x64+1x64x64", level="full", data_dir="data/tfds", num_train=4096,
     peak_flops=0.0, seed=0, eval_every=2000, rules="fsdp", attention="", prediction="x0",
     pos_embed="none", adaln="per_block", t_mean=1.0, t_std=1.0, sample_shift=0.0, workers=0,
     remat="none", runlocal=False)
 
 
-def _patch(text: str) -> tuple[int, int, int]:
+def parse_patch(text: str) -> tuple[int, int, int]:
   try:
     patch = tuple(int(v) for v in text.lower().split("x"))
   except ValueError:
@@ -80,7 +84,7 @@ def get_config(arg=None):
   common.add_mesh(config, arg.rules)
 
   # x0-prediction: see `prediction` in sora_jax/models/dit.py (DiTConfig).
-  config.model = {"variant": arg.variant, "patch": _patch(arg.patch),
+  config.model = {"variant": arg.variant, "patch": parse_patch(arg.patch),
                   "overrides": {"prediction": arg.prediction, "pos_embed": arg.pos_embed,
                                 "adaln": arg.adaln, "remat": arg.remat}}
   shape = {"width": arg.width, "depth": arg.depth, "num_heads": arg.heads}
@@ -98,6 +102,7 @@ def get_config(arg=None):
   config.data = common.shapes_world_data(arg.level, sizes, arg.num_train, 64, arg.data_dir)
   config.data.latents = arg.latents
   config.data.caption = arg.caption
+  config.data.synthetic_share = arg.synthetic_share
   if arg.workers and arg.latents == "on_the_fly":
     raise ValueError(f"Config argument workers={arg.workers} needs precomputed latents "
                      "(latents=DIR); on-the-fly encoding runs the VAE in this process.")

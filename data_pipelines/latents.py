@@ -14,6 +14,7 @@ one (VAE, data set) pair, not a source). Bring your own latents by writing this 
     latents        float16 (or float32) [T', h, w, C], normalised: (z - mean) / std
     caption        str, the detailed caption
     short_caption  str ('' when the source has none)
+    synthetic_caption  str, optional: a captioner's (written by `sora_jax.data.recaption`)
     size           int32 [3], the pixel clip's (T, H, W)
     index          int, the record index in the pixel split
   OUT/SPLIT/latents-SSSSS-of-NNNNN.json   a shard's index entry, written when it is whole:
@@ -57,7 +58,14 @@ from data_pipelines import usage
 
 METADATA_FILE = "metadata.json"
 LEGACY_FILE = "latents.array_record"  # one-file splits, written before shards
-CAPTION_KEYS = {"detailed": "caption", "short": "short_caption"}
+# The caption a model trains on (config `caption`) -> the record field that holds it.
+# "synthetic" is a captioner's (`python -m sora_jax.data.recaption`); "blend" draws the
+# synthetic caption with probability `synthetic_share`, else the short one, anew each
+# epoch (DALL-E 3's 95/5 blend of synthetic and original captions).
+RECORD_KEYS = {"detailed": "caption", "short": "short_caption",
+               "synthetic": "synthetic_caption"}
+RECORD_CAPTIONS = tuple(RECORD_KEYS)
+CAPTIONS = RECORD_CAPTIONS + ("blend",)
 
 
 # ------------------------------------------------------------------------ sources
@@ -87,9 +95,13 @@ class LatentRecords:
     return len(self._records)
 
   def __getitem__(self, i: int) -> dict[str, Any]:
-    rec = flax.serialization.msgpack_restore(self._records[int(i)])
+    rec = self.stored(i)
     rec["latents"] = np.asarray(rec["latents"], np.float32)
     return rec
+
+  def stored(self, i: int) -> dict[str, Any]:
+    """Record i as stored (latents in their stored dtype): to copy it unchanged."""
+    return flax.serialization.msgpack_restore(self._records[int(i)])
 
   def captions(self, key: str) -> list[str]:
     return [self[i][key] for i in range(len(self))]
@@ -227,6 +239,17 @@ class _Read(grain.transforms.Map):
     return self.records[int(element)]
 
 
+class _Blend(grain.transforms.RandomMap):
+  """Sets `rec["blend"]`: the synthetic caption with probability `share`, else the short."""
+
+  def __init__(self, share: float):
+    self.share = share
+
+  def random_map(self, element, rng: np.random.Generator):
+    key = "synthetic_caption" if rng.random() < self.share else "short_caption"
+    return {**element, "blend": element[key]}
+
+
 class _ToClip(grain.transforms.Map):
   """Latent record -> `packing.clip_example` with the chosen caption tokenized.
 
@@ -241,7 +264,10 @@ class _ToClip(grain.transforms.Map):
     self._tokens: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
   def map(self, rec):
-    caption = rec[self.caption_key]
+    caption = rec.get(self.caption_key)
+    if caption is None:
+      raise ValueError(f"Latent record {rec.get('index')} has no {self.caption_key!r}; "
+                       "recaption the latents first (python -m sora_jax.data.recaption).")
     tokens = self._tokens.get(caption)
     if tokens is None:
       ids, mask, _ = self.tokenizer.encode([caption], self.text_len)
@@ -257,7 +283,8 @@ def make_latent_dataset(records, tokenizer, *, patch: Sequence[int], seq_len: in
                         train: bool, caption: str = "detailed", num_bins: int = 1,
                         num_clips: int | None = None, process_index: int | None = None,
                         process_count: int | None = None, prefetch: int = 2,
-                        num_workers: int = 0) -> grain.IterDataset:
+                        num_workers: int = 0, synthetic_share: float = 0.95
+                        ) -> grain.IterDataset:
   """Packed DiT batches over latent records (`LatentRecords` or `OnTheFlyLatents`).
 
   Args:
@@ -266,7 +293,9 @@ def make_latent_dataset(records, tokenizer, *, patch: Sequence[int], seq_len: in
     patch: (pt, ph, pw); seq_len, max_clips, text_len, num_bins: as in `packing`.
     batch_size: global number of packed sequences per batch.
     seed: shuffle seed. train: infinite and shuffled, else one pass in record order.
-    caption: "detailed" or "short".
+    caption: which caption (`CAPTIONS`): "detailed", "short", "synthetic", or "blend"
+      (training only: the synthetic caption with probability `synthetic_share`, else the
+      short one; evaluation batches of a blend read the synthetic caption).
     num_clips: eval only: use the first `num_clips` records.
     prefetch: train only: batches packed ahead in a background thread (0 = none), so
       the host's packing overlaps the accelerator's step.
@@ -277,8 +306,10 @@ def make_latent_dataset(records, tokenizer, *, patch: Sequence[int], seq_len: in
   Returns:
     IterDataset of this process's batches: packed examples with a leading [B_local] axis.
   """
-  if caption not in CAPTION_KEYS:
-    raise ValueError(f"caption={caption!r}; expected one of {sorted(CAPTION_KEYS)}.")
+  if caption not in CAPTIONS:
+    raise ValueError(f"caption={caption!r}; expected one of {CAPTIONS}.")
+  if not 0 <= synthetic_share <= 1:
+    raise ValueError(f"synthetic_share={synthetic_share}; expected a value in [0, 1].")
   pi, pc = pipeline._process(process_index, process_count)  # pylint: disable=protected-access
   if batch_size % pc:
     raise ValueError(f"batch_size={batch_size} is not a multiple of {pc} processes.")
@@ -289,8 +320,12 @@ def make_latent_dataset(records, tokenizer, *, patch: Sequence[int], seq_len: in
     ds = ds[pi::pc].repeat()
   else:
     ds = grain.MapDataset.source(np.arange(n, dtype=np.int64))[pi::pc]
-  ds = ds.map(_Read(records)).map(_ToClip(tokenizer, text_len, tuple(patch),
-                                          CAPTION_KEYS[caption]))
+  ds = ds.map(_Read(records))
+  if caption == "blend" and train:
+    ds, key = ds.random_map(_Blend(synthetic_share), seed=seed), "blend"
+  else:
+    key = RECORD_KEYS["synthetic" if caption == "blend" else caption]
+  ds = ds.map(_ToClip(tokenizer, text_len, tuple(patch), key))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
   ds = packing.pack_dataset(ds, seq_len, max_clips, num_bins=num_bins)
   ds = ds.batch(batch_size // pc, drop_remainder=train)

@@ -23,6 +23,12 @@ with {"prompt": ..., optional "name", "seed", "task" (t2v or t2i)}; it writes
 Prompts of one size are sampled `--batch` at a time. Progress bars: over the solver's
 model calls (single mode) and over clips (batch mode).
 
+Prompt upsampling: `--upsampler W` (a `configs/captioner.py:source=text` run) expands each
+prompt into a detailed caption of the training distribution, sampled at
+`--upsample_temperature` with the prompt's seed (the same seed, the same expansion); the
+clip is sampled from the expansion. The output JSON (single mode) and `manifest.jsonl`
+(batch mode: `prompt` = what was sampled, `user_prompt` = the line as given) carry both.
+
 Every bad input (missing file, wrong size, a task without its input, a strength outside
 [0, 1], a workdir without a checkpoint) is one clear error before the model is loaded.
 """
@@ -41,6 +47,7 @@ from data_pipelines import media
 from data_pipelines import storage
 from data_pipelines import usage
 from sora_jax.diffusion import conditioning
+from sora_jax.inference import captioning
 from sora_jax.inference import cli
 from sora_jax.inference import run as run_lib
 from sora_jax.inference import sampler as sampler_lib
@@ -73,6 +80,9 @@ def define_flags():
   flags.DEFINE_string("prompts_file", None, "Batch mode: prompts (txt or jsonl).")
   flags.DEFINE_string("out_dir", None, "Batch mode: output directory.")
   flags.DEFINE_integer("batch", 8, "Batch mode: clips sampled together.")
+  flags.DEFINE_string("upsampler", None, "A prompt upsampler run (configs/captioner.py "
+                      "source=text): expand each prompt before sampling.")
+  flags.DEFINE_float("upsample_temperature", 1.0, "Upsampling temperature (0 = greedy).")
   flags.DEFINE_string("mesh", "", "Sample sharded over a device mesh, e.g. fsdp=2,context=4 "
                       "(context > 1: ring attention over each clip's tokens); '' = one device.")
 
@@ -161,6 +171,17 @@ def read_prompts(path: str) -> list[dict]:
   return rows
 
 
+def check_upsampler(workdir: str, temperature: float) -> None:
+  """--upsampler is a prompt upsampler run and the temperature is >= 0 (JSON only)."""
+  if temperature < 0:
+    raise ValueError(f"--upsample_temperature={temperature}; expected >= 0 (0 = greedy).")
+  _, config, _ = captioning.read_captioner_run(workdir)
+  if config["model"]["source"] != "text":
+    raise ValueError(f"--upsampler={workdir!r} is a video captioner (source="
+                     f"{config['model']['source']!r}); give a prompt upsampler, trained with "
+                     "configs/captioner.py:source=text.")
+
+
 # ------------------------------------------------------------------ writing
 def stream_long_video(sampler, prompt: str, seconds: float, fps: int, stem: str,
                       frames: int, height: int, width: int, given: int, seed: int,
@@ -206,6 +227,18 @@ def main(argv: Sequence[str]) -> None:
                            FLAGS.width)
     options = cli.sampling_options()
     cli.check_window(FLAGS.batch if batch_mode else 1, mesh.size if mesh else 1)
+    if FLAGS.upsampler:
+      check_upsampler(FLAGS.upsampler, FLAGS.upsample_temperature)
+  upsampled = {}
+  if FLAGS.upsampler:
+    upsampler = captioning.CaptionerRun.load(FLAGS.upsampler)
+    if batch_mode:
+      rows = captioning.upsample_rows(upsampler, rows, FLAGS.seed,
+                                      FLAGS.upsample_temperature)
+    else:
+      upsampled = {"user_prompt": FLAGS.prompt, "prompt": upsampler.upsample(
+          [FLAGS.prompt], FLAGS.seed, FLAGS.upsample_temperature)[0]}
+  prompt = upsampled.get("prompt", FLAGS.prompt)
   run = run_lib.Run.load(FLAGS.workdir, FLAGS.step, mesh)
   sampler = sampler_lib.Sampler(run, options, progress=not batch_mode)
   if batch_mode:
@@ -215,18 +248,19 @@ def main(argv: Sequence[str]) -> None:
     return
   if FLAGS.seconds and (FLAGS.task == "t2v" or FLAGS.direction == "forward"):
     # Streamed: one window in memory at a time.
-    paths, total = stream_long_video(sampler, FLAGS.prompt, FLAGS.seconds, FLAGS.fps,
+    paths, total = stream_long_video(sampler, prompt, FLAGS.seconds, FLAGS.fps,
                                      FLAGS.out[:-4], FLAGS.frames, FLAGS.height,
                                      FLAGS.width, FLAGS.given, FLAGS.seed, FLAGS.npy,
                                      inputs.get("video") if FLAGS.task == "extend" else None)
-    print(json.dumps({"task": FLAGS.task, "frames": total, "files": paths}))
+    print(json.dumps({"task": FLAGS.task, "frames": total, "files": paths, **upsampled}))
     return
-  video = tasks.run_task(sampler, FLAGS.task, FLAGS.prompt, inputs, frames=FLAGS.frames,
+  video = tasks.run_task(sampler, FLAGS.task, prompt, inputs, frames=FLAGS.frames,
                          height=FLAGS.height, width=FLAGS.width, seed=FLAGS.seed,
                          direction=FLAGS.direction, strength=FLAGS.strength,
                          seconds=FLAGS.seconds, fps=FLAGS.fps, given=FLAGS.given)
   paths = write_outputs(FLAGS.out[:-4], video, FLAGS.fps, FLAGS.npy)
-  print(json.dumps({"task": FLAGS.task, "frames": int(video.shape[0]), "files": paths}))
+  print(json.dumps({"task": FLAGS.task, "frames": int(video.shape[0]), "files": paths,
+                    **upsampled}))
 
 
 if __name__ == "__main__":

@@ -391,3 +391,33 @@ def test_psnr_of_uint8_clips_on_known_inputs():
   assert adherence.consecutive_psnr([np.stack([a[0], a[0] + 10])]) == pytest.approx(
       adherence.psnr(a, a + 10))
 
+
+
+def test_sample_with_an_upsampler_samples_the_expansion_and_keeps_the_users_prompt(
+    run, tmp_path):
+  """--upsampler: each prompt is expanded with its row's seed (the same expansion as the
+  Python API's), the clip is sampled from it, and the manifest carries both prompts; a
+  DiT run given as --upsampler is one line, exit 2, before any model loads."""
+  from configs import captioner as captioner_config  # pylint: disable=import-outside-toplevel
+  from sora_jax.inference import captioning  # pylint: disable=import-outside-toplevel
+  data_dir = json.load(open(os.path.join(run, "config.json")))["data"]["data_dir"]
+  cfg = captioner_config.get_config(f"runlocal=True,source=text,data_dir={data_dir}")
+  cfg.train.progress = False
+  up = str(tmp_path / "up")
+  loop.train_and_evaluate(cfg, up)
+  prompts = tmp_path / "p.txt"
+  prompts.write_text("a red circle\na blue square\n")
+  base = [sys.executable, "-m", "sora_jax.sample", "--workdir", run, "--frames", "5",
+          "--height", "32", "--width", "32", "--steps", "2", "--prompts_file", str(prompts),
+          "--seed", "3"]
+  subprocess.run(base + ["--upsampler", up, "--out_dir", str(tmp_path / "out")], check=True,
+                 timeout=600)
+  lines = [json.loads(l) for l in open(tmp_path / "out" / "manifest.jsonl")]
+  expected = captioning.CaptionerRun.load(up).upsample(["a red circle", "a blue square"],
+                                                       [3, 4], 1.0)
+  assert [l["user_prompt"] for l in lines] == ["a red circle", "a blue square"]
+  assert [l["prompt"] for l in lines] == expected and [l["seed"] for l in lines] == [3, 4]
+  proc = subprocess.run(base + ["--upsampler", run, "--out_dir", str(tmp_path / "o2")],
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2 and "is not a captioner run" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o2").exists()

@@ -182,7 +182,7 @@ def read_dit_configs(workdir: str, step: int | None = None
   return dit_configs(config, vcfg.latent_channels)[0], vcfg
 
 
-def _run_vae(workdir: str, config: Mapping[str, Any], extra: Mapping[str, Any]) -> FrozenVAE:
+def vae_of_run(workdir: str, config: Mapping[str, Any], extra: Mapping[str, Any]) -> FrozenVAE:
   """The VAE a DiT run's latents came from, with the normalisation it trained on."""
   path, _ = _run_vae_source(workdir, config, extra)
   vae = random_vae(config["vae"]["random_model"]) if path is None else load_vae(path)
@@ -249,7 +249,7 @@ class Run:
         else the run's).
     """
     step, config, extra = read_dit_run(workdir, step)
-    vae = _run_vae(workdir, config, extra)
+    vae = vae_of_run(workdir, config, extra)
     dcfg, tcfg = dit_configs(config, vae.config.latent_channels)
     tok_path = extra.get("tokenizer", "tokenizer.model")
     if not (os.path.isabs(tok_path) or "://" in tok_path):  # relative: to the run

@@ -42,7 +42,8 @@ _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
 def attention_mask(q_len: int, kv_len: int, batch: int, q_segment_ids=None,
-                   kv_segment_ids=None, kv_mask=None) -> jax.Array | None:
+                   kv_segment_ids=None, kv_mask=None, causal: bool = False
+                   ) -> jax.Array | None:
   """Boolean mask [B, N, S] (True = may attend), or None when nothing is masked.
 
   Args:
@@ -50,6 +51,8 @@ def attention_mask(q_len: int, kv_len: int, batch: int, q_segment_ids=None,
     q_segment_ids: [B, N] int, or None.
     kv_segment_ids: [B, S] int, or None. Segment masking needs both segment id arrays.
     kv_mask: [B, S] bool, or None.
+    causal: query i sees keys j <= i only (self-attention, N == S). With segment ids this
+      is causal within each segment, as long as a segment's tokens are in order.
   """
   if (q_segment_ids is None) != (kv_segment_ids is None):
     raise ValueError("Segment masking needs both q_segment_ids and kv_segment_ids; got "
@@ -61,6 +64,12 @@ def attention_mask(q_len: int, kv_len: int, batch: int, q_segment_ids=None,
   if kv_mask is not None:
     kv = jnp.broadcast_to(kv_mask[:, None, :].astype(bool), (batch, q_len, kv_len))
     mask = kv if mask is None else mask & kv
+  if causal:
+    if q_len != kv_len:
+      raise ValueError(f"Causal attention needs as many keys as queries; got {q_len} "
+                       f"queries and {kv_len} keys.")
+    tri = jnp.broadcast_to(jnp.tril(jnp.ones((q_len, kv_len), bool)), (batch, q_len, kv_len))
+    mask = tri if mask is None else mask & tri
   return mask
 
 
@@ -214,10 +223,11 @@ def _auto_backend(q) -> Callable:
   return _xla_attention
 
 
-def _masked(fn: Callable, q, k, v, q_segment_ids, kv_segment_ids, kv_mask) -> jax.Array:
+def _masked(fn: Callable, q, k, v, q_segment_ids, kv_segment_ids, kv_mask,
+            causal: bool = False) -> jax.Array:
   """Runs one dense backend `fn(q, k, v, mask)` with the masks and the zero-row contract."""
   b, n, _, _ = q.shape
-  mask = attention_mask(n, k.shape[1], b, q_segment_ids, kv_segment_ids, kv_mask)
+  mask = attention_mask(n, k.shape[1], b, q_segment_ids, kv_segment_ids, kv_mask, causal)
   out = fn(q, k, v, mask)
   if mask is not None:  # a row that sees nothing gets 0 instead of a mean over masked keys
     out = jnp.where(jnp.any(mask, axis=-1)[:, :, None, None], out, 0)
@@ -231,8 +241,8 @@ def _local_auto(q, k, v, q_segment_ids, kv_segment_ids, kv_mask) -> jax.Array:
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids=None,
               kv_segment_ids=None, kv_mask=None, backend: str = "xla",
-              self_attention: bool | None = None) -> jax.Array:
-  """Multi-head scaled dot-product attention with segment and key masks.
+              self_attention: bool | None = None, causal: bool = False) -> jax.Array:
+  """Multi-head scaled dot-product attention with segment, key and causal masks.
 
   Args:
     q: [B, N, H, Dh] queries.
@@ -245,12 +255,16 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids=None,
     self_attention: for the context-parallel backends only: True when k/v are the same
       sequence as q (split over the context axis with it), False for cross-attention to a
       short sequence (text; replicated over the context axis). None: S == N.
+    causal: query i sees keys j <= i only (an autoregressive decoder); dense backends only.
 
   Returns:
     [B, N, H, Dh] in q's dtype; rows with no key to attend to are exactly 0.
   """
   if backend not in BACKENDS:
     raise ValueError(f"Unknown attention backend {backend!r}; known backends: {BACKENDS}.")
+  if causal and backend not in ("xla", "cudnn", "auto"):
+    raise ValueError(f"Causal attention runs on the dense backends (xla, cudnn, auto), not "
+                     f"{backend!r}.")
   if backend in CONTEXT_BACKENDS:
     fn = {"ring": context_lib.ring_attention,
           "all_to_all": context_lib.all_to_all_attention}[backend]
@@ -262,7 +276,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids=None,
     return blocked_attention(q, k, v, q_segment_ids, kv_segment_ids, kv_mask)
   fns = {"xla": _xla_attention, "cudnn": _cudnn_attention}
   fn = _auto_backend(q) if backend == "auto" else fns[backend]
-  return _masked(fn, q, k, v, q_segment_ids, kv_segment_ids, kv_mask)
+  return _masked(fn, q, k, v, q_segment_ids, kv_segment_ids, kv_mask, causal)
 
 
 class RMSNorm(nn.Module):
@@ -355,8 +369,10 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, *, positions=None,
-               q_segment_ids=None, kv_segment_ids=None, kv_mask=None) -> jax.Array:
-    """x: [B, N, D]; context: [B, S, Dc] or None (self-attention); positions: [B, N, A] int.
+               q_segment_ids=None, kv_segment_ids=None, kv_mask=None,
+               causal: bool = False) -> jax.Array:
+    """x: [B, N, D]; context: [B, S, Dc] or None (self-attention); positions: [B, N, A] int;
+    causal: each query sees only keys at or before it (self-attention).
 
     Returns:
       [B, N, D].
@@ -373,7 +389,8 @@ class MultiHeadAttention(nn.Module):
       q = rope.apply_rope(q, positions, self.rope_proportions, self.rope_base)
       k = rope.apply_rope(k, positions, self.rope_proportions, self.rope_base)
     out = attention(q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
-                    kv_mask=kv_mask, backend=self.backend, self_attention=is_self)
+                    kv_mask=kv_mask, backend=self.backend, self_attention=is_self,
+                    causal=causal)
     return HeadsProjection(self.num_heads, self.head_dim, to_heads=False,
                            features=x.shape[-1], zero_init=self.zero_init_out,
                            dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)

@@ -152,9 +152,12 @@ class DiTTask:
     if p.text_len < 1 or p.seq_len < 1 or p.max_clips < 1:
       raise ValueError(f"config.packing: text_len={p.text_len}, seq_len={p.seq_len} and "
                        f"max_clips={p.max_clips} must all be >= 1.")
-    if config.data.caption not in latents_lib.CAPTION_KEYS:
+    if config.data.caption not in latents_lib.CAPTIONS:
       raise ValueError(f"config.data.caption={config.data.caption!r}; expected one of "
-                       f"{sorted(latents_lib.CAPTION_KEYS)}.")
+                       f"{latents_lib.CAPTIONS}.")
+    if not 0 <= config.data.get("synthetic_share", 0.95) <= 1:
+      raise ValueError(f"config.data.synthetic_share={config.data.synthetic_share}; "
+                       "expected a value in [0, 1].")
     optim.check(config.optim)
     if config.optim.get("name", "adamw") not in optim.OPTIMIZERS:
       raise ValueError(f"config.optim.name={config.optim.name!r}; allowed: "
@@ -164,13 +167,23 @@ class DiTTask:
                        f"config.ema={config.ema} in [0, 1).")
     conditioning.check_mixture(config.tasks)
     self._validate_sources()
-    dcfg = self.dit_config  # unknown fields, head dims
+    self.check_clip_tokens(self.dit_config.patch)  # also: unknown fields, head dims
+    if config.data.caption in ("synthetic", "blend") and not self.on_the_fly:
+      for split in ("train", config.eval.split):
+        if "synthetic_caption" not in self.latent_records(split)[0]:
+          raise ValueError(f"config.data.caption={config.data.caption!r}, but the {split} "
+                           f"latents in {config.data.latents} have no synthetic captions; "
+                           "write them with python -m sora_jax.data.recaption.")
+
+  def check_clip_tokens(self, patch: tuple[int, int, int]) -> None:
+    """Every training clip's latents cut into `patch` and fit one packed row."""
+    seq_len = self.config.packing.seq_len
     for shape in self.latent_shapes:
-      patches.check_patch(shape, dcfg.patch, where=f"latents ({self._latent_origin()})")
-      n = math.prod(shape[:3]) // math.prod(dcfg.patch)
-      if n > p.seq_len:
-        raise ValueError(f"A clip with latents {shape} has {n} tokens at patch {dcfg.patch}, "
-                         f"more than config.packing.seq_len={p.seq_len}.")
+      patches.check_patch(shape, patch, where=f"latents ({self._latent_origin()})")
+      n = math.prod(shape[:3]) // math.prod(patch)
+      if n > seq_len:
+        raise ValueError(f"A clip with latents {shape} has {n} tokens at patch {patch}, "
+                         f"more than config.packing.seq_len={seq_len}.")
 
   def _latent_origin(self) -> str:
     if not self.on_the_fly:
@@ -213,10 +226,16 @@ class DiTTask:
       if path:
         epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
         tok.save(path)
-    if tok.vocab_size > config.text.vocab_size:
-      raise ValueError(f"Tokenizer has {tok.vocab_size} ids but config.text.vocab_size="
-                       f"{config.text.vocab_size}; raise it.")
+    key, limit = self.vocab_limit
+    if tok.vocab_size > limit:
+      raise ValueError(f"Tokenizer has {tok.vocab_size} ids but {key} allows {limit}; "
+                       "raise it.")
     return tok
+
+  @property
+  def vocab_limit(self) -> tuple[str, int]:
+    """(config key, most tokenizer ids the model's embedding table takes)."""
+    return "config.text.vocab_size", int(self.config.text.vocab_size)
 
   def _training_captions(self) -> list[str]:
     """Detailed and short captions of the training clips (Shapes World: no rendering)."""
@@ -270,7 +289,7 @@ class DiTTask:
         seq_len=p.seq_len, max_clips=p.max_clips, text_len=p.text_len,
         batch_size=batch_size, seed=config.seed, train=train, caption=config.data.caption,
         num_bins=p.num_bins, num_clips=num_clips, process_index=index,
-        process_count=count,
+        process_count=count, synthetic_share=float(config.data.get("synthetic_share", 0.95)),
         num_workers=int(config.data.get("num_workers", 0)) if train else 0)
 
   def make_train_data(self, process_shard: tuple[int, int] | None = None):
@@ -334,14 +353,18 @@ class DiTTask:
     out["num_batches"] = len(self.eval_batches)
     return out
 
+  def tokenizer_extra(self) -> dict[str, Any]:
+    """The checkpoint's note of the run's tokenizer (a path relative to the workdir)."""
+    tok = self.tokenizer
+    return {"tokenizer": self.config.tokenizer.path or "tokenizer.model",
+            "tokenizer_sha1": hashlib.sha1(tok.__getstate__()["proto"]).hexdigest(),
+            "tokenizer_vocab_size": tok.vocab_size}
+
   def checkpoint_extra(self, state: DiTState) -> dict[str, Any]:
     """What sampling needs besides the params: the tokenizer and the latent normalisation."""
     del state
-    config, tok = self.config, self.tokenizer
-    proto = tok.__getstate__()["proto"]
-    extra = {"tokenizer": config.tokenizer.path or "tokenizer.model",  # relative: workdir
-             "tokenizer_sha1": hashlib.sha1(proto).hexdigest(),
-             "tokenizer_vocab_size": tok.vocab_size, "latents": config.data.latents}
+    config = self.config
+    extra = {**self.tokenizer_extra(), "latents": config.data.latents}
     if self.on_the_fly:
       extra.update(vae=self.vae.description, latent_mean=self.vae.mean.tolist(),
                    latent_std=self.vae.std.tolist())

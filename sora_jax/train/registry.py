@@ -15,6 +15,7 @@ import ml_collections
 TASKS = {
     "vae": "sora_jax.train.vae_task:VAETask",
     "dit": "sora_jax.train.dit_task:DiTTask",
+    "captioner": "sora_jax.train.captioner_task:CaptionerTask",
 }
 
 
