@@ -14,7 +14,11 @@ share of captions right in every attribute); see README "Recaptioning".
 Arguments (after the colon, comma-separated key=value; unknown keys are an error):
   source       video (clip latents -> caption) or text (short caption -> detailed).
   variant      size preset (sora_jax/models/captioner.py VARIANTS): tiny, S, B, L.
-  labelled     train on the first N training records only (0 = all): the labelled share.
+  labelled     the first N training records are the labelled share (0 = all): they train
+               the captioner on their detailed captions, and, with short_rest, every other
+               record on its short one (a caption of another kind; the alt-text world).
+  short_rest   with labelled > 0: the other records train on their short captions (True),
+               or not at all (False).
   caption      the caption it learns to write: detailed (default), short or synthetic.
   steps, batch, lr, warmup, ema   training steps, global batch (packed rows), peak LR,
                warm-up, EMA decay (evaluation and loading use the EMA).
@@ -29,7 +33,7 @@ from configs import common
 from configs import dit as dit_configs
 
 _DEFAULTS = dict(
-    source="video", variant="S", labelled=0, caption="detailed", steps=3000, batch=8,
+    source="video", variant="S", labelled=0, short_rest=True, caption="detailed", steps=3000, batch=8,
     lr=1e-3, warmup=100, ema=0.99, vae_workdir="", latents="on_the_fly",
     sizes="17x64x64+17x64x64+17x64x64+1x64x64", level="basic", data_dir="data/tfds",
     num_train=4096, patch="1x4x4", seq_len=320, max_clips=8, text_len=32, source_len=12,
@@ -42,7 +46,7 @@ def get_config(arg=None):
   config.task = "captioner"
   config.seed = arg.seed
   common.add_mesh(config, arg.rules)
-  config.model = {"variant": arg.variant, "source": arg.source, "vocab_size": 513,
+  config.model = {"variant": arg.variant, "source": arg.source, "vocab_size": 514,
                   "patch": dit_configs.parse_patch(arg.patch), "overrides": {}}
   # '' = trained from the training captions (as the DiT's), written to WORKDIR/tokenizer.model.
   config.tokenizer = {"path": "", "vocab_size": 512, "num_clips": 2000}
@@ -54,6 +58,7 @@ def get_config(arg=None):
   config.data.latents = arg.latents
   config.data.caption = arg.caption
   config.data.labelled = arg.labelled
+  config.data.short_rest = arg.short_rest
   config.packing = {"seq_len": arg.seq_len, "max_clips": arg.max_clips,
                     "text_len": arg.text_len, "source_len": arg.source_len, "num_bins": 4}
   config.ema = arg.ema
@@ -69,7 +74,7 @@ def get_config(arg=None):
 
   if arg.runlocal:  # seconds on a laptop or in a test
     config.model.variant = "tiny"
-    config.model.vocab_size = 257
+    config.model.vocab_size = 258
     config.tokenizer.update({"vocab_size": 256, "num_clips": 64})
     config.data.name.sizes = [[5, 32, 32], [1, 32, 32]]
     config.data.name.num_examples = {"train": 16, "validation": 8, "test": 8,

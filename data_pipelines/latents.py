@@ -274,8 +274,11 @@ class _ToClip(grain.transforms.Map):
       tokens = (ids[0], mask[0])
       if len(self._tokens) < self.CACHE_SIZE:
         self._tokens[caption] = tokens
-    return packing.clip_example(rec["latents"], *tokens, self.patch,
-                                clip_index=int(rec["index"]))
+    example = packing.clip_example(rec["latents"], *tokens, self.patch,
+                                   clip_index=int(rec["index"]))
+    if "caption_kind" in rec:  # which kind of caption it is (the captioner's alt-text mode)
+      example["caption_kind"] = np.int32(rec["caption_kind"])
+    return example
 
 
 def make_latent_dataset(records, tokenizer, *, patch: Sequence[int], seq_len: int,

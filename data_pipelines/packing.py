@@ -12,6 +12,8 @@ A packed example (numpy):
   loss_weight  [N]        float32 1 / (tokens of its clip), 0 at padding: a clip sums to 1
   text_ids     [K, L]     int32 caption of clip row j (K = max_clips; unused rows all 0)
   text_mask    [K, L]     bool
+  any other key of the examples (a per-clip value, e.g. the captioner's `caption_kind`)
+               [K, ...]   clip row j's value (unused rows 0)
 Segment s (1-based) owns caption row s - 1. The model encodes each caption row on its own,
 lays the K rows side by side (`sora_jax.models.text.flatten_packed_text`) with text segment
 ids j + 1, and cross-attention compares token segment ids with text segment ids: every
@@ -69,9 +71,11 @@ class _Bin:
                  for k in TOKEN_FEATURES}
     self.data["clip_index"][:] = -1
     self.data["segment_ids"] = np.zeros((seq_len,), np.int32)
-    text_len = like["text_ids"].shape[0]
-    self.data["text_ids"] = np.zeros((max_clips, text_len), np.int32)
-    self.data["text_mask"] = np.zeros((max_clips, text_len), bool)
+    # Per-clip values (the caption and any extra): one row per clip.
+    self.clip_keys = [k for k in like if k not in TOKEN_FEATURES]
+    for k in self.clip_keys:
+      value = np.asarray(like[k])
+      self.data[k] = np.zeros((max_clips, *value.shape), value.dtype)
 
   def fits(self, n: int, seq_len: int, max_clips: int) -> bool:
     return self.used + n <= seq_len and self.clips < max_clips
@@ -81,8 +85,8 @@ class _Bin:
     for k in TOKEN_FEATURES:
       self.data[k][self.used:self.used + n] = example[k]
     self.data["segment_ids"][self.used:self.used + n] = self.clips + 1
-    self.data["text_ids"][self.clips] = example["text_ids"]
-    self.data["text_mask"][self.clips] = example["text_mask"]
+    for k in self.clip_keys:
+      self.data[k][self.clips] = example[k]
     self.used, self.clips = self.used + n, self.clips + 1
 
 
@@ -126,7 +130,7 @@ def pack_dataset(ds: grain.IterDataset, seq_len: int, max_clips: int,
   given out; a restore re-packs that round and skips them.
 
   Args:
-    ds: yields `clip_example` dicts (extra keys are dropped).
+    ds: yields `clip_example` dicts (extra keys are per-clip values, packed [K, ...]).
     seq_len, max_clips, num_bins: as in `pack_examples`.
   """
   return _PackDataset(ds, seq_len, max_clips, num_bins)

@@ -137,7 +137,7 @@ def test_overfit_four_clips_captions_them_exactly():
                                      width=64, num_heads=2)
   rng = np.random.default_rng(1)
   row = _packed(rng, [4, 4, 4, 4])
-  ids = jnp.asarray(rng.integers(1, 29, (1, 4, 12)) * (np.arange(12) < 8), jnp.int32)
+  ids = jnp.asarray(rng.integers(1, 28, (1, 4, 12)) * (np.arange(12) < 8), jnp.int32)
   batch = {**row, "text_ids": ids, "text_mask": ids > 0}
   import optax  # pylint: disable=import-outside-toplevel
   params = cap_lib.init_params(cfg, jax.random.key(0))
@@ -191,9 +191,25 @@ def test_captioner_and_upsampler_train_resume_and_load(latents, tmp_path):
   assert sorted(got) == [1, 3] and all(isinstance(t, str) for t in got.values())
   with pytest.raises(ValueError, match="source='text'"):
     run.upsample(["a red circle"])
-  # the labelled share: the training stream reads records 0..5 only
+  # the labelled share: records 0..5 train on their detailed caption (kind 0), the others
+  # on their short one (kind 1); with short_rest=False records 0..5 only are read
   task = captioner_task.CaptionerTask(cfg)
+  records = task.latent_records("train")
   it = iter(task.make_train_data((0, 1)))
+  kinds = set()
+  for _ in range(6):
+    b = next(it)
+    index = captioning.slot_clip_index(b["segment_ids"], b["clip_index"], 4)
+    for row, slot in zip(*np.nonzero(index >= 0)):
+      i = int(index[row, slot])
+      want = records[i]["caption"] if i < 6 else records[i]["short_caption"]
+      assert task.tokenizer.decode(b["text_ids"][row, slot][None])[0] == want
+      assert b["caption_kind"][row, slot] == (i >= 6)
+      kinds.add(i >= 6)
+  assert kinds == {False, True}
+  only = captioner_task.CaptionerTask(_cap_config(data_dir, f",latents={lat},labelled=6,"
+                                                  "short_rest=False"))
+  it = iter(only.make_train_data((0, 1)))
   seen = {int(i) for _ in range(6) for i in np.unique(next(it)["clip_index"]) if i >= 0}
   assert seen <= set(range(6)) and len(seen) > 1
 
@@ -209,7 +225,7 @@ def test_captioner_and_upsampler_train_resume_and_load(latents, tmp_path):
 def _recaption_flags(**kw):
   class F:  # pylint: disable=too-few-public-methods
     labelled, num_shards, process_index, process_count, batch = 0, 1, 0, 1, 4
-    temperature, seed, split = 0.0, 0, "train"
+    temperature, seed, split, mesh = 0.0, 0, "train", ""
   for k, v in kw.items():
     setattr(F, k, v)
   return F
@@ -266,6 +282,21 @@ class _Records:
             "short_caption": f"s{i}", "synthetic_caption": f"y{i}", "index": i}
 
 
+class _Latents:
+  """n latent records [1, 2, 2, C], each its own random values."""
+
+  def __init__(self, n, channels):
+    self.shapes = np.tile([[1, 2, 2, channels]], (n, 1))
+
+  def __len__(self):
+    return len(self.shapes)
+
+  def __getitem__(self, i):
+    latents = np.random.default_rng(i).normal(size=tuple(self.shapes[i]))
+    return {"latents": latents.astype(np.float32), "caption": "a red circle",
+            "short_caption": "a red circle", "index": i}
+
+
 class _Tok:
   """Caption 'dN' / 'sN' / 'yN' -> ids [kind, N + 1] (kind 1 = d, 2 = s, 3 = y)."""
 
@@ -318,3 +349,30 @@ def test_bad_captioner_configs_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=match):
       captioner_task.CaptionerTask(cfg).validate()
 
+
+
+def test_captions_and_upsampling_on_a_mesh_equal_one_devices():
+  """Params split by the fsdp preset over a data x fsdp mesh, batches (padded to the mesh's
+  split) over its batch axes: the same captions as on one device, greedy and sampled."""
+  from sora_jax.sharding import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from sora_jax.text import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
+  texts = [_scene_caption("train", i) for i in range(40)]
+  tok = tok_lib.Tokenizer.train(texts + ["a red circle", "a blue square"], vocab_size=120)
+  mesh = mesh_lib.make_mesh({"data": 4, "fsdp": 2})
+  config = {"packing": {"seq_len": 16, "max_clips": 4, "text_len": 10, "num_bins": 1},
+            "model": {"patch": [1, 1, 1]}}
+  for source, kw in (("video", {"token_dim": 8}), ("text", {"source_len": 6})):
+    cfg = cap_lib.get_captioner_config("tiny", source=source, max_len=10,
+                                       vocab_size=tok.vocab_size + 1, width=32, **kw)
+    params = jax.device_get(cap_lib.init_params(cfg, jax.random.key(1)))
+    runs = [captioning.CaptionerRun.create("", 0, config, cfg, tok, params, mesh=m)
+            for m in (None, mesh)]
+    assert runs[1].params["params"]["decoder"]["embed"]["embedding"].sharding.spec[1] == "fsdp"
+    for temperature in (0.0, 3.0):
+      if source == "text":
+        got = [r.upsample(["a red circle", "a blue square", "a red circle"], [0, 1, 2],
+                          temperature) for r in runs]
+      else:
+        got = [r.caption_records(_Latents(5, 8), batch_size=2, temperature=temperature)
+               for r in runs]
+      assert got[0] == got[1], (source, temperature)

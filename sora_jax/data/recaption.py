@@ -15,7 +15,8 @@ they keep their own detailed caption as `synthetic_caption` (nothing is generate
 them). Work is split into `--num_shards` shards written atomically: a shard already whole
 is kept when the command runs again (resume), and workers started with
 `--process_index I --process_count P` take shards I, I + P, ...; the one finishing last
-writes the index. A progress bar counts captioned clips.
+writes the index. A progress bar counts captioned clips. `--mesh data=4,fsdp=2` captions
+on a device mesh (the same captions as on one device).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from data_pipelines import latents as latents_lib
 from data_pipelines import storage
 from data_pipelines import usage
 from sora_jax.inference import captioning
+from sora_jax.sharding import mesh as mesh_lib
 
 
 def recaption_split(captioner: captioning.CaptionerRun, records: latents_lib.LatentRecords,
@@ -84,6 +86,7 @@ def run(f) -> dict[str, Any]:
   if epath.Path(storage.absolute(src)) == epath.Path(storage.absolute(out)):
     raise ValueError(f"--out_dir={f.out_dir!r} is --latents: write the recaptioned records "
                      "beside the originals, not over them.")
+  mesh = mesh_lib.make_mesh(mesh_lib.parse_sizes(f.mesh)) if f.mesh else None
   records = latents_lib.LatentRecords(src)  # a clear error when missing
   _, config, extra = captioning.read_captioner_run(f.captioner)
   if config["model"]["source"] != "video":
@@ -96,7 +99,7 @@ def run(f) -> dict[str, Any]:
   if epath.Path(out, latents_lib.METADATA_FILE).exists():
     meta = storage.read_json(storage.join(out, latents_lib.METADATA_FILE))
     return {"out": out, "num_records": meta["num_records"], "kept": True}
-  captioner = captioning.CaptionerRun.load(f.captioner)
+  captioner = captioning.CaptionerRun.load(f.captioner, mesh=mesh)
   t0 = time.time()
   meta = recaption_split(captioner, records, out, labelled=f.labelled,
                          num_shards=f.num_shards, process_index=f.process_index,
@@ -121,6 +124,8 @@ def define_flags():
   flags.DEFINE_integer("batch", 8, "Packed rows captioned together.")
   flags.DEFINE_float("temperature", 0.0, "0 = greedy captions; else sampled.")
   flags.DEFINE_integer("seed", 0, "Sampling seed (a clip's is seed + its record index).")
+  flags.DEFINE_string("mesh", "", "Caption on a device mesh, e.g. data=4,fsdp=2 (params by "
+                      "the fsdp preset, rows over data x fsdp); '' = one device.")
 
 
 def main(argv):

@@ -27,6 +27,8 @@ from data_pipelines import latents as latents_lib
 from data_pipelines import storage
 from sora_jax import checkpoints
 from sora_jax.models import captioner as cap_lib
+from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.sharding import rules as rules_lib
 from sora_jax.text import tokenizer as tok_lib
 
 TRAIN_WHAT = "a captioner (python -m sora_jax.main --config configs/captioner.py ...)"
@@ -42,6 +44,12 @@ def captioner_config(config: Mapping[str, Any], latent_channels: int | None
       token_dim=token_dim, source_len=p["source_len"], **dict(m.get("overrides") or {}))
 
 
+def param_specs(config: cap_lib.CaptionerConfig) -> Any:
+  """Logical PartitionSpecs of a captioner's variables (`sharding/rules.py`)."""
+  ids = jax.ShapeDtypeStruct((1, 1, config.max_len), jnp.int32)
+  return rules_lib.param_specs(cap_lib.Captioner(config), cap_lib.dummy_source(config), ids)
+
+
 def slot_clip_index(segment_ids: np.ndarray, clip_index: np.ndarray,
                     num_slots: int) -> np.ndarray:
   """int [B, K]: the record index of the clip in each slot of packed rows (-1: empty)."""
@@ -55,14 +63,17 @@ def slot_clip_index(segment_ids: np.ndarray, clip_index: np.ndarray,
 
 
 def packed_captions(config: cap_lib.CaptionerConfig, params: Any, tokenizer, batch,
-                    temperature: float = 0.0, seed: int = 0) -> dict[int, str]:
+                    temperature: float = 0.0, seed: int = 0, put=None) -> dict[int, str]:
   """{record index: caption} of the clips of a packed latent batch (`DEVICE_KEYS` +
-  `clip_index`)."""
+  `clip_index`); `put` places the arrays (default: the default device)."""
   k = batch["text_ids"].shape[1]
   index = slot_clip_index(np.asarray(batch["segment_ids"]), np.asarray(batch["clip_index"]),
                           k)
-  source = {key: jnp.asarray(batch[key]) for key in cap_lib.SOURCE_KEYS["video"]}
-  seeds = jnp.asarray((seed + np.maximum(index, 0)) % (1 << 31), jnp.int32)
+  put = put or (lambda arrays: {key: jnp.asarray(v) for key, v in arrays.items()})
+  inputs = put({**{key: np.asarray(batch[key]) for key in cap_lib.SOURCE_KEYS["video"]},
+                "seeds": ((seed + np.maximum(index, 0)) % (1 << 31)).astype(np.int32)})
+  seeds = inputs.pop("seeds")
+  source = inputs
   ids = cap_lib.generate(config, params, source, seeds, length=config.max_len, num_slots=k,
                          temperature=temperature, num_ids=tokenizer.vocab_size)
   texts = tokenizer.decode(np.asarray(ids).reshape(-1, config.max_len))
@@ -95,22 +106,44 @@ class CaptionerRun:
   model_config: cap_lib.CaptionerConfig
   tokenizer: tok_lib.Tokenizer
   params: Any
+  mesh: jax.sharding.Mesh | None = None
 
   @property
   def source(self) -> str:
     return self.model_config.source
 
   @classmethod
-  def load(cls, workdir: str, step: int | None = None) -> CaptionerRun:
+  def load(cls, workdir: str, step: int | None = None,
+           mesh: jax.sharding.Mesh | None = None, rules: str = "fsdp") -> CaptionerRun:
+    """Loads the run's EMA params at `step` (None = the latest): on the default device, or
+    placed on `mesh` by the sharding preset `rules`, with every batch split over the
+    mesh's data and fsdp axes."""
     step, config, extra = read_captioner_run(workdir, step)
     tok_path = extra.get("tokenizer", "tokenizer.model")
     if not (os.path.isabs(tok_path) or "://" in tok_path):
       tok_path = storage.join(workdir, tok_path)
     tokenizer = tok_lib.Tokenizer.load(tok_path)
     state = checkpoints.restore_state_host(workdir, step)
-    channels = extra.get("latent_channels")
-    mcfg = captioner_config(config, channels)
-    return cls(workdir, step, config, mcfg, tokenizer, jax.device_put(state["ema_params"]))
+    mcfg = captioner_config(config, extra.get("latent_channels"))
+    return cls.create(workdir, step, config, mcfg, tokenizer, state["ema_params"], mesh, rules)
+
+  @classmethod
+  def create(cls, workdir: str, step: int, config: dict[str, Any],
+             model_config: cap_lib.CaptionerConfig, tokenizer: tok_lib.Tokenizer, params: Any,
+             mesh: jax.sharding.Mesh | None = None, rules: str = "fsdp") -> CaptionerRun:
+    """A run from params in memory, placed as `load` places them."""
+    if mesh is None:
+      return cls(workdir, step, config, model_config, tokenizer, jax.device_put(params))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    shardings = rules_lib.state_shardings(mesh, abstract, rules, param_specs(model_config))
+    return cls(workdir, step, config, model_config, tokenizer,
+               jax.device_put(params, shardings), mesh)
+
+  def _put(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Batch arrays on the default device, or split over the mesh's batch axes."""
+    if self.mesh is None:
+      return {k: jnp.asarray(v) for k, v in arrays.items()}
+    return jax.device_put(arrays, mesh_lib.batch_sharding(self.mesh))
 
   def _need(self, source: str, what: str) -> None:
     if self.source != source:
@@ -137,8 +170,8 @@ class CaptionerRun:
     out: dict[int, str] = {}
     bar = tqdm(total=len(view), desc="captions", unit="clip", disable=not progress)
     for batch in ds:
-      got = packed_captions(self.model_config, self.params, self.tokenizer, batch,
-                            temperature, seed)
+      got = packed_captions(self.model_config, self.params, self.tokenizer,
+                            self._padded(batch), temperature, seed, self._put)
       out.update(got)
       bar.update(len(got))
     bar.close()
@@ -154,11 +187,29 @@ class CaptionerRun:
       raise ValueError(f"upsample: {len(prompts)} prompts but {len(seeds)} seeds.")
     cfg = self.model_config
     ids, mask, _ = self.tokenizer.encode(list(prompts), cfg.source_len)
-    source = {"source_ids": jnp.asarray(ids[:, None]), "source_mask": jnp.asarray(mask[:, None])}
-    seeds = jnp.asarray(np.asarray(seeds, np.int64)[:, None] % (1 << 31), jnp.int32)
-    out = cap_lib.generate(cfg, self.params, source, seeds, length=cfg.max_len, num_slots=1,
-                           temperature=temperature, num_ids=self.tokenizer.vocab_size)
-    return self.tokenizer.decode(np.asarray(out)[:, 0])
+    inputs = self._padded({"source_ids": ids[:, None], "source_mask": mask[:, None],
+                           "seeds": (np.asarray(seeds, np.int64)[:, None] % (1 << 31)
+                                     ).astype(np.int32)})
+    inputs = self._put(inputs)
+    seeds = inputs.pop("seeds")
+    out = cap_lib.generate(cfg, self.params, inputs, seeds, length=cfg.max_len,
+                           num_slots=1, temperature=temperature,
+                           num_ids=self.tokenizer.vocab_size)
+    return self.tokenizer.decode(np.asarray(out)[:len(prompts), 0])
+
+  def _padded(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows padded (with empty ones: no clip, no prompt) to a multiple of the mesh's batch
+    split, so any batch size runs on any mesh."""
+    if self.mesh is None:
+      return arrays
+    split = math.prod(dict(self.mesh.shape)[a] for a in mesh_lib.BATCH_AXES)
+    n = len(next(iter(arrays.values())))
+    pad = -n % split
+    if not pad:
+      return arrays
+    return {k: np.concatenate([np.asarray(v), np.zeros((pad,) + np.shape(v)[1:],
+                                                       np.asarray(v).dtype)])
+            for k, v in arrays.items()}
 
 
 def upsample_rows(upsampler: CaptionerRun, rows: list[dict], seed: int,

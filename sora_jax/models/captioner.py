@@ -16,12 +16,15 @@ encoder's tokens and a GELU MLP, then logits over `vocab_size` ids. Packed rows 
 captions `[B, K, L]`, laid side by side (`text.flatten_packed_text`): caption k attends
 causally within itself and to the encoder tokens of segment k + 1 only.
 
-Ids: the tokenizer's (0 = padding, which here also ends a caption) plus BOS =
-`vocab_size - 1`, fed before the first word and never generated. Teacher forcing feeds
-`shift_right(ids)` and scores every word and the first padding after it (end of caption).
+Ids: the tokenizer's (0 = padding, which here also ends a caption) plus one BOS per caption
+kind, `vocab_size - 1 - kind` (kind 0 = detailed, 1 = short), fed before the first word and
+never generated: a captioner trained on detailed captions of a few clips and short ones of
+the rest (the alt-text world's data) writes either kind, sharing what it learnt of colour
+and shape between them. Teacher forcing feeds `shift_right(ids, bos)` and scores every word
+and the first padding after it (end of caption).
 
   model = Captioner(config)
-  logits = model.apply(params, source, shift_right(ids, config.bos_id))   # [B, K, L, V]
+  logits = model.apply(params, source, shift_right(ids, config.bos_id()))   # [B, K, L, V]
   ids = generate(config, params, source, seeds, length=L, num_slots=K, temperature=0.0)
 """
 from __future__ import annotations
@@ -59,7 +62,8 @@ class CaptionerConfig:
   Attributes:
     variant: name in `VARIANTS` the size fields came from.
     source: "video" (latent patch tokens) or "text" (a short prompt's ids).
-    vocab_size: output ids: the tokenizer's plus BOS (`bos_id` = vocab_size - 1).
+    vocab_size: output ids: the tokenizer's plus one BOS per caption kind.
+    num_kinds: caption kinds (BOS ids `bos_id(kind)`): 0 detailed, 1 short.
     width, encoder_depth, decoder_depth, num_heads, mlp_ratio: size.
     max_len: longest caption in tokens (the decoder's position table).
     token_dim: features of a latent patch token (video source).
@@ -71,6 +75,7 @@ class CaptionerConfig:
   variant: str = "S"
   source: str = "video"
   vocab_size: int = 512
+  num_kinds: int = 2
   width: int = 128
   encoder_depth: int = 4
   decoder_depth: int = 3
@@ -94,9 +99,14 @@ class CaptionerConfig:
     if self.source == "video":
       rope.axis_pairs(head_dim, rope.VIDEO_PROPORTIONS)
 
+  def bos_id(self, kind=0):
+    """The BOS id of a caption kind (an int, or an int array of kinds)."""
+    return self.vocab_size - 1 - kind
+
   @property
-  def bos_id(self) -> int:
-    return self.vocab_size - 1
+  def num_ids(self) -> int:
+    """Ids below the BOS ids: the most a tokenizer may have."""
+    return self.vocab_size - self.num_kinds
 
   def text_encoder_config(self) -> text_lib.TextEncoderConfig:
     """The short-prompt encoder of the text source."""
@@ -240,18 +250,18 @@ def dummy_source(config: CaptionerConfig, batch: int = 1, tokens: int = 8,
           "source_mask": s((batch, slots, config.source_len), jnp.bool_)}
 
 
-def init_params(config: CaptionerConfig, rng: jax.Array, boxed: bool = False):
-  """Initial variables (unboxed unless `boxed`: the logical partitioning kept)."""
+def init_params(config: CaptionerConfig, rng: jax.Array):
+  """Initial variables, unboxed (no partitioning metadata)."""
   source = {k: jnp.zeros(v.shape, v.dtype) for k, v in dummy_source(config).items()}
   ids = jnp.zeros((1, 1, config.max_len), jnp.int32)
-  variables = Captioner(config).init(rng, source, ids)
-  return variables if boxed else nn.meta.unbox(variables)
+  return nn.meta.unbox(Captioner(config).init(rng, source, ids))
 
 
 # ------------------------------------------------------------------------ loss
-def shift_right(ids: jax.Array, bos_id: int) -> jax.Array:
-  """Decoder input of target ids [..., L]: BOS, then the targets but the last."""
-  bos = jnp.full(ids.shape[:-1] + (1,), bos_id, ids.dtype)
+def shift_right(ids: jax.Array, bos_id) -> jax.Array:
+  """Decoder input of target ids [..., L]: BOS (an int, or one per caption [...]), then the
+  targets but the last."""
+  bos = jnp.broadcast_to(jnp.asarray(bos_id, ids.dtype)[..., None], ids.shape[:-1] + (1,))
   return jnp.concatenate([bos, ids[..., :-1]], axis=-1)
 
 
@@ -283,10 +293,11 @@ def slots_present(config: CaptionerConfig, source: dict[str, jax.Array],
 
 
 # ------------------------------------------------------------------------ generation
-@functools.partial(jax.jit, static_argnames=("config", "length", "num_slots", "num_ids"))
+@functools.partial(jax.jit, static_argnames=("config", "length", "num_slots", "num_ids",
+                                             "kind"))
 def generate(config: CaptionerConfig, params, source: dict[str, jax.Array], seeds: jax.Array,
              *, length: int, num_slots: int, temperature: float | jax.Array = 0.0,
-             num_ids: int | None = None) -> jax.Array:
+             num_ids: int | None = None, kind: int = 0) -> jax.Array:
   """Captions of a batch, one token a step: int32 [B, K, L] in tokenizer ids (0 after
   the end).
 
@@ -299,18 +310,19 @@ def generate(config: CaptionerConfig, params, source: dict[str, jax.Array], seed
     length: L, the longest caption; num_slots: K, captions a row.
     temperature: 0 = greedy; else sampled from softmax(logits / temperature).
     num_ids: the tokenizer's ids (0 .. num_ids - 1): only these are written (the output
-      layer may be larger than the tokenizer; None = every id but BOS).
+      layer may be larger than the tokenizer; None = every id below the BOS ids).
+    kind: the kind of caption to write (0 = detailed).
   """
   model = Captioner(config)
   context, context_seg = model.apply(params, source, method=Captioner.encode)
   b = jax.tree.leaves(source)[0].shape[0]
   keys = jax.vmap(jax.vmap(jax.random.key))(seeds.astype(jnp.uint32))
   temperature = jnp.asarray(temperature, jnp.float32)
-  allowed = min(num_ids or config.bos_id, config.bos_id)  # never BOS
+  allowed = min(num_ids or config.num_ids, config.num_ids)  # never a BOS
 
   def body(j, carry):
     ids, done = carry
-    logits = model.apply(params, shift_right(ids, config.bos_id), context, context_seg,
+    logits = model.apply(params, shift_right(ids, config.bos_id(kind)), context, context_seg,
                          method=Captioner.decode)[:, :, j]
     logits = jnp.where(jnp.arange(config.vocab_size) < allowed, logits, -jnp.inf)
     step_keys = jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, j)))(keys)

@@ -8,8 +8,11 @@ captioner trains on exactly the latents a DiT of the same data sees:
                   detailed one by default);
   source "text":  the short caption -> the detailed one, one pair a row
                   (`data_pipelines/caption_pairs.py`): the prompt upsampler.
-`data.labelled` > 0 trains on the first that many training records only (the labelled
-share of the recaptioning study; 0 = all).
+`data.labelled` > 0: the first that many training records are the labelled share (the
+recaptioning study's alt-text world); with `data.short_rest` every other record trains the
+captioner on its short caption, as a caption of the other kind (`models/captioner.py`: a
+BOS per kind), so colour and shape are learnt from every clip; else only the labelled share
+trains it. 0 = every record, its `data.caption`.
 
 Loss: cross-entropy of teacher-forced next tokens over each caption's words and its end
 (`models/captioner.py`). Evaluation (EMA params): the validation loss and token accuracy,
@@ -23,7 +26,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,11 +61,14 @@ class CaptionerTask(dit_task.DiTTask):
 
   @property
   def vocab_limit(self) -> tuple[str, int]:
-    return "config.model.vocab_size - 1 (one id is BOS)", int(self.config.model.vocab_size) - 1
+    kinds = cap_lib.CaptionerConfig.num_kinds
+    return (f"config.model.vocab_size - {kinds} (the BOS ids)",
+            int(self.config.model.vocab_size) - kinds)
 
   @property
   def device_keys(self) -> tuple[str, ...]:
-    return cap_lib.SOURCE_KEYS[self.source] + TEXT_KEYS
+    kind = ("caption_kind",) if self.source == "video" else ()
+    return cap_lib.SOURCE_KEYS[self.source] + TEXT_KEYS + kind
 
   # ---------------------------------------------------------------------- bad input
   def validate(self) -> None:
@@ -78,6 +83,9 @@ class CaptionerTask(dit_task.DiTTask):
     if config.data.caption not in latents_lib.RECORD_CAPTIONS:
       raise ValueError(f"config.data.caption={config.data.caption!r}: the caption the "
                        f"captioner learns to write; one of {latents_lib.RECORD_CAPTIONS}.")
+    if config.data.labelled and config.data.caption == "short":
+      raise ValueError("config.data.caption='short' with labelled > 0: the labelled share "
+                       "is the one with detailed captions; use caption=detailed.")
     if config.data.labelled < 0:
       raise ValueError(f"config.data.labelled={config.data.labelled}; expected >= 0 (0 = "
                        "every training record).")
@@ -97,11 +105,8 @@ class CaptionerTask(dit_task.DiTTask):
                              jax.tree.map(jnp.copy, params))
 
   def state_shardings(self, mesh, abstract_state):
-    cfg = self.model_config
-    specs = nn.get_partition_spec(jax.eval_shape(
-        lambda rng: cap_lib.init_params(cfg, rng, boxed=True), jax.random.key(0)))
     return rules_lib.state_shardings(mesh, abstract_state, rules_lib.preset_of(self.config),
-                                     specs)
+                                     captioning.param_specs(self.model_config))
 
   # ---------------------------------------------------------------------- data
   def _pairs(self, split: str, num: int | None = None) -> list[tuple[str, str]]:
@@ -112,9 +117,15 @@ class CaptionerTask(dit_task.DiTTask):
         self.config.data.caption], num)
 
   def make_dataset(self, split: str, train: bool, batch_size: int, num_clips=None,
-                   process_shard: tuple[int, int] | None = None):
+                   process_shard: tuple[int, int] | None = None, records=None):
     if self.source == "video":
-      return super().make_dataset(split, train, batch_size, num_clips, process_shard)
+      labelled, short_rest = 0, False
+      if split == "train" and train:
+        labelled, short_rest = self.config.data.labelled, self.config.data.short_rest
+      records = AltTextRecords(self.latent_records(split), labelled, short_rest,
+                               latents_lib.RECORD_KEYS[self.config.data.caption])
+      return super().make_dataset(split, train, batch_size, num_clips, process_shard,
+                                  records)
     p = self.config.packing
     index, count = process_shard or (None, None)
     return caption_pairs.make_pair_dataset(
@@ -123,8 +134,10 @@ class CaptionerTask(dit_task.DiTTask):
         process_index=index, process_count=count)
 
   def make_train_data(self, process_shard: tuple[int, int] | None = None):
+    d = self.config.data
+    only_labelled = d.labelled and (self.source == "text" or not d.short_rest)
     return self.make_dataset("train", True, self.config.train.batch_size,
-                             num_clips=self.config.data.labelled or None,
+                             num_clips=d.labelled if only_labelled else None,
                              process_shard=process_shard)
 
   def device_batch(self, batch, mesh) -> dict[str, jax.Array]:
@@ -134,9 +147,12 @@ class CaptionerTask(dit_task.DiTTask):
   def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
     s, b, p = jax.ShapeDtypeStruct, self.config.train.batch_size, self.config.packing
     k = p.max_clips if self.source == "video" else 1
-    source = cap_lib.dummy_source(self.model_config, b, p.seq_len, 1)
-    return {**source, "text_ids": s((b, k, p.text_len), jnp.int32),
-            "text_mask": s((b, k, p.text_len), jnp.bool_)}
+    out = {**cap_lib.dummy_source(self.model_config, b, p.seq_len, 1),
+           "text_ids": s((b, k, p.text_len), jnp.int32),
+           "text_mask": s((b, k, p.text_len), jnp.bool_)}
+    if self.source == "video":
+      out["caption_kind"] = s((b, k), jnp.int32)
+    return out
 
   # ---------------------------------------------------------------------- step
   def make_train_step(self):
@@ -197,6 +213,31 @@ class CaptionerTask(dit_task.DiTTask):
             "latent_channels": int(self.latent_shapes[0][3])}
 
 
+class AltTextRecords:
+  """Latent records as the captioner trains on them: each with its `caption_kind`.
+
+  The first `labelled` records (all when 0) keep their `key` caption (kind 0); with
+  `short_rest` the others give their short caption in its place (kind 1), else they are
+  read as they are (the pipeline's `num_clips` keeps them out).
+  """
+
+  def __init__(self, records, labelled: int, short_rest: bool, key: str):
+    self.records, self.labelled, self.short_rest, self.key = (records, labelled, short_rest,
+                                                              key)
+    self.shapes = records.shapes
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    rec = dict(self.records[i])
+    short = self.labelled and self.short_rest and int(i) >= self.labelled
+    if short:
+      rec[self.key] = rec["short_caption"]
+    rec["caption_kind"] = int(bool(short))
+    return rec
+
+
 def _truth(records, index: int, key: str) -> str:
   if isinstance(records, encode_latents.OnTheFlyLatents):
     records = records.source.records
@@ -218,7 +259,8 @@ def _loss(cfg: cap_lib.CaptionerConfig, params, batch):
   source = {k: batch[k] for k in cap_lib.SOURCE_KEYS[cfg.source]}
   ids, mask = batch["text_ids"], batch["text_mask"]
   present = cap_lib.slots_present(cfg, source, ids.shape[1])
-  logits = cap_lib.Captioner(cfg).apply(params, source, cap_lib.shift_right(ids, cfg.bos_id))
+  bos = cfg.bos_id(batch.get("caption_kind", 0))
+  logits = cap_lib.Captioner(cfg).apply(params, source, cap_lib.shift_right(ids, bos))
   return cap_lib.caption_loss(logits, ids, mask, present)
 
 

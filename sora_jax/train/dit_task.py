@@ -280,12 +280,13 @@ class DiTTask:
 
   # ---------------------------------------------------------------------- data
   def make_dataset(self, split: str, train: bool, batch_size: int, num_clips=None,
-                   process_shard: tuple[int, int] | None = None):
-    """Packed batches of `split`; `process_shard` = (index, count) of this process's rows."""
+                   process_shard: tuple[int, int] | None = None, records=None):
+    """Packed batches of `split` (or of `records` in its place); `process_shard` = (index,
+    count) of this process's rows."""
     config, p = self.config, self.config.packing
     index, count = process_shard or (None, None)
     return latents_lib.make_latent_dataset(
-        self.latent_records(split), self.tokenizer, patch=tuple(config.model.patch),
+        self.latent_records(split) if records is None else records, self.tokenizer, patch=tuple(config.model.patch),
         seq_len=p.seq_len, max_clips=p.max_clips, text_len=p.text_len,
         batch_size=batch_size, seed=config.seed, train=train, caption=config.data.caption,
         num_bins=p.num_bins, num_clips=num_clips, process_index=index,
