@@ -28,6 +28,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top
+from data_pipelines import usage
 from data_pipelines.shapes_world import captions as caption_scores
 from data_pipelines.shapes_world import generator
 from data_pipelines.shapes_world import world
@@ -118,9 +119,14 @@ def main(argv=None):
   parser.add_argument("--seeds", type=int, default=4, help="upsampler: seeds per prompt")
   parser.add_argument("--machine", default=platform.node())
   args = parser.parse_args(argv)
-  cap = captioning.CaptionerRun.load(args.captioner)
+  try:
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    if any(len(s) != 3 for s in sizes) or args.n < 1:
+      raise ValueError(f"--sizes {args.sizes!r} (TxHxW[,TxHxW...]) and --n {args.n} (>= 1)")
+    cap = captioning.CaptionerRun.load(args.captioner)
+  except ValueError as e:  # bad input: one line, exit code 2
+    usage.fail(str(e))
   splits = args.splits.split(",")
-  sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
   t0 = time.time()
   if cap.source == "video":
     result = score_captioner(cap, splits, sizes, args.n, args.level, args.batch)

@@ -19,6 +19,8 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
                record on its short one (a caption of another kind; the alt-text world).
   short_rest   with labelled > 0: the other records train on their short captions (True),
                or not at all (False).
+  labelled_weight  with short_rest: the labelled records' share of the training stream
+               (they are repeated to it; default 0.5).
   caption      the caption it learns to write: detailed (default), short or synthetic.
   steps, batch, lr, warmup, ema   training steps, global batch (packed rows), peak LR,
                warm-up, EMA decay (evaluation and loading use the EMA).
@@ -33,7 +35,8 @@ from configs import common
 from configs import dit as dit_configs
 
 _DEFAULTS = dict(
-    source="video", variant="S", labelled=0, short_rest=True, caption="detailed", steps=3000, batch=8,
+    source="video", variant="S", labelled=0, short_rest=True, labelled_weight=0.5,
+    caption="detailed", steps=3000, batch=8,
     lr=1e-3, warmup=100, ema=0.99, vae_workdir="", latents="on_the_fly",
     sizes="17x64x64+17x64x64+17x64x64+1x64x64", level="basic", data_dir="data/tfds",
     num_train=4096, patch="1x4x4", seq_len=320, max_clips=8, text_len=32, source_len=12,
@@ -48,17 +51,10 @@ def get_config(arg=None):
   common.add_mesh(config, arg.rules)
   config.model = {"variant": arg.variant, "source": arg.source, "vocab_size": 514,
                   "patch": dit_configs.parse_patch(arg.patch), "overrides": {}}
-  # '' = trained from the training captions (as the DiT's), written to WORKDIR/tokenizer.model.
-  config.tokenizer = {"path": "", "vocab_size": 512, "num_clips": 2000}
-  config.vae = {"workdir": arg.vae_workdir,
-                "random_model": {"variant": "tiny", "base_channels": 8, "norm_groups": 4,
-                                 "latent_channels": 8}}
-  sizes = common.parse_sizes(arg.sizes, "config sizes", max_side=256)
-  config.data = common.shapes_world_data(arg.level, sizes, arg.num_train, 64, arg.data_dir)
-  config.data.latents = arg.latents
-  config.data.caption = arg.caption
+  dit_configs.add_latent_data(config, arg)
   config.data.labelled = arg.labelled
   config.data.short_rest = arg.short_rest
+  config.data.labelled_weight = arg.labelled_weight
   config.packing = {"seq_len": arg.seq_len, "max_clips": arg.max_clips,
                     "text_len": arg.text_len, "source_len": arg.source_len, "num_bins": 4}
   config.ema = arg.ema

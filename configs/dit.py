@@ -73,6 +73,21 @@ def parse_patch(text: str) -> tuple[int, int, int]:
   return patch
 
 
+def add_latent_data(config: ml_collections.ConfigDict, arg) -> None:
+  """The `tokenizer`, `vae` and `data` sections of a config that reads VAE latents of
+  Shapes World (the DiT's, and the captioner's: the same arguments read the same latents)."""
+  # '' = trained from the training captions, written to WORKDIR/tokenizer.model.
+  config.tokenizer = {"path": "", "vocab_size": 512, "num_clips": 2000}
+  # The tiny VAE used only when vae_workdir is empty (random init; tests and runlocal).
+  config.vae = {"workdir": arg.vae_workdir,
+                "random_model": {"variant": "tiny", "base_channels": 8, "norm_groups": 4,
+                                 "latent_channels": 8}}
+  sizes = common.parse_sizes(arg.sizes, "config sizes", max_side=256)
+  config.data = common.shapes_world_data(arg.level, sizes, arg.num_train, 64, arg.data_dir)
+  config.data.latents = arg.latents
+  config.data.caption = arg.caption
+
+
 def get_config(arg=None):
   arg = common.parse_arg(arg, **_DEFAULTS)
   for key in ("width", "depth", "heads"):
@@ -91,17 +106,7 @@ def get_config(arg=None):
   config.model.overrides.update({k: v for k, v in shape.items() if v})
   config.text = {"variant": arg.text, "vocab_size": 512,
                  "overrides": {"position": arg.text_pos}}
-  # '' = trained from the training captions, written to WORKDIR/tokenizer.model.
-  config.tokenizer = {"path": "", "vocab_size": 512, "num_clips": 2000}
-  # The tiny VAE used only when vae_workdir is empty (random init; tests and runlocal).
-  config.vae = {"workdir": arg.vae_workdir,
-                "random_model": {"variant": "tiny", "base_channels": 8, "norm_groups": 4,
-                                 "latent_channels": 8}}
-
-  sizes = common.parse_sizes(arg.sizes, "config sizes", max_side=256)
-  config.data = common.shapes_world_data(arg.level, sizes, arg.num_train, 64, arg.data_dir)
-  config.data.latents = arg.latents
-  config.data.caption = arg.caption
+  add_latent_data(config, arg)
   config.data.synthetic_share = arg.synthetic_share
   if arg.workers and arg.latents == "on_the_fly":
     raise ValueError(f"Config argument workers={arg.workers} needs precomputed latents "

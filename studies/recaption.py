@@ -9,7 +9,8 @@ Every training clip of the demo's latents keeps only its short caption (`a red c
 except a labelled share, the first `--labelled` records (5%: about what a team can caption
 by hand, and what DALL-E 3 kept of original captions), which keep their detailed ones.
 Stages (each resumes; outputs under --workdir):
-  captioner_L   a captioner (configs/captioner.py) trained on the labelled share; also one
+  captioner_L   a captioner (configs/captioner.py) trained on the labelled share's detailed
+                captions and every other clip's short one (short_rest); at the end also one
                 per `--curve` count, for accuracy against the labelled count
   accuracy      their caption accuracy on test and compositional clips
                 (benchmarks/captioner.py)
@@ -161,8 +162,7 @@ def main(argv=None) -> None:
   save = lambda: storage.write_json(state_path, record, indent=2)
   demo_config = demo_configs.get_config()
 
-  counts = [args.labelled] + [int(c) for c in args.curve.split(",") if c]
-  for count in counts:
+  def captioner(count):  # trained and scored once
     cap_dir = storage.join(work, f"captioner_{count}")
     _timed(record, f"captioner_{count}", lambda: train_captioner(
         demo, cap_dir, count, args.captioner_steps))
@@ -170,6 +170,8 @@ def main(argv=None) -> None:
         captioning.CaptionerRun.load(cap_dir), ["test", "compositional"],
         [(17, 64, 64), (1, 64, 64)], args.caption_n, "basic", 16))
     save()
+
+  captioner(args.labelled)
 
   latents = storage.join(work, "latents")
   cap = storage.join(work, f"captioner_{args.labelled}")
@@ -209,6 +211,10 @@ def main(argv=None) -> None:
   _timed(record, "upsample", lambda: upsampling(demo, up_dir, storage.join(work, "upsample"),
                                                 args.n, demo_config))
   save()
+
+  counts = [args.labelled] + [int(c) for c in args.curve.split(",") if c]
+  for count in counts[1:]:  # last: the arms do not need them
+    captioner(count)
 
   sheet = contact_sheet(work, arms, args.out.replace(".json", "_contact_sheet.png"),
                         min(4, args.n))

@@ -41,3 +41,9 @@ def test_long_video_memory_bad_lengths_is_one_clear_error():
   assert out.returncode == 2, out.stderr
   assert "--seconds '10,forever': expected lengths in (0, 3600] s" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+def test_captioner_benchmark_needs_a_captioner_run(tmp_path):
+  out = scripts.run("benchmarks/captioner.py", "--captioner", str(tmp_path))
+  assert out.returncode == 2, out.stderr
+  assert "has no checkpoints/ directory" in out.stderr and "Traceback" not in out.stderr

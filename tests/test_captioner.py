@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import scripts
 from configs import captioner as captioner_config
 from configs import dit as dit_config
 from data_pipelines import latents as latents_lib
@@ -213,9 +214,19 @@ def test_captioner_and_upsampler_train_resume_and_load(latents, tmp_path):
   seen = {int(i) for _ in range(6) for i in np.unique(next(it)["clip_index"]) if i >= 0}
   assert seen <= set(range(6)) and len(seen) > 1
 
+  # the accuracy benchmark: rendered clips through the run's own (random) VAE
+  bench = scripts.load("captioner", "captioner_bench", folder="benchmarks")
+  res = bench.score_captioner(run, ["test"], [(5, 32, 32)], 3, "basic", 2)
+  assert res["test"]["n"] == 3 and 0 <= res["test"]["all"] <= 1
+  assert res["test/5x32x32"]["examples"][0]["truth"] == generator.make_clip(
+      "test", 0, 5, 32, 32, "basic").caption
+
   up = str(tmp_path / "up")
   loop.train_and_evaluate(_cap_config(data_dir, ",source=text"), up)
   upsampler = captioning.CaptionerRun.load(up)
+  res = bench.score_upsampler(upsampler, ["test"], [(5, 32, 32)], 3, "basic", 1.0, 2)
+  assert res["test/5x32x32/t1"]["n"] == 6 and 1 <= res["test/5x32x32/t1"][
+      "distinct_per_prompt"] <= 2
   a = upsampler.upsample(["a red circle", "a blue square"], seeds=[0, 1], temperature=1.0)
   assert a == upsampler.upsample(["a red circle", "a blue square"], seeds=[0, 1],
                                  temperature=1.0)
@@ -376,3 +387,18 @@ def test_captions_and_upsampling_on_a_mesh_equal_one_devices():
         got = [r.caption_records(_Latents(5, 8), batch_size=2, temperature=temperature)
                for r in runs]
       assert got[0] == got[1], (source, temperature)
+
+
+def test_alt_text_records_weigh_the_labelled_share_and_swap_in_short_captions():
+  records = _Records(100)
+  alt = captioner_task.AltTextRecords(records, 5, True, "caption", labelled_weight=0.5)
+  recs = [alt[i] for i in range(len(alt))]
+  labelled = [r for r in recs if r["caption_kind"] == 0]
+  assert len(alt) == 190 and len(labelled) == 95  # 5 records x 19: half the stream
+  assert {r["index"] for r in labelled} == set(range(5))
+  assert all(r["caption"] == f"d{r['index']}" for r in labelled)
+  assert all(r["caption"] == f"s{r['index']}" for r in recs if r["caption_kind"] == 1)
+  assert len(alt.shapes) == 190
+  plain = captioner_task.AltTextRecords(records, 5, False, "caption")
+  assert len(plain) == 100 and {plain[i]["caption_kind"] for i in range(100)} == {0}
+  assert plain[50]["caption"] == "d50"  # read as is (num_clips keeps it out of training)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,8 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from data_pipelines import latents as latents_lib
-from data_pipelines import storage
 from sora_jax import checkpoints
+from sora_jax.inference import run as run_lib
 from sora_jax.models import captioner as cap_lib
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import rules as rules_lib
@@ -73,8 +72,7 @@ def packed_captions(config: cap_lib.CaptionerConfig, params: Any, tokenizer, bat
   inputs = put({**{key: np.asarray(batch[key]) for key in cap_lib.SOURCE_KEYS["video"]},
                 "seeds": ((seed + np.maximum(index, 0)) % (1 << 31)).astype(np.int32)})
   seeds = inputs.pop("seeds")
-  source = inputs
-  ids = cap_lib.generate(config, params, source, seeds, length=config.max_len, num_slots=k,
+  ids = cap_lib.generate(config, params, inputs, seeds, length=config.max_len, num_slots=k,
                          temperature=temperature, num_ids=tokenizer.vocab_size)
   texts = tokenizer.decode(np.asarray(ids).reshape(-1, config.max_len))
   return {int(i): t for i, t in zip(index.reshape(-1), texts) if i >= 0}
@@ -98,7 +96,8 @@ class CaptionerRun:
     workdir, step, config: the run, the step loaded and its config JSON.
     model_config: the `CaptionerConfig`.
     tokenizer: the run's tokenizer.
-    params: the EMA params, on the default device.
+    params: the EMA params, on the default device or placed on `mesh`.
+    mesh: None, or the mesh that params and batches are split over.
   """
   workdir: str
   step: int
@@ -119,10 +118,7 @@ class CaptionerRun:
     placed on `mesh` by the sharding preset `rules`, with every batch split over the
     mesh's data and fsdp axes."""
     step, config, extra = read_captioner_run(workdir, step)
-    tok_path = extra.get("tokenizer", "tokenizer.model")
-    if not (os.path.isabs(tok_path) or "://" in tok_path):
-      tok_path = storage.join(workdir, tok_path)
-    tokenizer = tok_lib.Tokenizer.load(tok_path)
+    tokenizer = run_lib.run_tokenizer(workdir, extra)
     state = checkpoints.restore_state_host(workdir, step)
     mcfg = captioner_config(config, extra.get("latent_channels"))
     return cls.create(workdir, step, config, mcfg, tokenizer, state["ema_params"], mesh, rules)

@@ -182,6 +182,14 @@ def read_dit_configs(workdir: str, step: int | None = None
   return dit_configs(config, vcfg.latent_channels)[0], vcfg
 
 
+def run_tokenizer(workdir: str, extra: Mapping[str, Any]) -> tok_lib.Tokenizer:
+  """The tokenizer a run's checkpoint names (a relative path is the run's own file)."""
+  path = extra.get("tokenizer", "tokenizer.model")
+  if not (os.path.isabs(path) or "://" in path):
+    path = storage.join(workdir, path)
+  return tok_lib.Tokenizer.load(path)
+
+
 def vae_of_run(workdir: str, config: Mapping[str, Any], extra: Mapping[str, Any]) -> FrozenVAE:
   """The VAE a DiT run's latents came from, with the normalisation it trained on."""
   path, _ = _run_vae_source(workdir, config, extra)
@@ -251,10 +259,7 @@ class Run:
     step, config, extra = read_dit_run(workdir, step)
     vae = vae_of_run(workdir, config, extra)
     dcfg, tcfg = dit_configs(config, vae.config.latent_channels)
-    tok_path = extra.get("tokenizer", "tokenizer.model")
-    if not (os.path.isabs(tok_path) or "://" in tok_path):  # relative: to the run
-      tok_path = storage.join(workdir, tok_path)
-    tokenizer = tok_lib.Tokenizer.load(tok_path)
+    tokenizer = run_tokenizer(workdir, extra)
     state = checkpoints.restore_state_host(workdir, step)
     params = state["ema_params" if use_ema else "params"]
     if mesh is None:

@@ -12,7 +12,8 @@ captioner trains on exactly the latents a DiT of the same data sees:
 recaptioning study's alt-text world); with `data.short_rest` every other record trains the
 captioner on its short caption, as a caption of the other kind (`models/captioner.py`: a
 BOS per kind), so colour and shape are learnt from every clip; else only the labelled share
-trains it. 0 = every record, its `data.caption`.
+trains it. 0 = every record, its `data.caption`. `data.labelled_weight`: the labelled
+share's part of the training stream (`AltTextRecords`).
 
 Loss: cross-entropy of teacher-forced next tokens over each caption's words and its end
 (`models/captioner.py`). Evaluation (EMA params): the validation loss and token accuracy,
@@ -86,6 +87,9 @@ class CaptionerTask(dit_task.DiTTask):
     if config.data.labelled and config.data.caption == "short":
       raise ValueError("config.data.caption='short' with labelled > 0: the labelled share "
                        "is the one with detailed captions; use caption=detailed.")
+    if not 0 < config.data.labelled_weight < 1:
+      raise ValueError(f"config.data.labelled_weight={config.data.labelled_weight}; "
+                       "expected a share in (0, 1).")
     if config.data.labelled < 0:
       raise ValueError(f"config.data.labelled={config.data.labelled}; expected >= 0 (0 = "
                        "every training record).")
@@ -123,7 +127,8 @@ class CaptionerTask(dit_task.DiTTask):
       if split == "train" and train:
         labelled, short_rest = self.config.data.labelled, self.config.data.short_rest
       records = AltTextRecords(self.latent_records(split), labelled, short_rest,
-                               latents_lib.RECORD_KEYS[self.config.data.caption])
+                               latents_lib.RECORD_KEYS[self.config.data.caption],
+                               self.config.data.labelled_weight)
       return super().make_dataset(split, train, batch_size, num_clips, process_shard,
                                   records)
     p = self.config.packing
@@ -217,24 +222,37 @@ class AltTextRecords:
   """Latent records as the captioner trains on them: each with its `caption_kind`.
 
   The first `labelled` records (all when 0) keep their `key` caption (kind 0); with
-  `short_rest` the others give their short caption in its place (kind 1), else they are
-  read as they are (the pipeline's `num_clips` keeps them out).
+  `short_rest` the others give their short caption in its place (kind 1), and the labelled
+  records are listed `repeat` times over, so that they are `labelled_weight` of the
+  stream (at 5% labelled, one pass in twenty would leave the words only they teach, the
+  motions, sizes and regions, undertrained); without it, the others are read as they are
+  (the pipeline's `num_clips` keeps them out).
   """
 
-  def __init__(self, records, labelled: int, short_rest: bool, key: str):
-    self.records, self.labelled, self.short_rest, self.key = (records, labelled, short_rest,
-                                                              key)
-    self.shapes = records.shapes
+  def __init__(self, records, labelled: int, short_rest: bool, key: str,
+               labelled_weight: float = 0.5):
+    self.records, self.key = records, key
+    n = len(records)
+    self.labelled = labelled if labelled and short_rest and labelled < n else 0
+    self.repeat = 1
+    if self.labelled:
+      rest = n - self.labelled
+      self.repeat = max(1, round(labelled_weight / (1 - labelled_weight) * rest
+                                 / self.labelled))
+    head = np.tile(np.arange(self.labelled), self.repeat)
+    self._index = np.concatenate([head, np.arange(self.labelled, n)]).astype(np.int64)
+    self.shapes = np.asarray(records.shapes)[self._index]
 
   def __len__(self) -> int:
-    return len(self.records)
+    return len(self._index)
 
   def __getitem__(self, i: int) -> dict[str, Any]:
-    rec = dict(self.records[i])
-    short = self.labelled and self.short_rest and int(i) >= self.labelled
+    j = int(self._index[int(i)])
+    rec = dict(self.records[j])
+    short = bool(self.labelled) and j >= self.labelled
     if short:
       rec[self.key] = rec["short_caption"]
-    rec["caption_kind"] = int(bool(short))
+    rec["caption_kind"] = int(short)
     return rec
 
 
