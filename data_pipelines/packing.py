@@ -12,8 +12,7 @@ A packed example (numpy):
   loss_weight  [N]        float32 1 / (tokens of its clip), 0 at padding: a clip sums to 1
   text_ids     [K, L]     int32 caption of clip row j (K = max_clips; unused rows all 0)
   text_mask    [K, L]     bool
-  any other key of the examples (a per-clip value, e.g. the captioner's `caption_kind`)
-               [K, ...]   clip row j's value (unused rows 0)
+  caption_kind [K]        int32, when the examples carry it (the captioner's; unused rows 0)
 Segment s (1-based) owns caption row s - 1. The model encodes each caption row on its own,
 lays the K rows side by side (`sora_jax.models.text.flatten_packed_text`) with text segment
 ids j + 1, and cross-attention compares token segment ids with text segment ids: every
@@ -37,6 +36,9 @@ import numpy as np
 from data_pipelines import patches
 
 TOKEN_FEATURES = ("tokens", "positions", "clip_index", "loss_weight")
+# Per-clip values, packed one row per clip: the caption, and (optional) the kind of caption
+# the captioner trains on (`sora_jax/train/captioner_task.py`).
+CLIP_FEATURES = ("text_ids", "text_mask", "caption_kind")
 
 
 def clip_example(latents: np.ndarray, text_ids: np.ndarray, text_mask: np.ndarray,
@@ -71,8 +73,7 @@ class _Bin:
                  for k in TOKEN_FEATURES}
     self.data["clip_index"][:] = -1
     self.data["segment_ids"] = np.zeros((seq_len,), np.int32)
-    # Per-clip values (the caption and any extra): one row per clip.
-    self.clip_keys = [k for k in like if k not in TOKEN_FEATURES]
+    self.clip_keys = [k for k in CLIP_FEATURES if k in like]
     for k in self.clip_keys:
       value = np.asarray(like[k])
       self.data[k] = np.zeros((max_clips, *value.shape), value.dtype)
@@ -130,7 +131,8 @@ def pack_dataset(ds: grain.IterDataset, seq_len: int, max_clips: int,
   given out; a restore re-packs that round and skips them.
 
   Args:
-    ds: yields `clip_example` dicts (extra keys are per-clip values, packed [K, ...]).
+    ds: yields `clip_example` dicts (keys beyond TOKEN_FEATURES and CLIP_FEATURES are
+      dropped).
     seq_len, max_clips, num_bins: as in `pack_examples`.
   """
   return _PackDataset(ds, seq_len, max_clips, num_bins)

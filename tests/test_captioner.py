@@ -278,6 +278,9 @@ def test_recaption_writes_synthetic_captions_in_shards_and_the_dit_trains_on_the
                               "caption=synthetic")
   with pytest.raises(ValueError, match="no synthetic captions"):
     dit_task.DiTTask(cfg).validate()
+  cfg = dit_config.get_config(f"runlocal=True,data_dir={data_dir},caption=blend")
+  with pytest.raises(ValueError, match="set latents=DIR"):
+    dit_task.DiTTask(cfg).validate()
 
 
 class _Records:

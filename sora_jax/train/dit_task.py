@@ -168,7 +168,11 @@ class DiTTask:
     conditioning.check_mixture(config.tasks)
     self._validate_sources()
     self.check_clip_tokens(self.dit_config.patch)  # also: unknown fields, head dims
-    if config.data.caption in ("synthetic", "blend") and not self.on_the_fly:
+    if config.data.caption in ("synthetic", "blend") and self.on_the_fly:
+      raise ValueError(f"config.data.caption={config.data.caption!r} reads the synthetic "
+                       "captions of recaptioned latents: set latents=DIR (python -m "
+                       "sora_jax.data.recaption writes them).")
+    if config.data.caption in ("synthetic", "blend"):
       for split in ("train", config.eval.split):
         if "synthetic_caption" not in self.latent_records(split)[0]:
           raise ValueError(f"config.data.caption={config.data.caption!r}, but the {split} "
