@@ -37,12 +37,7 @@ def _parse(text: str) -> evaluator.Prompt | None:
 
 def _grammatical(text: str) -> bool:
   """Whether the text holds nothing but the grammar's phrases (no stray words)."""
-  stripped = evaluator._OBJECT_RE.sub("", text)  # pylint: disable=protected-access
-  for pattern in (evaluator._BACKGROUND_RE, evaluator._CAMERA_RE,  # pylint: disable=protected-access
-                  evaluator._PILLAR_RE):  # pylint: disable=protected-access
-    stripped = pattern.sub("", stripped)
-  leftover = set(stripped.lower().replace(".", " ").replace(",", " ").split())
-  return leftover <= {"a", "an", "and", "on", "background"}
+  return evaluator.leftover_words(text) <= {"a", "an", "and", "on", "background"}
 
 
 def compare(generated: str, truth: str) -> dict[str, bool]:

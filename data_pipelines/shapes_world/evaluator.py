@@ -107,6 +107,13 @@ def parse_prompt(prompt: str) -> Prompt:
                 bool(_PILLAR_RE.search(prompt)))
 
 
+def leftover_words(prompt: str) -> set[str]:
+  """The words of a prompt outside every phrase the grammar parses (lower case)."""
+  for pattern in (_OBJECT_RE, _BACKGROUND_RE, _CAMERA_RE, _PILLAR_RE):
+    prompt = pattern.sub("", prompt)
+  return set(prompt.lower().replace(".", " ").replace(",", " ").split())
+
+
 # --- Measurements --------------------------------------------------------------------
 def classify(video: np.ndarray) -> np.ndarray:
   """Nearest palette index per pixel: int32 [T, H, W].
