@@ -14,6 +14,9 @@ Arguments (after the colon, comma-separated key=value; unknown keys are an error
   width, depth, heads   override the preset's shape (0 = the preset's; width % heads == 0).
   text         text encoder preset (sora_jax/models/text.py VARIANTS): tiny, S, B, L.
   text_pos     its positions: rope+learned (default: the table carries word order), rope, learned.
+  text_encoder joint (default: the `text` preset, trained with the DiT) or t5: a frozen T5
+               encoder, its weights from --config.text.path (a transformers folder) or, with
+               no path, a seeded random small T5 (`T5_SMOKE`; a smoke test of the frozen path).
   steps, batch, lr, warmup   training steps, global batch (packed sequences), peak LR, warm-up.
   optimizer    adamw (default) or muon (Muon on hidden matrices, AdamW on the rest; train/optim.py).
   vae_workdir  a finished VAE run ('' = a randomly initialised tiny VAE, loudly logged).
@@ -60,7 +63,12 @@ _DEFAULTS = dict(
     sizes="17x64x64+1x64x64", level="full", data_dir="data/tfds", num_train=4096,
     peak_flops=0.0, seed=0, eval_every=2000, rules="fsdp", attention="", prediction="x0",
     pos_embed="none", adaln="per_block", t_mean=1.0, t_std=1.0, sample_shift=0.0, workers=0,
-    remat="none", runlocal=False)
+    remat="none", text_encoder="joint", runlocal=False)
+# The frozen T5 of text_encoder=t5 without weights: a small random UMT5-like encoder.
+T5_SMOKE = {"vocab_size": 512, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2,
+            "num_heads": 4, "relative_attention_num_buckets": 32,
+            "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+            "per_layer_position_bias": True}
 
 
 def parse_patch(text: str) -> tuple[int, int, int]:
@@ -76,10 +84,13 @@ def parse_patch(text: str) -> tuple[int, int, int]:
 def add_latent_data(config: ml_collections.ConfigDict, arg) -> None:
   """The `tokenizer`, `vae` and `data` sections of a config that reads VAE latents of
   Shapes World (the DiT's, and the captioner's: the same arguments read the same latents)."""
-  # '' = trained from the training captions, written to WORKDIR/tokenizer.model.
-  config.tokenizer = {"path": "", "vocab_size": 512, "num_clips": 2000}
-  # The tiny VAE used only when vae_workdir is empty (random init; tests and runlocal).
-  config.vae = {"workdir": arg.vae_workdir,
+  # '' = trained from the training captions, written to WORKDIR/tokenizer.model; kind "t5":
+  # a pretrained encoder's sentencepiece model (its spiece.model or folder) at path.
+  config.tokenizer = {"path": "", "vocab_size": 512, "num_clips": 2000,
+                      "kind": "sentencepiece"}
+  # The tiny VAE used only when vae_workdir is empty (random init; tests and runlocal);
+  # `wan`: a diffusers Wan2.1 VAE folder instead (configs/wan.py).
+  config.vae = {"workdir": arg.vae_workdir, "wan": "",
                 "random_model": {"variant": "tiny", "base_channels": 8, "norm_groups": 4,
                                  "latent_channels": 8}}
   sizes = common.parse_sizes(arg.sizes, "config sizes", max_side=256)
@@ -99,13 +110,18 @@ def get_config(arg=None):
   common.add_mesh(config, arg.rules)
 
   # x0-prediction: see `prediction` in sora_jax/models/dit.py (DiTConfig).
-  config.model = {"variant": arg.variant, "patch": parse_patch(arg.patch),
+  # pretrained: a diffusers Wan2.1 transformer folder the DiT starts from (configs/wan.py).
+  config.model = {"variant": arg.variant, "patch": parse_patch(arg.patch), "pretrained": "",
                   "overrides": {"prediction": arg.prediction, "pos_embed": arg.pos_embed,
                                 "adaln": arg.adaln, "remat": arg.remat}}
   shape = {"width": arg.width, "depth": arg.depth, "num_heads": arg.heads}
   config.model.overrides.update({k: v for k, v in shape.items() if v})
+  # encoder "t5": frozen pretrained (path: a transformers folder; '' = random `t5` config).
+  if arg.text_encoder not in ("joint", "t5"):
+    raise ValueError(f"Config argument text_encoder={arg.text_encoder!r}; allowed: joint, t5.")
   config.text = {"variant": arg.text, "vocab_size": 512,
-                 "overrides": {"position": arg.text_pos}}
+                 "overrides": {"position": arg.text_pos}, "encoder": arg.text_encoder,
+                 "path": "", "t5": T5_SMOKE, "dtype": "float32", "zero_padding": True}
   add_latent_data(config, arg)
   config.data.synthetic_share = arg.synthetic_share
   if arg.workers and arg.latents == "on_the_fly":

@@ -80,7 +80,8 @@ def test_dit_variant_shapes(variant):
   assert kernel.names == ("layers", "embed", "heads", "kv")
   assert kernel.value.shape == (cfg.depth, cfg.width, cfg.num_heads, cfg.head_dim)
   mlp = params["params"]["blocks"]["mlp"]["up"]["kernel"]
-  assert mlp.names == ("layers", "embed", "mlp") and mlp.value.shape[-1] == 4 * cfg.width
+  assert mlp.names == ("layers", "embed", "mlp") and mlp.value.shape[-1] == cfg.mlp_hidden
+  assert cfg.mlp_hidden == (cfg.mlp_dim or 4 * cfg.width)
 
 
 @pytest.mark.parametrize("variant", list(text_lib.VARIANTS))

@@ -19,12 +19,12 @@ PACKAGES = ("sora_jax", "data_pipelines", "configs", "launch")
 LAYERS = (
     ("data_pipelines",),
     ("sora_jax", "sora_jax.models", "sora_jax.diffusion", "sora_jax.sharding", "sora_jax.text",
-     "sora_jax.checkpoints"),
+     "sora_jax.checkpoints", "sora_jax.interop"),
     ("sora_jax.inference",),
     ("sora_jax.data", "sora_jax.scaling"),
     ("sora_jax.train",),
-    ("sora_jax.main", "sora_jax.sample", "sora_jax.evaluate", "sora_jax.demo", "configs",
-     "launch"),
+    ("sora_jax.main", "sora_jax.sample", "sora_jax.evaluate", "sora_jax.demo",
+     "sora_jax.convert", "configs", "launch"),
 )
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -90,10 +90,12 @@ def test_dit_flops_charge_real_tokens_only():
       mask[:1]))) == pytest.approx(f(packed, mask[:1]), rel=1e-6)
 
 
-@pytest.mark.parametrize("adaln", dit_lib.ADALN_KINDS)
-def test_dit_param_count_matches_init(adaln):
+@pytest.mark.parametrize("adaln,layout", [(a, {}) for a in dit_lib.ADALN_KINDS] + [
+    ("single", dict(qk_norm_scope="all_heads", final_adaln="table", mlp_dim=200,
+                    pooled_text=False))])  # the last: Wan2.1's layout
+def test_dit_param_count_matches_init(adaln, layout):
   dcfg = dit_lib.get_dit_config("tiny", width=96, depth=3, num_heads=3, patch=(1, 2, 2),
-                                latent_channels=8, adaln=adaln)
+                                latent_channels=8, adaln=adaln, **layout)
   inputs = dit_lib.dummy_inputs(dcfg, text_dim=64)
   params = jax.eval_shape(lambda: dit_lib.DiT(dcfg).init(
       jax.random.key(0), **{k: jnp.zeros(v.shape, v.dtype) for k, v in inputs.items()}))

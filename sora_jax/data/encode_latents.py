@@ -50,7 +50,7 @@ from sora_jax.sharding import distributed
 
 @functools.partial(jax.jit, static_argnums=0)
 def _encode_mode(vcfg, params, video):
-  return vae_lib.encode(params, video, vcfg).mode()
+  return run_lib.vae_functions(vcfg).encode(params, video, vcfg).mode()
 
 
 def encode_clips(vae: run_lib.FrozenVAE, videos: Sequence[np.ndarray]) -> list[np.ndarray]:

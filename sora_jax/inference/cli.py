@@ -52,14 +52,20 @@ def check_run() -> int:
 
 
 def sampling_options() -> sampler_lib.SamplingOptions:
-  """The solver flags as `SamplingOptions`; a bad --guidance_interval is a UsageError."""
+  """The solver flags as `SamplingOptions`; a bad --guidance_interval is a UsageError.
+
+  A run whose config has a `sample` section (configs/wan.py: Wan2.1's guidance, steps and
+  negative prompt) supplies those for the flags not given on the command line."""
   try:
     interval = sampler_lib.parse_guidance_interval(FLAGS.guidance_interval)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  defaults = run_lib.read_dit_run(FLAGS.workdir, FLAGS.step)[1].get("sample") or {}
+  pick = lambda name: defaults[name] if name in defaults and not FLAGS[name].present else (
+      FLAGS[name].value)
   return sampler_lib.SamplingOptions(
-      steps=FLAGS.steps, method=FLAGS.sampler, guidance=FLAGS.guidance,
-      shift=FLAGS.shift or None, negative_prompt=FLAGS.negative_prompt,
+      steps=int(pick("steps")), method=FLAGS.sampler, guidance=float(pick("guidance")),
+      shift=FLAGS.shift or None, negative_prompt=pick("negative_prompt"),
       guidance_interval=interval)
 
 

@@ -26,11 +26,16 @@ import numpy as np
 
 from data_pipelines import storage
 from sora_jax import checkpoints
+from sora_jax.interop import pretrained
+from sora_jax.interop import safetensors_io
+from sora_jax.interop import wan_vae as wan_vae_convert
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.models import wan_vae as wan_vae_lib
 from sora_jax.sharding import rules as rules_lib
+from sora_jax.text import t5_tokenizer
 from sora_jax.text import tokenizer as tok_lib
 
 
@@ -40,7 +45,8 @@ class FrozenVAE:
   """A VAE for encoding and decoding: config, params and the per-channel normalisation.
 
   Attributes:
-    config: `vae.VAEConfig`.
+    config: `vae.VAEConfig`, or `wan_vae.WanVAEConfig` for Wan2.1's VAE (`vae_functions`
+      gives the functions of either).
     params: the VAE's params pytree (host arrays).
     mean, std: float32 [C] latent statistics: normalised latents are (z - mean) / std.
     description: where it came from (`WORKDIR@STEP` or `random:...`; stored with latents
@@ -51,6 +57,22 @@ class FrozenVAE:
   mean: np.ndarray
   std: np.ndarray
   description: str
+
+
+WAN_VAE = "wan:"  # a VAE description (checkpoint extra, latent records) of a Wan2.1 folder
+
+
+def vae_functions(vcfg):
+  """The module with the functions (encode, encode_chunked, decode, decode_chunked,
+  preprocess, postprocess) of a VAE config: `models/vae.py` or Wan2.1's `models/wan_vae.py`."""
+  return wan_vae_lib if isinstance(vcfg, wan_vae_lib.WanVAEConfig) else vae_lib
+
+
+def load_wan_vae(folder: str, dtype: str = "float32") -> FrozenVAE:
+  """Wan2.1's VAE from a diffusers folder, with its latent mean and std."""
+  vcfg, params = pretrained.load_vae(folder, dtype)
+  mean, std = wan_vae_lib.latent_stats(vcfg)
+  return FrozenVAE(vcfg, params, mean, std, WAN_VAE + storage.absolute(folder))
 
 
 def vae_config_from_json(model: Mapping[str, Any]) -> vae_lib.VAEConfig:
@@ -115,14 +137,17 @@ def _dit_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def dit_configs(config: Mapping[str, Any], latent_channels: int
-                ) -> tuple[dit_lib.DiTConfig, text_lib.TextEncoderConfig]:
-  """(DiT, text encoder) configs of a DiT run config (its ConfigDict or saved JSON)."""
+                ) -> tuple[dit_lib.DiTConfig, Any]:
+  """(DiT, text encoder) configs of a DiT run config (its ConfigDict or saved JSON); the text
+  config is a `TextEncoderConfig`, or a `PretrainedTextConfig` with text.encoder = "t5"."""
   m, t = config["model"], config["text"]
   overrides = _dit_overrides(m.get("overrides") or {})
   # The modulation once per (clip, given) slot of a packed row: exact here (DiTConfig).
   overrides.setdefault("adaln_slots", 2 * (config["packing"]["max_clips"] + 1))
   dcfg = dit_lib.get_dit_config(m["variant"], patch=tuple(m["patch"]),
                                 latent_channels=latent_channels, **overrides)
+  if t.get("encoder", "joint") == "t5":  # a frozen pretrained encoder
+    return dcfg, pretrained.text_config(t, config["packing"]["text_len"])
   tcfg = text_lib.get_text_config(t["variant"], vocab_size=t["vocab_size"],
                                   max_len=config["packing"]["text_len"],
                                   **dict(t.get("overrides") or {}))
@@ -132,10 +157,10 @@ def dit_configs(config: Mapping[str, Any], latent_channels: int
 def dit_param_specs(dcfg: dit_lib.DiTConfig, tcfg: text_lib.TextEncoderConfig
                     ) -> dict[str, Any]:
   """Logical PartitionSpecs of {"dit": ..., "text": ...} params (`sharding/rules.py`)."""
-  ids = jax.ShapeDtypeStruct((1, 1, tcfg.max_len), jnp.int32)
+  ids = jax.ShapeDtypeStruct((1, tcfg.max_len), jnp.int32)
   return {"dit": rules_lib.param_specs(dit_lib.DiT(dcfg),
                                        **dit_lib.dummy_inputs(dcfg, text_dim=tcfg.width)),
-          "text": rules_lib.param_specs(text_lib.TextEncoder(tcfg), ids,
+          "text": rules_lib.param_specs(text_lib.text_module(tcfg), ids,
                                         jax.ShapeDtypeStruct(ids.shape, jnp.bool_))}
 
 
@@ -162,11 +187,19 @@ def read_dit_run(workdir: str, step: int | None = None
 
 
 def _run_vae_source(workdir: str, config: Mapping[str, Any], extra: Mapping[str, Any]
-                    ) -> tuple[str | None, vae_lib.VAEConfig]:
-  """(the VAE's workdir, or None for a random VAE; its config) of a DiT run: JSON only."""
+                    ) -> tuple[str | None, Any]:
+  """(the VAE's workdir or Wan folder, or None for a random VAE; its config) of a DiT run:
+  JSON only."""
   desc = str(extra.get("vae", ""))
   if desc.startswith("random:"):
     return None, vae_config_from_json(config["vae"]["random_model"])
+  if desc.startswith(WAN_VAE):
+    path = desc[len(WAN_VAE):]
+    if not epath.Path(path, "config.json").exists():
+      raise ValueError(f"The DiT run {workdir!r} was trained on latents of the Wan2.1 VAE in "
+                       f"{path!r}, which does not exist here.")
+    return desc, wan_vae_convert.config_from_diffusers(
+        safetensors_io.read_json(epath.Path(path, "config.json")))
   path = desc.rsplit("@", 1)[0] if "@" in desc else config["vae"]["workdir"]
   if not epath.Path(path).is_dir():
     raise ValueError(f"The DiT run {workdir!r} was trained on latents of the VAE in "
@@ -182,18 +215,29 @@ def read_dit_configs(workdir: str, step: int | None = None
   return dit_configs(config, vcfg.latent_channels)[0], vcfg
 
 
-def run_tokenizer(workdir: str, extra: Mapping[str, Any]) -> tok_lib.Tokenizer:
-  """The tokenizer a run's checkpoint names (a relative path is the run's own file)."""
+TOKENIZER_KINDS = ("sentencepiece", "t5")
+
+
+def run_tokenizer(workdir: str, extra: Mapping[str, Any]):
+  """The tokenizer a run's checkpoint names (a relative path is the run's own file): the
+  project's `Tokenizer`, or a pretrained encoder's `T5Tokenizer` (tokenizer_kind "t5")."""
   path = extra.get("tokenizer", "tokenizer.model")
   if not (os.path.isabs(path) or "://" in path):
     path = storage.join(workdir, path)
+  if extra.get("tokenizer_kind", "sentencepiece") == "t5":
+    return t5_tokenizer.T5Tokenizer.load(path)
   return tok_lib.Tokenizer.load(path)
 
 
 def vae_of_run(workdir: str, config: Mapping[str, Any], extra: Mapping[str, Any]) -> FrozenVAE:
   """The VAE a DiT run's latents came from, with the normalisation it trained on."""
   path, _ = _run_vae_source(workdir, config, extra)
-  vae = random_vae(config["vae"]["random_model"]) if path is None else load_vae(path)
+  if path is None:
+    vae = random_vae(config["vae"]["random_model"])
+  elif path.startswith(WAN_VAE):
+    vae = load_wan_vae(path[len(WAN_VAE):])
+  else:
+    vae = load_vae(path)
   return dataclasses.replace(vae, mean=np.asarray(extra["latent_mean"], np.float32),
                              std=np.asarray(extra["latent_std"], np.float32))
 
@@ -207,8 +251,9 @@ class Run:
     step: the checkpoint step loaded.
     config: the run's config (saved JSON).
     dit_config, text_config: the model configs (on a mesh, `dit_config` carries the
-      attention backend the mesh needs).
-    tokenizer: the run's tokenizer.
+      attention backend the mesh needs); `text_config` is a `PretrainedTextConfig` for a
+      frozen T5 / UMT5 encoder.
+    tokenizer: the run's tokenizer (`Tokenizer` or `T5Tokenizer`).
     vae: the frozen VAE with the latent normalisation the DiT trained on.
     params: {"dit", "text"} params (EMA unless loaded with use_ema=False): on the default
       device, or placed on `mesh` by the sharding preset `rules`.
@@ -218,8 +263,8 @@ class Run:
   step: int
   config: dict[str, Any]
   dit_config: dit_lib.DiTConfig
-  text_config: text_lib.TextEncoderConfig
-  tokenizer: tok_lib.Tokenizer
+  text_config: Any
+  tokenizer: Any
   vae: FrozenVAE
   params: Any
   mesh: jax.sharding.Mesh | None = None
@@ -261,7 +306,12 @@ class Run:
     dcfg, tcfg = dit_configs(config, vae.config.latent_channels)
     tokenizer = run_tokenizer(workdir, extra)
     state = checkpoints.restore_state_host(workdir, step)
-    params = state["ema_params" if use_ema else "params"]
+    # A converted checkpoint (sora_jax.convert) holds the DiT's params only; its
+    # frozen text encoder is read from the folder the config names.
+    params = state["ema_params" if use_ema and "ema_params" in state else "params"]
+    if "text" not in params:
+      params = {**params, **pretrained.load_params(
+          {**config, "model": {**config["model"], "pretrained": ""}}, dcfg, tcfg)}
     if mesh is None:
       return cls(workdir, step, config, dcfg, tcfg, tokenizer, vae, jax.device_put(params))
     context = dict(mesh.shape).get("context", 1)

@@ -184,14 +184,14 @@ class Sampler:
     """uint8 [T, H, W, 3] -> normalised latents [T', h, w, C] (chunked over time)."""
     vae = self.run.vae
     x = vae_lib.preprocess(jnp.asarray(video)[None])
-    z = vae_lib.encode_chunked(vae.params, x, vae.config).mode()[0]
+    z = run_lib.vae_functions(vae.config).encode_chunked(vae.params, x, vae.config).mode()[0]
     return (np.asarray(z) - vae.mean) / vae.std
 
   def decode(self, latents: np.ndarray) -> np.ndarray:
     """Normalised latents [T', h, w, C] -> uint8 [T, H, W, 3] (chunked over time)."""
     vae = self.run.vae
     z = jnp.asarray(latents * vae.std + vae.mean)[None]
-    video = vae_lib.decode_chunked(vae.params, z, vae.config)
+    video = run_lib.vae_functions(vae.config).decode_chunked(vae.params, z, vae.config)
     return np.asarray(vae_lib.postprocess(video)[0])
 
   # ------------------------------------------------------------------ the core sampler
@@ -279,11 +279,10 @@ def _sample_tokens_impl(dcfg, tcfg, method, guidance, interval, params, x_init, 
   # Every token is clip 1, read from an input: a constant here would let XLA fold the
   # [rows, N, N] attention mask at compile time (seconds per size, a slow-operation alarm).
   segment_ids = (positions[..., 0] >= 0).astype(jnp.int32)
-  encoder = text_lib.TextEncoder(tcfg)
-  text_c = encoder.apply(params["text"], ids, mask)
+  text_c, mask = text_lib.encode_text(tcfg, params["text"], ids, mask)
   use_cfg = guidance != 1.0
   if use_cfg:
-    text_u = encoder.apply(params["text"], neg_ids, neg_mask)
+    text_u, neg_mask = text_lib.encode_text(tcfg, params["text"], neg_ids, neg_mask)
     text = jnp.concatenate([text_c, text_u])
     tmask = jnp.concatenate([mask, neg_mask])
   else:

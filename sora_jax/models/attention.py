@@ -39,6 +39,7 @@ from sora_jax.sharding import context as context_lib
 CONTEXT_BACKENDS = ("ring", "all_to_all")
 BACKENDS = ("xla", "cudnn", "auto", "blocked") + CONTEXT_BACKENDS
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+QK_NORM_AXES = {"head": ("kv",), "all_heads": ("heads", "kv")}  # what QK RMSNorm spans
 
 
 def attention_mask(q_len: int, kv_len: int, batch: int, q_segment_ids=None,
@@ -280,23 +281,25 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids=None,
 
 
 class RMSNorm(nn.Module):
-  """RMS normalisation over the last axis with a learned scale (Zhang & Sennrich, 2019).
+  """RMS normalisation over the last axes with a learned scale (Zhang & Sennrich, 2019).
 
   Attributes:
-    axis_name: logical name of the normalised axis (for the scale's partitioning).
+    axis_names: logical names of the normalised (last) axes, for the scale's partitioning;
+      ("kv",) normalises each head, ("heads", "kv") all heads together (Wan's QK norm).
   """
   epsilon: float = 1e-6
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
-  axis_name: str = "kv"
+  axis_names: tuple[str, ...] = ("kv",)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    axes = tuple(range(-len(self.axis_names), 0))
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
-                                                             (self.axis_name,)),
-                       (x.shape[-1],), self.param_dtype)
+                                                             self.axis_names),
+                       x.shape[len(x.shape) + axes[0]:], self.param_dtype)
     x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=axes, keepdims=True) + self.epsilon)
     return (y * scale.astype(jnp.float32)).astype(self.dtype)
 
 
@@ -345,7 +348,9 @@ class MultiHeadAttention(nn.Module):
   Attributes:
     num_heads: H.
     head_dim: Dh.
-    qk_norm: RMSNorm on q and k per head before the dot product (stabilises bf16 training).
+    qk_norm: RMSNorm on q and k before the dot product (stabilises bf16 training).
+    qk_norm_scope: "head" (each head normalised on its own, as SD3) or "all_heads" (q and k
+      normalised over all heads together, as Wan2.1).
     rope_proportions: split of the head dim's rotary pairs over position axes (see
       `rope.axis_pairs`); None disables RoPE. Needs `positions` at call time.
     rope_base: RoPE frequency base.
@@ -356,6 +361,7 @@ class MultiHeadAttention(nn.Module):
   num_heads: int
   head_dim: int
   qk_norm: bool = True
+  qk_norm_scope: str = "head"
   rope_proportions: tuple[int, ...] | None = None
   rope_base: float = 10_000.0
   backend: str = "xla"
@@ -381,8 +387,11 @@ class MultiHeadAttention(nn.Module):
     context = x if context is None else context
     q, k, v = self._proj("query")(x), self._proj("key")(context), self._proj("value")(context)
     if self.qk_norm:
-      q = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="query_norm")(q)
-      k = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="key_norm")(k)
+      names = QK_NORM_AXES[self.qk_norm_scope]
+      q = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, axis_names=names,
+                  name="query_norm")(q)
+      k = RMSNorm(dtype=self.dtype, param_dtype=self.param_dtype, axis_names=names,
+                  name="key_norm")(k)
     if self.rope_proportions is not None:
       if positions is None:
         raise ValueError("MultiHeadAttention with RoPE needs `positions` [B, N, A].")

@@ -77,6 +77,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "L": dict(width=1024, depth=24, num_heads=16, mlp_ratio=4.0),
     "XL": dict(width=1152, depth=28, num_heads=16, mlp_ratio=4.0),
 }
+# Wan2.1's text-to-video transformers as layouts of this DiT; their weights load through
+# `sora_jax/interop/wan_dit.py` (rope_proportions: Wan's pair split for head dim 128).
+WAN_LAYOUT = dict(mlp="gelu", qk_norm=True, qk_norm_scope="all_heads", adaln="single",
+                  final_adaln="table", pooled_text=False, pos_embed="none", prediction="v",
+                  fps_conditioning=False, rope_proportions=(22, 21, 21), rope_base=10_000.0)
+VARIANTS.update({
+    "wan2.1-1.3b": dict(width=1536, depth=30, num_heads=12, mlp_ratio=8960 / 1536,
+                        mlp_dim=8960, **WAN_LAYOUT),
+    "wan2.1-14b": dict(width=5120, depth=40, num_heads=40, mlp_ratio=13824 / 5120,
+                       mlp_dim=13824, **WAN_LAYOUT),
+})
 
 # Rematerialisation policies by name: what a scanned block keeps for the backward pass.
 REMAT_POLICIES = {
@@ -100,7 +111,10 @@ class DiTConfig:
     patch: (pt, ph, pw) latent patch size; pt = 1 keeps images (T' = 1) and videos together.
     latent_channels: C of the VAE latents; a token holds pt * ph * pw * C values.
     mlp: "gelu" (tanh GELU, as DiT) or "swiglu" (hidden 2/3 * ratio * D, rounded to 8).
+    mlp_dim: the MLP's hidden width when > 0 (pretrained layouts: Wan2.1-1.3B's 8960);
+      0 derives it from mlp_ratio.
     qk_norm: RMSNorm on queries and keys in every attention.
+    qk_norm_scope: "head" (per head) or "all_heads" (over all heads together, Wan2.1).
     rope_proportions: split of the rotary pairs over (t, h, w); see `rope.axis_pairs`.
     rope_base: RoPE frequency base.
     fps_conditioning: add an fps embedding to the timestep embedding (then `fps` is required).
@@ -112,6 +126,8 @@ class DiTConfig:
       of, and which RoPE (relative) and cross-attention (no positions) cannot give).
     adaln: "per_block" (DiT's adaLN-Zero: a modulation layer in every block) or "single"
       (one shared modulation layer plus a learned table per block; see the module docstring).
+    final_adaln: the final layer's (shift, scale): "dense" (a zero-initialised linear map of
+      SiLU(c), as DiT) or "table" (a learned [2, D] table plus c itself, as Wan2.1).
     prediction: what the network's last layer predicts; the model always returns the
       velocity. "v": the velocity itself. "x0": the clean latents x0_hat, returned as
       v = (x_t - x0_hat) / max(t, X0_MIN_T) (JiT: Li & He, 2025, "Back to Basics: Let
@@ -137,13 +153,16 @@ class DiTConfig:
   patch: tuple[int, int, int] = (1, 2, 2)
   latent_channels: int = 16
   mlp: str = "gelu"
+  mlp_dim: int = 0
   qk_norm: bool = True
+  qk_norm_scope: str = "head"
   rope_proportions: tuple[int, ...] = rope.VIDEO_PROPORTIONS
   rope_base: float = 10_000.0
   fps_conditioning: bool = False
   pooled_text: bool = True
   pos_embed: str = "none"
   adaln: str = "per_block"
+  final_adaln: str = "dense"
   adaln_slots: int = 0
   prediction: str = "v"
   scan_layers: bool = True
@@ -164,6 +183,10 @@ class DiTConfig:
     _check_choice("prediction", self.prediction, PREDICTIONS)
     _check_choice("pos_embed", self.pos_embed, POS_EMBEDS)
     _check_choice("adaln", self.adaln, ADALN_KINDS)
+    _check_choice("final_adaln", self.final_adaln, FINAL_ADALN_KINDS)
+    _check_choice("qk_norm_scope", self.qk_norm_scope, tuple(attn_lib.QK_NORM_AXES))
+    if self.mlp_dim < 0:
+      raise ValueError(f"DiTConfig.mlp_dim={self.mlp_dim}; expected 0 (from mlp_ratio) or > 0.")
     if self.adaln_slots < 0 or self.adaln_slots % 2:
       raise ValueError(f"adaln_slots={self.adaln_slots}; expected 0 or an even count.")
     _check_choice("remat", self.remat, tuple(REMAT_POLICIES))
@@ -172,6 +195,11 @@ class DiTConfig:
   @property
   def head_dim(self) -> int:
     return self.width // self.num_heads
+
+  @property
+  def mlp_hidden(self) -> int:
+    """The MLP's hidden width: mlp_dim, else from mlp_ratio (`layers.mlp_hidden`)."""
+    return self.mlp_dim or layers.mlp_hidden(self.width, self.mlp_ratio, self.mlp)
 
   @property
   def token_dim(self) -> int:
@@ -183,6 +211,7 @@ PREDICTIONS = ("v", "x0")
 FRACTIONAL_AXES = {"fractional": (1, 2), "fractional_thw": (0, 1, 2)}  # of (t, h, w)
 POS_EMBEDS = ("none",) + tuple(FRACTIONAL_AXES)
 ADALN_KINDS = ("per_block", "single")
+FINAL_ADALN_KINDS = ("dense", "table")
 FRACTIONAL_CELLS = 64  # the fractional sinusoids' finest wavelength is 2 cells of a 64-grid
 X0_MIN_T = 0.05  # x0-prediction divides by max(t, X0_MIN_T)
 
@@ -237,7 +266,7 @@ class DiTBlock(nn.Module):
 
   Attributes:
     width, num_heads, mlp_hidden, mlp: sizes and MLP kind.
-    qk_norm, rope_proportions, rope_base, backend: attention settings.
+    qk_norm, qk_norm_scope, rope_proportions, rope_base, backend: attention settings.
     adaln: "per_block" (c is the conditioning embedding [B, N, D]) or "single" (c is the
       shared modulation [B, N, 6D], to which the block adds its own table).
   """
@@ -246,6 +275,7 @@ class DiTBlock(nn.Module):
   mlp_hidden: int
   mlp: str = "gelu"
   qk_norm: bool = True
+  qk_norm_scope: str = "head"
   rope_proportions: tuple[int, ...] = rope.VIDEO_PROPORTIONS
   rope_base: float = 10_000.0
   backend: str = "xla"
@@ -256,7 +286,7 @@ class DiTBlock(nn.Module):
   def _attention(self, name: str, rope_proportions, zero_init_out: bool):
     return attn_lib.MultiHeadAttention(
         num_heads=self.num_heads, head_dim=self.width // self.num_heads, qk_norm=self.qk_norm,
-        rope_proportions=rope_proportions, rope_base=self.rope_base, backend=self.backend,
+        qk_norm_scope=self.qk_norm_scope, rope_proportions=rope_proportions, rope_base=self.rope_base, backend=self.backend,
         zero_init_out=zero_init_out, dtype=self.dtype, param_dtype=self.param_dtype,
         name=name)
 
@@ -310,17 +340,28 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-  """adaLN (shift, scale) + LayerNorm + zero-initialised linear to the token dim."""
+  """adaLN (shift, scale) + LayerNorm + zero-initialised linear to the token dim.
+
+  Attributes:
+    adaln: "dense" ((shift, scale) = Dense(SiLU(c))) or "table" (= table + c, Wan2.1).
+  """
   out_dim: int
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  adaln: str = "dense"
 
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     """x, c: [B, N, D] -> [B, N, out_dim]."""
-    mod = layers.dense(2 * x.shape[-1], ("embed", "mlp"), self.dtype, self.param_dtype, "adaln",
-                 zero=True)(nn.silu(c))
-    shift, scale = jnp.split(mod, 2, axis=-1)
+    if self.adaln == "table":
+      table = self.param("adaln_table", nn.with_logical_partitioning(
+          nn.initializers.zeros, (None, "embed")), (2, x.shape[-1]), self.param_dtype)
+      mod = table.astype(self.dtype) + c[..., None, :]  # [B, N, 2, D]
+      shift, scale = mod[..., 0, :], mod[..., 1, :]
+    else:
+      mod = layers.dense(2 * x.shape[-1], ("embed", "mlp"), self.dtype, self.param_dtype,
+                         "adaln", zero=True)(nn.silu(c))
+      shift, scale = jnp.split(mod, 2, axis=-1)
     h = _modulate(_plain_norm(self.dtype)(x), shift, scale)
     return layers.dense(self.out_dim, ("embed", None), self.dtype, self.param_dtype, "linear",
                   zero=True)(h)
@@ -414,8 +455,8 @@ class DiT(nn.Module):
       block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat],
                            prevent_cse=not cfg.scan_layers)
     kwargs = dict(width=cfg.width, num_heads=cfg.num_heads,
-                  mlp_hidden=layers.mlp_hidden(cfg.width, cfg.mlp_ratio, cfg.mlp), mlp=cfg.mlp,
-                  qk_norm=cfg.qk_norm, rope_proportions=cfg.rope_proportions,
+                  mlp_hidden=cfg.mlp_hidden, mlp=cfg.mlp,
+                  qk_norm=cfg.qk_norm, qk_norm_scope=cfg.qk_norm_scope, rope_proportions=cfg.rope_proportions,
                   rope_base=cfg.rope_base, backend=cfg.attention_backend, adaln=cfg.adaln,
                   dtype=jnp.dtype(cfg.dtype),
                   param_dtype=jnp.dtype(cfg.param_dtype))
@@ -480,7 +521,7 @@ class DiT(nn.Module):
     for block in self._blocks():
       x, _ = block(x, block_c, positions, segment_ids, text, text_mask, text_segment_ids,
                    c_index)
-    out = FinalLayer(cfg.token_dim, dtype, param_dtype, name="final")(x, c)
+    out = FinalLayer(cfg.token_dim, dtype, param_dtype, cfg.final_adaln, name="final")(x, c)
     out = out.astype(jnp.float32)
     if cfg.prediction == "x0":  # the velocity that x0_hat implies at x_t
       t = t.astype(jnp.float32)[..., None]

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from sora_jax.models import attention as attn_lib
 from sora_jax.models import layers
 from sora_jax.models import rope
+from sora_jax.models import t5 as t5_lib
 from sora_jax.models import variants
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -161,6 +162,58 @@ class TextEncoder(nn.Module):
     x = nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, name="final_norm")(x)
     x = jnp.where(mask[..., None], x, 0)
     return x.reshape(*lead, length, cfg.width)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedTextConfig:
+  """A frozen pretrained T5 / UMT5 encoder in place of the jointly trained one.
+
+  Its weights come from a transformers folder (`sora_jax.interop.t5`) or, for smoke tests,
+  a seeded random init; training never updates them (`is_frozen`).
+
+  Attributes:
+    t5: the encoder's config.
+    max_len: caption tokens per clip (Wan2.1: 512).
+    zero_padding: as Wan2.1's pipeline: embeddings at padded positions are set to 0 and the
+      DiT attends to all `max_len` of them (the mask becomes all True), so a caption always
+      has `max_len` text tokens; False keeps the mask (padding never attended).
+  """
+  t5: t5_lib.T5Config
+  max_len: int = 512
+  zero_padding: bool = True
+  variant = "t5"
+
+  @property
+  def width(self) -> int:
+    return self.t5.d_model
+
+
+def is_frozen(tcfg) -> bool:
+  """True for a pretrained encoder the DiT's training does not update."""
+  return isinstance(tcfg, PretrainedTextConfig)
+
+
+def text_module(tcfg) -> nn.Module:
+  """The Linen encoder of a text config: `TextEncoder` or the T5 encoder."""
+  return t5_lib.T5Encoder(tcfg.t5) if is_frozen(tcfg) else TextEncoder(tcfg)
+
+
+def encode_text(tcfg, variables, ids: jax.Array, mask: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
+  """Captions ids/mask [..., L] -> (embeddings [..., L, Dt], the mask the DiT reads).
+
+  Either encoder; a frozen one gets no gradient, and with `zero_padding` its padded
+  positions are zeros the DiT attends to (see `PretrainedTextConfig`).
+  """
+  if not is_frozen(tcfg):
+    return TextEncoder(tcfg).apply(variables, ids, mask), mask
+  lead, length = ids.shape[:-1], ids.shape[-1]
+  emb = t5_lib.T5Encoder(tcfg.t5).apply(jax.lax.stop_gradient(variables),
+                                        ids.reshape(-1, length), mask.reshape(-1, length))
+  emb = emb.reshape(*lead, length, emb.shape[-1])
+  if tcfg.zero_padding:
+    return jnp.where(mask[..., None], emb, 0).astype(emb.dtype), jnp.ones_like(mask)
+  return emb, mask
 
 
 def flatten_packed_text(text: jax.Array, mask: jax.Array):

@@ -68,7 +68,7 @@ def dit_matmul_weights(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]
      "slot": per modulation slot (`DiTConfig.adaln_slots`; 0 when it is per token)}.
   """
   d, din = dcfg.width, dcfg.token_dim
-  hidden = layers.mlp_hidden(d, dcfg.mlp_ratio, dcfg.mlp)
+  hidden = dcfg.mlp_hidden
   mlp = (3 if dcfg.mlp == "swiglu" else 2) * d * hidden
   no_grad = din * d + TIME_FREQUENCY_DIM * d  # patch_embed, time_embed.in
   if dcfg.fps_conditioning:
@@ -77,7 +77,8 @@ def dit_matmul_weights(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]
   adaln = 6 * d * d * (dcfg.depth if dcfg.adaln == "per_block" else 1)
   per_block = 4 * d * d + 2 * d * d + mlp  # self-attn, cross q/out, MLP
   token = (no_grad + d * d * (2 if dcfg.fps_conditioning else 1)  # time (fps) MLP out
-           + dcfg.depth * per_block + 2 * d * d + d * din)  # final adaLN + linear
+           + dcfg.depth * per_block + d * din  # final linear
+           + (2 * d * d if dcfg.final_adaln == "dense" else 0))  # final adaLN
   slot = adaln if dcfg.adaln_slots else 0
   token += adaln - slot
   if dcfg.pooled_text:  # the pooled caption's MLP, run per token
@@ -93,16 +94,17 @@ def dit_param_count(dcfg: dit_lib.DiTConfig, text_dim: int) -> dict[str, int]:
   (`configs/scaling.py`) scales. Checked against `jax.eval_shape` of the init in the tests.
   """
   d, din, dh = dcfg.width, dcfg.token_dim, dcfg.head_dim
-  hidden = layers.mlp_hidden(d, dcfg.mlp_ratio, dcfg.mlp)
+  hidden = dcfg.mlp_hidden
   dense = lambda i, o: i * o + o
   mlp = (2 if dcfg.mlp == "swiglu" else 1) * dense(d, hidden) + dense(hidden, d)
-  qk = 2 * dh if dcfg.qk_norm else 0
+  qk = (2 * (d if dcfg.qk_norm_scope == "all_heads" else dh)) if dcfg.qk_norm else 0
   adaln_single = dcfg.adaln == "single"
   block = ((6 * d if adaln_single else dense(d, 6 * d)) + 4 * dense(d, d) + qk  # adaLN, attn
            + 2 * d + 4 * dense(d, d) + qk + mlp)  # cross norm, cross-attention, MLP
   embed = (dense(din, d) + dense(TIME_FREQUENCY_DIM, d) + dense(d, d)
            + dense(text_dim, d) + dense(d, d)  # text projection
-           + dense(d, 2 * d) + dense(d, din))  # final layer
+           + (2 * d if dcfg.final_adaln == "table" else dense(d, 2 * d))  # final adaLN
+           + dense(d, din))  # final linear
   if adaln_single:
     embed += dense(d, 6 * d)
   if dcfg.fps_conditioning:
@@ -150,6 +152,11 @@ def dit_train_flops(dcfg: dit_lib.DiTConfig, tcfg: text_lib.TextEncoderConfig, s
          + 6.0 * weights["slot"] * segment_ids.shape[0] * dcfg.adaln_slots)  # every slot
   if dcfg.pooled_text:  # each token's caption mean: forward + the text's gradient
     dit = dit + 4.0 * (text_dim or tcfg.width) * n_l
+  if isinstance(tcfg, text_lib.PretrainedTextConfig):  # frozen: a forward pass only
+    c = tcfg.t5
+    inner, ffn = c.num_heads * c.d_kv, (3 if "gated" in c.feed_forward_proj else 2) * c.d_ff
+    return dit + c.num_layers * (2 * (4 * c.d_model * inner + ffn * c.d_model) * l_tok
+                                 + 4 * inner * l_sq)
   w = tcfg.width
   th = layers.mlp_hidden(w, tcfg.mlp_ratio, "gelu")
   text = 3.0 * tcfg.depth * (2 * (4 * w * w + 2 * w * th) * l_tok + 4 * w * l_sq)

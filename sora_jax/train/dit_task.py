@@ -50,15 +50,18 @@ from data_pipelines import latents as latents_lib
 from data_pipelines import patches
 from data_pipelines import pipeline
 from data_pipelines import storage
+from sora_jax import checkpoints
 from sora_jax.data import encode_latents
 from sora_jax.diffusion import conditioning
 from sora_jax.diffusion import flow
 from sora_jax.inference import run as run_lib
+from sora_jax.interop import pretrained
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text as text_lib
 from sora_jax.scaling import flops as flops_lib
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import rules as rules_lib
+from sora_jax.text import t5_tokenizer
 from sora_jax.text import tokenizer as tok_lib
 from sora_jax.train import optim
 
@@ -96,7 +99,10 @@ class DiTTask:
 
   @functools.cached_property
   def vae(self) -> run_lib.FrozenVAE:
-    """The frozen VAE: the trained run's, or a random one when vae.workdir is empty."""
+    """The frozen VAE: the trained run's, Wan2.1's (vae.wan), or a random one when
+    vae.workdir is empty."""
+    if self.config.vae.get("wan", ""):
+      return run_lib.load_wan_vae(self.config.vae.wan)
     if self.config.vae.workdir:
       return run_lib.load_vae(self.config.vae.workdir)
     return run_lib.random_vae(self.config.vae.random_model.to_dict())
@@ -130,7 +136,7 @@ class DiTTask:
     return sorted({tuple(int(v) for v in s) for s in shapes})
 
   @functools.cached_property
-  def model_configs(self) -> tuple[dit_lib.DiTConfig, text_lib.TextEncoderConfig]:
+  def model_configs(self) -> tuple[dit_lib.DiTConfig, Any]:
     return run_lib.dit_configs(self.config, self.latent_shapes[0][3])
 
   @property
@@ -138,7 +144,8 @@ class DiTTask:
     return self.model_configs[0]
 
   @property
-  def text_config(self) -> text_lib.TextEncoderConfig:
+  def text_config(self):
+    """`TextEncoderConfig`, or `PretrainedTextConfig` for a frozen T5 (text.encoder)."""
     return self.model_configs[1]
 
   # ---------------------------------------------------------------------- bad input
@@ -158,6 +165,7 @@ class DiTTask:
     if not 0 <= config.data.get("synthetic_share", 0.95) <= 1:
       raise ValueError(f"config.data.synthetic_share={config.data.synthetic_share}; "
                        "expected a value in [0, 1].")
+    pretrained.check_sources(config)  # named pretrained folders exist
     optim.check(config.optim)
     if config.optim.get("name", "adamw") not in optim.OPTIMIZERS:
       raise ValueError(f"config.optim.name={config.optim.name!r}; allowed: "
@@ -199,7 +207,7 @@ class DiTTask:
   def _validate_sources(self) -> None:
     """The VAE workdir and the data (pixels or latents) exist, with a clear error if not."""
     config = self.config
-    if config.vae.workdir:
+    if config.vae.workdir and not config.vae.get("wan", ""):
       run_lib.read_vae_run(config.vae.workdir)  # raises when missing or unfinished
     if not self.on_the_fly:
       for split in ("train", config.eval.split):
@@ -223,7 +231,9 @@ class DiTTask:
     """The run's tokenizer (see the module docstring)."""
     config = self.config
     path = config.tokenizer.path
-    if path and epath.Path(path).exists():
+    if self.tokenizer_kind == "t5":  # a pretrained encoder's own
+      tok = t5_tokenizer.T5Tokenizer.load(path)
+    elif path and epath.Path(path).exists():
       tok = tok_lib.Tokenizer.load(path)
     else:
       tok = tok_lib.Tokenizer.train(self._training_captions(), config.tokenizer.vocab_size)
@@ -237,8 +247,15 @@ class DiTTask:
     return tok
 
   @property
+  def tokenizer_kind(self) -> str:
+    """"sentencepiece" (the project's `Tokenizer`) or "t5" (`T5Tokenizer` of tokenizer.path)."""
+    return self.config.tokenizer.get("kind", "sentencepiece")
+
+  @property
   def vocab_limit(self) -> tuple[str, int]:
     """(config key, most tokenizer ids the model's embedding table takes)."""
+    if text_lib.is_frozen(self.text_config):
+      return "the T5 encoder's vocab_size", self.text_config.t5.vocab_size
     return "config.text.vocab_size", int(self.config.text.vocab_size)
 
   def _training_captions(self) -> list[str]:
@@ -256,24 +273,60 @@ class DiTTask:
     """Run files written at start: the tokenizer, so sampling finds it from step 0."""
     self.save_tokenizer(workdir)
 
+  @property
+  def tokenizer_file(self) -> str:
+    """The tokenizer's file name in the run directory."""
+    return "spiece.model" if self.tokenizer_kind == "t5" else "tokenizer.model"
+
   def save_tokenizer(self, workdir: str) -> str:
-    """Writes the run's tokenizer to `workdir/tokenizer.model` (checks it if present)."""
-    tok, path = self.tokenizer, storage.join(workdir, "tokenizer.model")
+    """Writes the run's tokenizer to `workdir/tokenizer.model` (`spiece.model` for a T5
+    tokenizer; checks it if present)."""
+    tok, path = self.tokenizer, storage.join(workdir, self.tokenizer_file)
     proto = tok.__getstate__()["proto"]
     if epath.Path(path).exists():
-      if tok_lib.Tokenizer.load(path).__getstate__()["proto"] != proto:
+      if type(tok).load(path).__getstate__()["proto"] != proto:
         raise ValueError(f"{path} differs from the tokenizer this config trains; the run's "
                          "captions changed. Set config.tokenizer.path to the saved file.")
     elif jax.process_index() == 0:
-      tok.save(path)
+      epath.Path(path).write_bytes(proto)
     return path
 
   # ---------------------------------------------------------------------- state
   def init_state(self, rng: jax.Array) -> DiTState:
     params = init_params(self.dit_config, self.text_config, rng)
-    tx = optim.make_optimizer(dict(self.config.optim), self.config.train.steps)
+    tx = make_optimizer(dict(self.config.optim), self.config.train.steps,
+                        text_lib.is_frozen(self.text_config))
     return DiTState(jnp.zeros((), jnp.int32), params, tx.init(params),
                     jax.tree.map(jnp.copy, params))
+
+  def load_pretrained(self, state: DiTState, converted: tuple[str, int] | None = None
+                      ) -> DiTState:
+    """A fresh state with the pretrained weights the config names (model.pretrained, a
+    frozen text.path; `sora_jax/interop/pretrained.py`) in params and EMA, placed where
+    `state`'s arrays are; unchanged when it names none.
+
+    Args:
+      state: the freshly initialised state.
+      converted: (workdir, step) of a converted checkpoint (`python -m sora_jax.convert`)
+        whose DiT params replace the config's (fine-tuning in the convert's run directory).
+    """
+    config = self.config
+    text = config.get("text") or {}
+    if not (converted or config.model.get("pretrained")
+            or (text.get("encoder") == "t5" and text.get("path"))):
+      return state
+    host = pretrained.load_params(
+        {**config.to_dict(), "model": {**config.model.to_dict(), "pretrained": ""}}
+        if converted else config, self.dit_config, self.text_config)
+    if converted:
+      host["dit"] = checkpoints.restore_state_host(*converted)["params"]["dit"]
+    params = dict(state.params)
+    for key, value in host.items():
+      params[key] = jax.tree.map(
+          lambda x, like: jax.device_put(np.asarray(x, like.dtype), like.sharding),
+          value, state.params[key])
+      logging.info("DiT: %s params from %s", key, "pretrained weights")
+    return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
 
   def state_shardings(self, mesh, abstract_state):
     """Placement by `config.sharding.rules` (`sharding/rules.py`); params, EMA and Adam
@@ -361,7 +414,8 @@ class DiTTask:
   def tokenizer_extra(self) -> dict[str, Any]:
     """The checkpoint's note of the run's tokenizer (a path relative to the workdir)."""
     tok = self.tokenizer
-    return {"tokenizer": self.config.tokenizer.path or "tokenizer.model",
+    path = self.config.tokenizer.path if self.tokenizer_kind != "t5" else ""
+    return {"tokenizer": path or self.tokenizer_file, "tokenizer_kind": self.tokenizer_kind,
             "tokenizer_sha1": hashlib.sha1(tok.__getstate__()["proto"]).hexdigest(),
             "tokenizer_vocab_size": tok.vocab_size}
 
@@ -389,11 +443,21 @@ def train_flops(dcfg: dit_lib.DiTConfig, tcfg: text_lib.TextEncoderConfig, segme
   return flops_lib.dit_train_flops(dcfg, tcfg, segment_ids, text_mask, text_dim)
 
 
+def make_optimizer(o, steps: int, frozen_text: bool) -> optax.GradientTransformation:
+  """`optim.make_optimizer` for the DiT (and a jointly trained text encoder); a frozen
+  pretrained text encoder gets no update and no optimizer state."""
+  tx = optim.make_optimizer(o, steps)
+  if not frozen_text:
+    return tx
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               {"dit": "train", "text": "frozen"})
+
+
 def init_params(dcfg, tcfg, rng: jax.Array) -> dict[str, Any]:
   """{"dit": variables, "text": variables}, unboxed (no partitioning metadata)."""
   drng, trng = jax.random.split(rng)
-  ids = jnp.zeros((1, 1, tcfg.max_len), jnp.int32)
-  text = text_lib.TextEncoder(tcfg).init(trng, ids, ids > 0)
+  ids = jnp.zeros((1, tcfg.max_len), jnp.int32)
+  text = text_lib.text_module(tcfg).init(trng, ids, ids > 0)
   inputs = dit_lib.dummy_inputs(dcfg, text_dim=tcfg.width)
   inputs = {k: jnp.zeros(v.shape, v.dtype) for k, v in inputs.items()}
   return nn.meta.unbox({"dit": dit_lib.DiT(dcfg).init(drng, **inputs), "text": text})
@@ -401,7 +465,7 @@ def init_params(dcfg, tcfg, rng: jax.Array) -> dict[str, Any]:
 
 def _predict(dcfg, tcfg, params, tokens, positions, segment_ids, t, text_ids, text_mask):
   """Velocity [B, N, Din] of a packed batch (captions [B, K, L] encoded per row)."""
-  emb = text_lib.TextEncoder(tcfg).apply(params["text"], text_ids, text_mask)
+  emb, text_mask = text_lib.encode_text(tcfg, params["text"], text_ids, text_mask)
   text, tmask, tseg = text_lib.flatten_packed_text(emb, text_mask)
   return dit_lib.DiT(dcfg).apply(params["dit"], tokens, positions, segment_ids, t, text,
                                  tmask, tseg)
@@ -451,7 +515,7 @@ def ema_decay_at(decay: float, step: jax.Array, debias: bool) -> jax.Array:
 @functools.lru_cache(maxsize=8)
 def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay, mixture, ema_debias):
   o, f = dict(optim_items), dict(fl)
-  tx = optim.make_optimizer(o, o.pop("steps"))
+  tx = make_optimizer(o, o.pop("steps"), text_lib.is_frozen(tcfg))
 
   def loss_fn(params, batch, xt, target, t, ids, mask, given):
     v = _predict(dcfg, tcfg, params, xt, batch["positions"], batch["segment_ids"], t, ids,

@@ -85,6 +85,8 @@ def check_resume(config: ml_collections.ConfigDict, ckpt: checkpoints.Checkpoint
   whole = [s for s in steps if ckpt.problem(s) is None]
   if not whole:
     return
+  if converted_step(ckpt) is not None:  # released weights: a fresh run starts from them
+    return
   try:
     saved = ckpt.saved_param_shapes(whole[-1])
   except Exception:  # pylint: disable=broad-except  # unreadable: restore moves it aside
@@ -107,6 +109,16 @@ def check_resume(config: ml_collections.ConfigDict, ckpt: checkpoints.Checkpoint
         f"config's ({len(changes)} differ, e.g. {changes[0]}); config keys that differ from "
         f"the saved run: {'; '.join(keys) or 'none'}. Resume with the saved values, or use "
         "a new --workdir.")
+
+
+def converted_step(ckpt: checkpoints.Checkpointer) -> int | None:
+  """The newest step when it holds converted released weights (`python -m
+  sora_jax.convert`: params only, no train state), else None."""
+  steps = sorted(ckpt.all_steps())
+  if steps and ckpt.problem(steps[-1]) is None and (
+      ckpt.restore_json(steps[-1], "extra") or {}).get("converted_from"):
+    return steps[-1]
+  return None
 
 
 def config_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -175,14 +187,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ------------------------------------------------------------------ checkpoint restore
   # The newest step that restores; damaged ones are moved aside with a warning.
-  start, state, train_iter = ckpt.restore_latest(
-      checkpoints.abstract_with_shardings(abstract, shardings), lambda: iter(train_ds))
+  # A workdir of converted released weights (params only) starts a fresh run from them.
+  converted = converted_step(ckpt)
+  start, state, train_iter = (None, None, iter(train_ds)) if converted is not None else (
+      ckpt.restore_latest(checkpoints.abstract_with_shardings(abstract, shardings),
+                          lambda: iter(train_ds)))
   if start is not None:
     logging.warning("Resuming from step %d in %s", start, ckpt.directory)
   else:
     start = 0
     with jax.set_mesh(mesh):  # placement comes from out_shardings; no activation rules
       state = jax.jit(task.init_state, out_shardings=shardings)(init_rng)
+    if hasattr(task, "load_pretrained"):  # released weights (fine-tuning)
+      state = task.load_pretrained(
+          state, None if converted is None else (workdir, converted))
 
   # ------------------------------------------------------------------ step function
   train_step = jax.jit(stepping.guarded(task.make_train_step()), donate_argnums=(0,))

@@ -1,0 +1,1 @@
+"""Pretrained weights from the PyTorch world: safetensors readers, key maps, converters."""
