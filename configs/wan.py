@@ -28,7 +28,9 @@ Arguments (key=value, comma-separated):
   steps, batch, lr, warmup   fine-tuning steps, rows a step, peak LR, warm-up.
   shift       sampling flow shift (3 for 480p, 5 for 720p in Wan's model card).
   rules       sharding preset (fsdp by default; fsdp_context with attention=ring for long clips).
-  attention   attention backend ('' = xla; cudnn on GPUs, ring/all_to_all with a context axis).
+  attention   attention backend (auto: cuDNN flash attention on a GPU in bf16, else xla;
+              ring / all_to_all with a context axis).
+  remat       what a block keeps for the backward pass (full: recompute; 32760-token rows).
 """
 from etils import epath
 
@@ -45,8 +47,8 @@ NEGATIVE_PROMPT = (
 
 _DEFAULTS = dict(model_dir="", dtype="bfloat16", videos="", sizes="",
                  seq_len=32760, steps=1000, batch=8, lr=1e-5, warmup=50, shift=3.0,
-                 guidance=5.0, sample_steps=50, rules="fsdp", attention="", text_len=512,
-                 max_clips=4, data_dir="data/tfds", seed=0)
+                 guidance=5.0, sample_steps=50, rules="fsdp", attention="auto", text_len=512,
+                 max_clips=4, remat="full", data_dir="data/tfds", seed=0)
 
 
 def get_config(arg=None):
@@ -65,7 +67,8 @@ def get_config(arg=None):
       max_clips=arg.max_clips, text_len=arg.text_len, steps=arg.steps, batch=arg.batch,
       lr=arg.lr, warmup=arg.warmup, patch="x".join(map(str, dcfg.patch)), prediction="v",
       adaln="single", rules=arg.rules, attention=arg.attention, sample_shift=arg.shift,
-      text_encoder="t5", data_dir=arg.data_dir, seed=arg.seed, num_train=64, eval_every=0))
+      text_encoder="t5", data_dir=arg.data_dir, seed=arg.seed, num_train=64, eval_every=0,
+      remat=arg.remat))
   if arg.videos:
     sizes = common.parse_sizes(sizes, "config sizes", max_side=2048)
     config.data = common.video_folder_data(arg.videos, sizes[0][0],

@@ -148,6 +148,8 @@ def _cases(r):
                                              "--sizes", "64by64"], "--sizes='64by64'"),
       ("sora_jax.data.encode_latents", ["--vae_workdir", str(r / "none"), "--out_dir",
                                         str(r / "l")], "has no checkpoints/ directory"),
+      ("sora_jax.data.encode_latents", ["--vae_workdir", f"wan:{r / 'none'}", "--out_dir",
+                                        str(r / "l")], "name the pixel data"),
       ("sora_jax.convert", ["--config", f"configs/wan.py:model_dir={r / 'none'}",
                             "--workdir", str(r / "c")], "transformer/config.json: no such"),
       ("sora_jax.convert", ["--workdir", str(r / "c")], "--config is required"),

@@ -111,9 +111,10 @@ def test_converted_run_params_and_guards(wan, tmp_path):
   for tree in (state.params, state.ema_params):
     for a, b in zip(jax.tree.leaves(tree["dit"]["params"]), jax.tree.leaves(dit_params)):
       np.testing.assert_array_equal(np.asarray(a), b)
-    np.testing.assert_array_equal(
-        tree["text"]["params"]["final_norm"]["scale"],
-        refs["text_encoder"].state_dict()["encoder.final_layer_norm.weight"].numpy())
+  np.testing.assert_array_equal(
+      state.params["text"]["params"]["final_norm"]["scale"],
+      refs["text_encoder"].state_dict()["encoder.final_layer_norm.weight"].numpy())
+  assert set(state.ema_params) == {"dit"}  # the frozen encoder has no EMA copy
 
 
 def test_sample_cli_on_converted_run(wan, tmp_path):

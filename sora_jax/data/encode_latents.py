@@ -16,8 +16,10 @@ jax.distributed as `sora_jax.main` is), or start independent workers with
 The pixel data defaults to the data the VAE was trained on (its run config's `data`
 section, Shapes World by default); `--source/--name/--data_dir` pick any other builder.
 The VAE comes from `inference.load_vae` (its latest checkpoint and the latent statistics
-the VAE task saved there); latents are normalised per channel, (mode(q(z|x)) - mean) / std,
-and written in the record format of `data_pipelines/latents.py`.
+the VAE task saved there), or is Wan2.1's (`--vae_workdir wan:DIR`, a diffusers VAE folder
+with its released statistics; then name the pixel data); latents are normalised per
+channel, (mode(q(z|x)) - mean) / std, and written in the record format of
+`data_pipelines/latents.py`.
 
 On the fly (`OnTheFlyLatents`): the same records, produced by encoding pixel records with
 the VAE on the host as the pipeline reads them. For small runs and tests, no precompute
@@ -156,7 +158,7 @@ def encode_splits(data_cfg: dict[str, Any], vae_workdir: str, splits: Sequence[s
     if epath.Path(split_dir, latents_lib.METADATA_FILE).exists():
       print(f"[latents] {split_dir} exists; kept.", flush=True)
       continue
-    vae = vae or run_lib.load_vae(vae_workdir)
+    vae = vae or run_lib.load_vae_source(vae_workdir)
     print(f"[latents] encoding the {split} split with {vae.description} into {split_dir}",
           flush=True)
     meta = write_latents(latents_lib.pixel_source(data_cfg, split), vae, split_dir)
@@ -166,7 +168,12 @@ def encode_splits(data_cfg: dict[str, Any], vae_workdir: str, splits: Sequence[s
 # ------------------------------------------------------------------------ command
 def encode_split(f) -> dict[str, Any]:
   """The command: encode one split of the pixel data (by default the VAE run's own)."""
-  _, vae_run_config, _ = run_lib.read_vae_run(f.vae_workdir)
+  wan = f.vae_workdir.startswith(run_lib.WAN_VAE)
+  if wan and not f.name:
+    raise ValueError(f"--vae_workdir={f.vae_workdir!r} (Wan2.1's VAE) has no data of its "
+                     "own: name the pixel data with --source, --name and --data_dir.")
+  if not wan:
+    _, vae_run_config, _ = run_lib.read_vae_run(f.vae_workdir)
   if f.name:  # any builder: --source, --name, --data_dir
     data_cfg = {"source": f.source, "name": f.name, "data_dir": f.data_dir}
   else:  # the data the VAE was trained on (Shapes World by default)
@@ -190,7 +197,7 @@ def encode_split(f) -> dict[str, Any]:
                      "--process_index < --process_count.")
   source = latents_lib.pixel_source(data_cfg, f.split)
   t0 = time.time()
-  meta = write_latents(source, run_lib.load_vae(f.vae_workdir), split_dir, f.num,
+  meta = write_latents(source, run_lib.load_vae_source(f.vae_workdir), split_dir, f.num,
                        num_shards=num_shards, process_index=index, process_count=count)
   mine = [latents_lib.shard_name(s, num_shards)
           for s in range(index, num_shards, count)]
@@ -203,7 +210,8 @@ def encode_split(f) -> dict[str, Any]:
 
 
 def define_flags():
-  flags.DEFINE_string("vae_workdir", None, "A finished VAE run directory.", required=True)
+  flags.DEFINE_string("vae_workdir", None, "A finished VAE run directory, or wan:DIR (a "
+                      "diffusers Wan2.1 VAE folder).", required=True)
   flags.DEFINE_string("out_dir", None, "Where to write OUT/SPLIT/.", required=True)
   flags.DEFINE_string("data_dir", "", "tfds data directory ('' = the VAE run's).")
   flags.DEFINE_string("split", "train", "Split to encode.")

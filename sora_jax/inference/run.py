@@ -75,6 +75,17 @@ def load_wan_vae(folder: str, dtype: str = "float32") -> FrozenVAE:
   return FrozenVAE(vcfg, params, mean, std, WAN_VAE + storage.absolute(folder))
 
 
+def load_vae_source(source: str) -> FrozenVAE:
+  """A VAE by what a command names: a VAE run directory, or `wan:DIR` (a diffusers Wan2.1
+  VAE folder)."""
+  if source.startswith(WAN_VAE):
+    folder = source[len(WAN_VAE):]
+    if not epath.Path(folder, "config.json").exists():
+      raise ValueError(f"VAE {source!r}: {folder!r} holds no diffusers config.json.")
+    return load_wan_vae(folder)
+  return load_vae(source)
+
+
 def vae_config_from_json(model: Mapping[str, Any]) -> vae_lib.VAEConfig:
   """The VAE config from the `model` section of a VAE run's config (JSON or ConfigDict)."""
   model = dict(model)
@@ -309,6 +320,8 @@ class Run:
     # A converted checkpoint (sora_jax.convert) holds the DiT's params only; its
     # frozen text encoder is read from the folder the config names.
     params = state["ema_params" if use_ema and "ema_params" in state else "params"]
+    if "text" not in params and "text" in state["params"]:  # frozen: no EMA of its own
+      params = {**params, "text": state["params"]["text"]}
     if "text" not in params:
       params = {**params, **pretrained.load_params(
           {**config, "model": {**config["model"], "pretrained": ""}}, dcfg, tcfg)}

@@ -74,7 +74,7 @@ class DiTState:
   step: jax.Array
   params: Any  # {"dit": variables, "text": variables}
   opt_state: Any
-  ema_params: Any  # same structure as params
+  ema_params: Any  # params' structure, less a frozen text encoder (`ema_of`)
 
 
 class DiTTask:
@@ -297,7 +297,7 @@ class DiTTask:
     tx = make_optimizer(dict(self.config.optim), self.config.train.steps,
                         text_lib.is_frozen(self.text_config))
     return DiTState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                    jax.tree.map(jnp.copy, params))
+                    ema_of(params, self.text_config))
 
   def load_pretrained(self, state: DiTState, converted: tuple[str, int] | None = None
                       ) -> DiTState:
@@ -326,7 +326,7 @@ class DiTTask:
           lambda x, like: jax.device_put(np.asarray(x, like.dtype), like.sharding),
           value, state.params[key])
       logging.info("DiT: %s params from %s", key, "pretrained weights")
-    return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+    return state.replace(params=params, ema_params=ema_of(params, self.text_config))
 
   def state_shardings(self, mesh, abstract_state):
     """Placement by `config.sharding.rules` (`sharding/rules.py`); params, EMA and Adam
@@ -397,6 +397,7 @@ class DiTTask:
     self.save_tokenizer(workdir)
     e, dcfg, tcfg = self.config.eval, self.dit_config, self.text_config
     ema, raw = mesh_lib.for_evaluation((state.ema_params, state.params))
+    ema = {**raw, **ema}  # a frozen text encoder has no EMA of its own
     out, raw_losses = {}, []
     for t in e.timesteps:
       losses, raws = [], []
@@ -441,6 +442,13 @@ def train_flops(dcfg: dit_lib.DiTConfig, tcfg: text_lib.TextEncoderConfig, segme
                 text_mask, text_dim: int | None = None):
   """Analytic FLOPs of one training step of real tokens: `flops.dit_train_flops`."""
   return flops_lib.dit_train_flops(dcfg, tcfg, segment_ids, text_mask, text_dim)
+
+
+def ema_of(params: dict[str, Any], tcfg) -> dict[str, Any]:
+  """The EMA's initial value: a copy of the params, less a frozen text encoder's (it never
+  changes, and a UMT5-XXL copy would cost 11 GB in bf16)."""
+  return {k: jax.tree.map(jnp.copy, v) for k, v in params.items()
+          if not (k == "text" and text_lib.is_frozen(tcfg))}
 
 
 def make_optimizer(o, steps: int, frozen_text: bool) -> optax.GradientTransformation:
@@ -536,7 +544,8 @@ def _train_step_fn(dcfg, tcfg, fl, optim_items, ema_decay, mixture, ema_debias):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(ema_decay, state.step, ema_debias)
-    ema = jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), state.ema_params, params)
+    ema = jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), state.ema_params,
+                       {k: params[k] for k in state.ema_params})
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
                **_bucket_losses(v, target, seg, t, ~given),
                "given_fraction": jnp.sum(given) / jnp.maximum(jnp.sum(seg > 0), 1),
