@@ -176,9 +176,19 @@ def test_finetune_in_the_converted_run_keeps_text_encoder_frozen(wan, tmp_path):
 
 
 def test_frozen_t5_smoke_config():
-  """configs/dit.py:text_encoder=t5 without weights: a seeded random small T5, frozen."""
+  """configs/dit.py:text_encoder=t5 without weights (the demo's pipeline on a seeded random
+  small T5): the state holds the T5 but no EMA or Adam moments of it, and the train step
+  traces (shapes only; the fine-tuning test checks the values)."""
   config = dit_config.get_config("runlocal=True,text_encoder=t5")
   dcfg, tcfg = run_lib.dit_configs(config, 8)
   assert tcfg.variant == "t5" and tcfg.width == dit_config.T5_SMOKE["d_model"]
+  task = dit_task.DiTTask(config)
+  state = jax.eval_shape(task.init_state, jax.random.key(0))
+  assert set(state.params) == {"dit", "text"} and set(state.ema_params) == {"dit"}
+  dit_leaves = len(jax.tree.leaves(state.params["dit"]))
+  assert len(jax.tree.leaves(state.opt_state)) <= 2 * dit_leaves + 4  # mu, nu, counters
+  new, _ = jax.eval_shape(task.make_train_step(), state, task.abstract_batch(),
+                          jax.random.key(1))
+  assert jax.tree.structure(new.params) == jax.tree.structure(state.params)
   with pytest.raises(ValueError, match="text_encoder='bert'"):
     dit_config.get_config("runlocal=True,text_encoder=bert")
