@@ -28,6 +28,12 @@ captions without rendering), deterministic, so a resumed run retrains the same o
 written to `WORKDIR/tokenizer.model` when the run starts (`prepare`) and checked against
 it on every resume and evaluation. Set `tokenizer.path` to use a fixed file (trained and
 written there when missing).
+
+Pretrained parts (`sora_jax/interop/pretrained.py`, configs/wan.py): `text.encoder = "t5"`
+replaces the jointly trained encoder by a frozen T5 / UMT5 (no update, no Adam moments, no
+EMA copy; its own tokenizer with `tokenizer.kind = "t5"`, copied to WORKDIR/spiece.model),
+`model.pretrained` starts the DiT from a diffusers Wan2.1 transformer and `vae.wan` encodes
+with Wan's VAE; `load_pretrained` puts the weights into a fresh state.
 """
 from __future__ import annotations
 
