@@ -61,6 +61,8 @@ def main(argv: Sequence[str]) -> None:
         raise usage.InputError(f"--{name}={FLAGS[name].value}; expected >= 1.")
     if FLAGS.task_clips < 0:
       raise usage.InputError(f"--task_clips={FLAGS.task_clips}; expected >= 0.")
+    cli.check_prompts(r["prompt"] for s in splits for r in adherence.split_prompts(
+        s, FLAGS.n, level, FLAGS.frames, FLAGS.height, FLAGS.width))
     options = cli.sampling_options()
     cli.check_window(FLAGS.batch)
   sampler = sampler_lib.Sampler(run_lib.Run.load(FLAGS.workdir, FLAGS.step), options)

@@ -225,6 +225,7 @@ def main(argv: Sequence[str]) -> None:
       inputs = read_inputs(FLAGS.task, {"image": FLAGS.image, "video": FLAGS.video,
                                         "video_end": FLAGS.video_end}, FLAGS.height,
                            FLAGS.width)
+    cli.check_prompts([r["prompt"] for r in rows] if batch_mode else [FLAGS.prompt])
     options = cli.sampling_options()
     cli.check_window(FLAGS.batch if batch_mode else 1, mesh.size if mesh else 1)
     if FLAGS.upsampler:
@@ -239,6 +240,9 @@ def main(argv: Sequence[str]) -> None:
       upsampled = {"user_prompt": FLAGS.prompt, "prompt": upsampler.upsample(
           [FLAGS.prompt], FLAGS.seed, FLAGS.upsample_temperature)[0]}
   prompt = upsampled.get("prompt", FLAGS.prompt)
+  if FLAGS.upsampler:  # the expansions pass the policy too, before the DiT loads
+    with usage.checking():
+      cli.check_prompts([r["prompt"] for r in rows] if batch_mode else [prompt])
   run = run_lib.Run.load(FLAGS.workdir, FLAGS.step, mesh)
   sampler = sampler_lib.Sampler(run, options, progress=not batch_mode)
   if batch_mode:

@@ -92,6 +92,7 @@ def _cases(r):
       (sample, t2v + ["--step", "99"], "no checkpoint at step 99"),
       (sample, w + ["--prompt", "x", "--out", str(r / "x.avi")], "ending in .mp4"),
       (sample, t2v + ["--sampler", "bogus"], "--sampler=bogus"),
+      (sample, w + ["--prompt", "a beheading"] + out, "refused by the prompt policy"),
       (sample, t2v + ["--task", "bogus"], "--task=bogus"),
       (sample, t2v + ["--task", "edit", "--strength", "2"], "--strength=2.0"),
       (sample, t2v + ["--seconds", "-1"], "--seconds=-1.0"),

@@ -9,6 +9,7 @@ from absl import flags
 from absl import logging
 
 from sora_jax.diffusion import solvers
+from sora_jax.inference import policy as policy_lib
 from sora_jax.inference import run as run_lib
 from sora_jax.inference import sampler as sampler_lib
 
@@ -27,6 +28,13 @@ def define_flags() -> None:
   flags.DEFINE_string("guidance_interval", "0,1", "lo,hi: guidance only at steps with "
                       "lo < t <= hi (t = 1 is noise); the conditional prediction elsewhere.")
   flags.DEFINE_string("negative_prompt", "", "Caption to guide away from ('' = empty).")
+  flags.DEFINE_string("policy", policy_lib.DEFAULT, "Prompt policy (inference/policy.py): "
+                      "'default' (a word list), a word-list file, module:function or 'none'.")
+
+
+def check_prompts(prompts) -> None:
+  """The prompts pass --policy (ValueError naming the first refused one), before any load."""
+  policy_lib.check(list(prompts), policy_lib.load(FLAGS.policy))
 
 
 def check_run() -> int:
