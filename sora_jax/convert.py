@@ -16,7 +16,6 @@ Reads safetensors with numpy (no torch); refuses a --workdir that already holds 
 `--export_to` writes a run's DiT (EMA params of `--step`, default the latest) as diffusers'
 `WanTransformer3DModel` (config.json + safetensors), for the PyTorch tools.
 """
-import hashlib
 import json
 
 from absl import flags
@@ -49,14 +48,10 @@ def convert(config, workdir: str) -> epath.Path:
   task = dit_task.DiTTask(config)
   vae = task.vae
   dcfg, tcfg = run_lib.dit_configs(config, vae.config.latent_channels)
-  params = pretrained.load_params(
-      {**config.to_dict(), "text": {**config.text.to_dict(), "path": ""}}, dcfg, tcfg)
-  tok = task.tokenizer
+  params = pretrained.load_params(config, dcfg, tcfg, parts=("dit",))
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   task.save_tokenizer(workdir)
-  extra = {"tokenizer": task.tokenizer_file, "tokenizer_kind": task.tokenizer_kind,
-           "tokenizer_sha1": hashlib.sha1(tok.__getstate__()["proto"]).hexdigest(),
-           "tokenizer_vocab_size": tok.vocab_size, "latents": "on_the_fly",
+  extra = {**task.tokenizer_extra(), "latents": "on_the_fly",
            "vae": vae.description, "latent_mean": vae.mean.tolist(),
            "latent_std": vae.std.tolist(), CONVERTED: config.model.pretrained}
   config_json = json.loads(config.to_json_best_effort())

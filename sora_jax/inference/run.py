@@ -70,7 +70,7 @@ def vae_functions(vcfg):
 
 def load_wan_vae(folder: str, dtype: str = "float32") -> FrozenVAE:
   """Wan2.1's VAE from a diffusers folder, with its latent mean and std."""
-  vcfg, params = pretrained.load_vae(folder, dtype)
+  vcfg, params = wan_vae_convert.load(folder, dtype)
   mean, std = wan_vae_lib.latent_stats(vcfg)
   return FrozenVAE(vcfg, params, mean, std, WAN_VAE + storage.absolute(folder))
 
@@ -323,8 +323,7 @@ class Run:
     if "text" not in params and "text" in state["params"]:  # frozen: no EMA of its own
       params = {**params, "text": state["params"]["text"]}
     if "text" not in params:
-      params = {**params, **pretrained.load_params(
-          {**config, "model": {**config["model"], "pretrained": ""}}, dcfg, tcfg)}
+      params = {**params, **pretrained.load_params(config, dcfg, tcfg, parts=("text",))}
     if mesh is None:
       return cls(workdir, step, config, dcfg, tcfg, tokenizer, vae, jax.device_put(params))
     context = dict(mesh.shape).get("context", 1)

@@ -19,7 +19,6 @@ from etils import epath
 from sora_jax.interop import safetensors_io as io
 from sora_jax.interop import t5 as t5_convert
 from sora_jax.interop import wan_dit
-from sora_jax.interop import wan_vae as wan_vae_convert
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import t5 as t5_lib
 from sora_jax.models import text as text_lib
@@ -75,21 +74,19 @@ def check_dit_folder(folder: str, dcfg: dit_lib.DiTConfig, text_dim: int) -> Non
 
 
 def load_params(config: Mapping[str, Any], dcfg: dit_lib.DiTConfig, tcfg,
-                dtype: str | None = None) -> dict[str, Any]:
+                dtype: str | None = None, parts: tuple[str, ...] = ("dit", "text")
+                ) -> dict[str, Any]:
   """{"dit": variables, "text": variables} of the pretrained parts the config names (only
-  those it names), as host arrays in `dtype` (None: the model's param dtype)."""
+  those it names, among `parts`), as host arrays in `dtype` (None: the model's param
+  dtype)."""
   out = {}
-  if folder := config["model"].get("pretrained", ""):
+  if "dit" in parts and (folder := config["model"].get("pretrained", "")):
     check_dit_folder(folder, dcfg, tcfg.width)
     tensors = io.read_tensors(folder)
     out["dit"] = {"params": wan_dit.convert(tensors, dcfg, tcfg.width, dtype, source=folder)}
-  if text_lib.is_frozen(tcfg) and (folder := config["text"].get("path", "")):
+  if ("text" in parts and text_lib.is_frozen(tcfg)
+      and (folder := config["text"].get("path", ""))):
     _, params = t5_convert.load(folder, dtype=dtype or tcfg.t5.param_dtype,
                                 scan_layers=tcfg.t5.scan_layers)
     out["text"] = {"params": params}
   return out
-
-
-def load_vae(folder: str, dtype: str = "float32"):
-  """(WanVAEConfig, params) of a diffusers Wan2.1 VAE folder."""
-  return wan_vae_convert.load(folder, dtype=dtype)

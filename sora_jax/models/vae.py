@@ -259,18 +259,22 @@ def _describe(config: VAEConfig) -> str:
           f's={config.spatial_factor}, C={config.latent_channels})')
 
 
+def param_tree_problems(params: Any, abstract: Any) -> list[str]:
+  """How a param tree differs from an abstract one: wrong shapes, missing, unexpected paths."""
+  shapes = lambda tree: {jax.tree_util.keystr(p): tuple(getattr(v, 'shape', np.shape(v)))
+                         for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  expected, got = shapes(abstract), shapes(params)
+  problems = [f'{k} has shape {got[k]}, expected {expected[k]}'
+              for k in sorted(set(got) & set(expected)) if got[k] != expected[k]]
+  problems += [f'missing {k}' for k in sorted(set(expected) - set(got))]
+  return problems + [f'unexpected {k}' for k in sorted(set(got) - set(expected))]
+
+
 def _check_params(params: Any, config: VAEConfig, where: str) -> None:
   """Raises ValueError if `params` is not a param tree of `config`'s shapes."""
   if isinstance(params, dict) and set(params) == {'params'}:
     raise ValueError(f'{where}: got a variables dict {{"params": ...}}; pass its "params" entry.')
-  expected = {jax.tree_util.keystr(p): v.shape
-              for p, v in jax.tree_util.tree_leaves_with_path(param_shapes(config))}
-  got = {jax.tree_util.keystr(p): tuple(getattr(v, 'shape', np.shape(v)))
-         for p, v in jax.tree_util.tree_leaves_with_path(params)}
-  problems = [f'{k} has shape {got[k]}, expected {expected[k]}'
-              for k in sorted(set(got) & set(expected)) if got[k] != expected[k]]
-  problems += [f'missing {k}' for k in sorted(set(expected) - set(got))]
-  problems += [f'unexpected {k}' for k in sorted(set(got) - set(expected))]
+  problems = param_tree_problems(params, param_shapes(config))
   if problems:
     raise ValueError(f'{where}: params do not match {_describe(config)} '
                      f'({len(problems)} differences, e.g. {"; ".join(problems[:3])}). '

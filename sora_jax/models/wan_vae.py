@@ -433,13 +433,7 @@ def param_shapes(config: WanVAEConfig) -> Any:
 
 def _check_params(params: Any, config: WanVAEConfig, where: str) -> None:
   """Raises ValueError unless `params` has `config`'s param paths and shapes."""
-  shapes = lambda tree: {jax.tree_util.keystr(p): tuple(np.shape(v))
-                         for p, v in jax.tree_util.tree_leaves_with_path(tree)}
-  want, got = shapes(param_shapes(config)), shapes(params)
-  problems = [f'{k} has shape {got[k]}, expected {want[k]}'
-              for k in sorted(set(got) & set(want)) if got[k] != want[k]]
-  problems += [f'missing {k}' for k in sorted(set(want) - set(got))]
-  problems += [f'unexpected {k}' for k in sorted(set(got) - set(want))]
+  problems = vae.param_tree_problems(params, param_shapes(config))
   if problems:
     raise ValueError(f'{where}: params do not fit the Wan VAE config (base_dim='
                      f'{config.base_dim}, z_dim={config.z_dim}, dim_mult={config.dim_mult}): '

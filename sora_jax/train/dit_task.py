@@ -321,9 +321,8 @@ class DiTTask:
     if not (converted or config.model.get("pretrained")
             or (text.get("encoder") == "t5" and text.get("path"))):
       return state
-    host = pretrained.load_params(
-        {**config.to_dict(), "model": {**config.model.to_dict(), "pretrained": ""}}
-        if converted else config, self.dit_config, self.text_config)
+    host = pretrained.load_params(config, self.dit_config, self.text_config,
+                                  parts=("text",) if converted else ("dit", "text"))
     if converted:
       host["dit"] = checkpoints.restore_state_host(*converted)["params"]["dit"]
     params = dict(state.params)
